@@ -1,0 +1,3 @@
+//! Mailbox users and passwords.
+
+pub mod users;

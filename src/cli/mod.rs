@@ -1,0 +1,153 @@
+//! Command-line entry: argv[0] dispatch (later: sendmail, mailq, newaliases) and argh
+//! subcommands. Every subcommand takes `-c PATH` (main.cf); POSHTA_CONFIG does the same.
+
+use argh::FromArgs;
+use std::path::PathBuf;
+
+pub mod check;
+pub mod postconf;
+pub mod queue;
+pub mod serve;
+pub mod user;
+
+/// poshta: a small complete mail system in one process.
+#[derive(FromArgs, Debug)]
+pub struct Top {
+    #[argh(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Cmd {
+    Serve(ServeArgs),
+    Check(CheckArgs),
+    Postconf(PostconfArgs),
+    User(UserArgs),
+    Queue(QueueArgs),
+}
+
+/// Run the mail server (SMTP in, queue, local delivery).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "serve")]
+pub struct ServeArgs {
+    /// main.cf to use (default: $POSHTA_CONFIG, /etc/poshta/main.cf as root, ./poshta/main.cf)
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+}
+
+/// Validate main.cf and the files it names (like `postfix check`).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "check")]
+pub struct CheckArgs {
+    /// main.cf to use
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+}
+
+/// Print settings like Postfix's postconf: all, or the named keys.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "postconf")]
+pub struct PostconfArgs {
+    /// main.cf to use
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// show only settings that differ from the defaults (set in main.cf)
+    #[argh(switch, short = 'n')]
+    pub non_default: bool,
+    /// show the defaults instead of the effective values
+    #[argh(switch, short = 'd')]
+    pub defaults: bool,
+    /// key names to show
+    #[argh(positional)]
+    pub keys: Vec<String>,
+}
+
+/// Manage mailbox users (the users file).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "user")]
+pub struct UserArgs {
+    #[argh(subcommand)]
+    pub cmd: UserCmd,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum UserCmd {
+    Add(UserAddArgs),
+    Passwd(UserPasswdArgs),
+    Del(UserDelArgs),
+    List(UserListArgs),
+}
+
+/// Add a mailbox user (asks for the password, or reads it from stdin).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "add")]
+pub struct UserAddArgs {
+    /// main.cf to use
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// read the password from the first line of standard input
+    #[argh(switch)]
+    pub password_stdin: bool,
+    /// user name (the local part of the address)
+    #[argh(positional)]
+    pub name: String,
+}
+
+/// Change a mailbox user's password.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "passwd")]
+pub struct UserPasswdArgs {
+    /// main.cf to use
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// read the password from the first line of standard input
+    #[argh(switch)]
+    pub password_stdin: bool,
+    /// user name
+    #[argh(positional)]
+    pub name: String,
+}
+
+/// Remove a mailbox user (the Maildir is kept).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "del")]
+pub struct UserDelArgs {
+    /// main.cf to use
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// user name
+    #[argh(positional)]
+    pub name: String,
+}
+
+/// List mailbox users.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+pub struct UserListArgs {
+    /// main.cf to use
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+}
+
+/// List the mail queue like Postfix's mailq.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "queue")]
+pub struct QueueArgs {
+    /// main.cf to use
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+}
+
+/// Parse argv and run; returns the exit status.
+pub fn main() -> i32 {
+    let top: Top = argh::from_env();
+    match top.cmd {
+        Cmd::Serve(a) => serve::run(a),
+        Cmd::Check(a) => check::run(a),
+        Cmd::Postconf(a) => postconf::run(a),
+        Cmd::User(a) => user::run(a),
+        Cmd::Queue(a) => queue::run(a),
+    }
+}

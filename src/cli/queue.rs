@@ -1,0 +1,6 @@
+//! `poshta queue`: mailq output.
+
+pub fn run(args: super::QueueArgs) -> i32 {
+    let _ = args;
+    todo!()
+}

@@ -1,0 +1,24 @@
+//! poshta: a small, complete mail system in one process.
+//!
+//! Layout (see DESIGN.md in the steering repository and docs/ here):
+//! - `proto`    sans-IO protocol cores (bytes in, bytes and events out)
+//! - `net`      the only code that touches sockets: event loop, listeners, sessions
+//! - `queue`    the append-only log queue (records, segments, recovery, index)
+//! - `delivery` local delivery (Maildir) and, later, relay
+//! - `policy`   relay decision and recipient classification
+//! - `auth`     mailbox users file and password hashes
+//! - `config`   main.cf parsing, the key table, `check` and `postconf`
+//! - `cli`      subcommands
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod limits;
+pub mod log;
+pub mod net;
+pub mod policy;
+pub mod proto;
+pub mod queue;
+pub mod time;

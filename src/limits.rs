@@ -1,0 +1,44 @@
+//! Every bound poshta enforces, in one place. Units are the last word of each name.
+//!
+//! Values that a user may change live in main.cf (message_size_limit,
+//! smtpd_recipient_limit, ...); these are the fixed ones and the floors.
+
+/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF.
+pub const SMTP_COMMAND_LINE_BYTES_MAX: usize = 512;
+/// RFC 4954 §4: an AUTH line (initial response or continuation) may be up to 12288 octets.
+pub const SMTP_AUTH_LINE_BYTES_MAX: usize = 12_288;
+/// RFC 5321 §4.5.3.1.3: a path (reverse or forward) is at most 256 octets.
+pub const SMTP_PATH_BYTES_MAX: usize = 256;
+/// RFC 5321 §4.5.3.1.1: a local part is at most 64 octets.
+pub const SMTP_LOCAL_PART_BYTES_MAX: usize = 64;
+/// RFC 5321 §4.5.3.1.2: a domain is at most 255 octets.
+pub const SMTP_DOMAIN_BYTES_MAX: usize = 255;
+/// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients; this is the floor
+/// applied to smtpd_recipient_limit.
+pub const SMTP_RECIPIENTS_MIN: usize = 100;
+/// How many bytes of unread input one session may hold while a reply is pending.
+pub const SESSION_INPUT_BYTES_MAX: usize = 64 * 1024;
+/// One read from a client socket.
+pub const SESSION_READ_BYTES: usize = 16 * 1024;
+/// Body bytes per queue record. Bounds memory per session: bodies stream to disk in chunks.
+pub const QUEUE_CHUNK_BYTES_MAX: usize = 64 * 1024;
+/// The largest record the log reader accepts (a chunk plus its envelope).
+pub const QUEUE_RECORD_BYTES_MAX: usize = 1024 * 1024;
+/// A segment is closed and a new one started once it grows past this.
+pub const QUEUE_SEGMENT_BYTES_TARGET: u64 = 64 * 1024 * 1024;
+/// Encoded records waiting for the writer before appenders must wait (backpressure).
+pub const QUEUE_PENDING_BYTES_MAX: usize = 512 * 1024;
+/// Listen backlog: big enough for bursts (a backlog of 5 is why OpenSMTPD collapses at
+/// 10 concurrent clients). The kernel caps it at net.core.somaxconn.
+pub const LISTEN_BACKLOG: i32 = 4096;
+/// Concurrent local deliveries (each is a blocking file write + fsync on the thread pool).
+pub const LOCAL_DELIVERY_CONCURRENCY_MAX: usize = 16;
+/// After a final reply, how long a session keeps draining client input before closing,
+/// so the reply is not lost to a TCP reset.
+pub const LINGER_SECS: u64 = 2;
+/// Users file: at most this many bytes per line.
+pub const USERS_LINE_BYTES_MAX: usize = 4096;
+/// main.cf: at most this many bytes in one logical line (after continuation).
+pub const CONFIG_LINE_BYTES_MAX: usize = 64 * 1024;
+/// main.cf: at most this many levels of $name expansion (Postfix stops loops the same way).
+pub const CONFIG_EXPANSION_DEPTH_MAX: usize = 32;

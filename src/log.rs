@@ -1,0 +1,1 @@
+//! Maillog-style logging.

@@ -1,0 +1,1 @@
+//! On-disk record format (the queue helper documents and implements it here).

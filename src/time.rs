@@ -1,0 +1,1 @@
+//! Wall-clock time and its formats.
