@@ -1,1 +1,67 @@
-//! Maillog-style logging.
+//! Maillog-style logging: one line per event, `poshta/SERVICE[PID]: text`, as Postfix's
+//! maillog, so people's greps and fail2ban filters carry over.
+//!
+//! Lines go to stderr. Under systemd (JOURNAL_STREAM set) journald adds the time and host,
+//! so the line starts at `poshta/...`; otherwise it is prefixed with a syslog timestamp and
+//! the host name (`Nov 28 00:52:32 mx poshta/smtpd[123]: ...`). When maillog_file is set,
+//! every line is also appended there in the prefixed form (Postfix 3.4+ key).
+//! Warnings carry Postfix's `warning: ` prefix in the text.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+struct Sink {
+    hostname: String,
+    journal: bool,
+    file: Option<File>,
+}
+
+static SINK: Mutex<Option<Sink>> = Mutex::new(None);
+
+/// Set the host name and the optional maillog_file. Safe to call again (reload).
+pub fn init(hostname: &str, maillog_file: Option<&Path>) -> std::io::Result<()> {
+    let file = match maillog_file {
+        Some(p) => Some(OpenOptions::new().create(true).append(true).open(p)?),
+        None => None,
+    };
+    let short = hostname.split('.').next().unwrap_or(hostname).to_string();
+    let sink = Sink { hostname: short, journal: std::env::var_os("JOURNAL_STREAM").is_some(), file };
+    if let Ok(mut g) = SINK.lock() {
+        *g = Some(sink);
+    }
+    Ok(())
+}
+
+/// Write one line for `service` (smtpd, local, qmgr, cleanup, ...).
+pub fn line(service: &str, text: std::fmt::Arguments<'_>) {
+    let pid = std::process::id();
+    let now = crate::time::now_unix();
+    let mut g = match SINK.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let body = format!("poshta/{service}[{pid}]: {text}\n");
+    match g.as_mut() {
+        Some(sink) => {
+            let prefixed = format!("{} {} {}", crate::time::syslog(now), sink.hostname, body);
+            let stderr_line = if sink.journal { &body } else { &prefixed };
+            let _ = std::io::stderr().write_all(stderr_line.as_bytes());
+            if let Some(f) = sink.file.as_mut() {
+                let _ = f.write_all(prefixed.as_bytes());
+            }
+        }
+        None => {
+            let _ = std::io::stderr().write_all(body.as_bytes());
+        }
+    }
+}
+
+/// `mlog!("smtpd", "connect from {}[{}]", name, ip)`
+#[macro_export]
+macro_rules! mlog {
+    ($service:expr, $($arg:tt)*) => {
+        $crate::log::line($service, format_args!($($arg)*))
+    };
+}

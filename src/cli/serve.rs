@@ -1,6 +1,6 @@
-//! `poshta serve`.
+//! `poshta serve`: run the daemon in the foreground (logs on stderr).
 
 pub fn run(args: super::ServeArgs) -> i32 {
-    let _ = args;
-    todo!()
+    let path = crate::config::config_path(args.config.as_deref());
+    crate::net::serve(&path)
 }

@@ -1,2 +1,313 @@
-//! The I/O shell: event loop, listeners, sessions, signals. The only code that touches
-//! sockets.
+//! The I/O shell: event loop, listeners, sessions, delivery runner, signals. The only code
+//! that touches sockets.
+//!
+//! Everything runs on one `smol::LocalExecutor` (one thread). Shared state lives in
+//! [`Ctx`] behind `Rc` + `RefCell`/`Cell`; no borrow is held across an `.await`. Blocking
+//! file work (Maildir writes with fsync, queue writes) goes to `smol::unblock`.
+
+pub mod deliver;
+pub mod listen;
+pub mod smtp;
+
+use std::cell::{Cell, RefCell};
+use std::net::TcpListener;
+use std::rc::Rc;
+use std::time::Duration;
+
+use smol::{Async, LocalExecutor, Timer};
+
+use crate::auth::users::Users;
+use crate::config::{Loaded, Settings};
+use crate::mlog;
+use crate::policy::{Networks, Router};
+use crate::queue::{Queue, QueueOptions};
+
+/// The policy pieces built from one configuration; replaced as a whole on reload, and
+/// snapshotted by each session at its start.
+pub struct Policy {
+    pub settings: Settings,
+    pub router: Router,
+    pub mynetworks: Networks,
+    pub bare_newline_exclusions: Networks,
+}
+
+impl Policy {
+    pub fn build(settings: Settings) -> Result<Policy, String> {
+        let users = Users::load(&settings.mailbox_users_file).map_err(|e| e.to_string())?;
+        let router = Router::new(settings.mydestination.clone(), settings.recipient_delimiter.clone(), users);
+        let mynetworks = Networks::parse(&settings.mynetworks).map_err(|e| format!("mynetworks: {e}"))?;
+        let bare_newline_exclusions = Networks::parse(&settings.smtpd_forbid_bare_newline_exclusions)
+            .map_err(|e| format!("smtpd_forbid_bare_newline_exclusions: {e}"))?;
+        Ok(Policy { settings, router, mynetworks, bare_newline_exclusions })
+    }
+}
+
+/// Process-wide state of the daemon.
+pub struct Ctx {
+    pub ex: Rc<LocalExecutor<'static>>,
+    pub policy: RefCell<Rc<Policy>>,
+    pub queue: Queue,
+    pub sessions: Cell<usize>,
+    pub next_sid: Cell<u64>,
+    pub deliveries: Cell<usize>,
+    pub delivery_seq: Cell<u64>,
+    pub stopping: Cell<bool>,
+    /// Notified on shutdown; sessions waiting for input end with 421.
+    pub stop: event_listener::Event,
+    /// Notified when a session or a delivery ends (shutdown waits for them).
+    pub idle: event_listener::Event,
+}
+
+impl Ctx {
+    pub fn policy(&self) -> Rc<Policy> {
+        self.policy.borrow().clone()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn stopped(&self) {
+        loop {
+            if self.stopping.get() {
+                return;
+            }
+            let l = self.stop.listen();
+            if self.stopping.get() {
+                return;
+            }
+            l.await;
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Loaded, String> {
+    crate::config::load(path).map_err(|e| format!("{}: {}", path.display(), e))
+}
+
+/// `poshta serve`: returns the exit status.
+pub fn serve(config_file: &std::path::Path) -> i32 {
+    let loaded = match load_config(config_file) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("poshta: fatal: {e}");
+            return 1;
+        }
+    };
+    let s = loaded.settings.clone();
+    if let Err(e) = crate::log::init(&s.myhostname, s.maillog_file.as_deref()) {
+        eprintln!("poshta: fatal: maillog_file: {e}");
+        return 1;
+    }
+    for d in &loaded.diagnostics {
+        mlog!("master", "{}: {}", if d.severity == crate::config::Severity::Error { "fatal" } else { "warning" }, d);
+    }
+    if loaded.has_errors() {
+        mlog!("master", "fatal: {}: configuration errors; run `poshta check`", config_file.display());
+        return 1;
+    }
+    for dir in [&s.queue_directory, &s.virtual_mailbox_base] {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            mlog!("master", "fatal: create {}: {}", dir.display(), e);
+            return 1;
+        }
+    }
+    let policy = match Policy::build(s.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            mlog!("master", "fatal: {e}");
+            return 1;
+        }
+    };
+    let opts = QueueOptions {
+        minimal_backoff_secs: s.minimal_backoff_time_secs,
+        maximal_backoff_secs: s.maximal_backoff_time_secs,
+        segment_bytes_target: crate::limits::QUEUE_SEGMENT_BYTES_TARGET,
+    };
+    let (queue, report) = match Queue::open(&s.queue_directory, opts, crate::time::now_unix()) {
+        Ok(q) => q,
+        Err(e) => {
+            mlog!("master", "fatal: {e}");
+            return 1;
+        }
+    };
+    mlog!(
+        "master",
+        "queue recovered: segments={} messages={} discarded_uncommitted={}{}",
+        report.segments,
+        report.messages,
+        report.discarded_uncommitted,
+        match &report.truncated_tail {
+            Some((p, off)) => format!(" truncated_tail={}@{}", p.display(), off),
+            None => String::new(),
+        }
+    );
+    let mut listeners = Vec::new();
+    for addr in &s.smtpd_listen {
+        match listen::bind(*addr).and_then(Async::new) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                mlog!("master", "fatal: bind {addr}: {e}");
+                return 1;
+            }
+        }
+    }
+    mlog!(
+        "master",
+        "config: file={} myhostname={} mydestination={} mynetworks={} smtpd_listen={} queue_directory={} virtual_mailbox_base={} message_size_limit={} delivery_paused={}",
+        config_file.display(),
+        s.myhostname,
+        s.mydestination.join(","),
+        s.mynetworks.join(","),
+        s.smtpd_listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+        s.queue_directory.display(),
+        s.virtual_mailbox_base.display(),
+        s.message_size_limit,
+        if s.delivery_paused { "yes" } else { "no" },
+    );
+    let ex = Rc::new(LocalExecutor::new());
+    let ctx = Rc::new(Ctx {
+        ex: ex.clone(),
+        policy: RefCell::new(Rc::new(policy)),
+        queue,
+        sessions: Cell::new(0),
+        next_sid: Cell::new(1),
+        deliveries: Cell::new(0),
+        delivery_seq: Cell::new(0),
+        stopping: Cell::new(false),
+        stop: event_listener::Event::new(),
+        idle: event_listener::Event::new(),
+    });
+    mlog!("master", "daemon started -- version {}, configuration {}", env!("CARGO_PKG_VERSION"), config_file.display());
+    smol::block_on(ex.run(run(ctx, listeners, config_file.to_path_buf())))
+}
+
+async fn run(ctx: Rc<Ctx>, listeners: Vec<Async<TcpListener>>, config_file: std::path::PathBuf) -> i32 {
+    let q = ctx.queue.clone();
+    ctx.ex.spawn(async move { q.run_writer().await }).detach();
+    ctx.ex.spawn(deliver::runner(ctx.clone())).detach();
+    for l in listeners {
+        ctx.ex.spawn(accept_loop(ctx.clone(), l)).detach();
+    }
+    let signals = async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ]);
+    let mut signals = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            mlog!("master", "fatal: signals: {e}");
+            return 1;
+        }
+    };
+    use smol::stream::StreamExt;
+    while let Some(sig) = signals.next().await {
+        match sig {
+            Ok(async_signal::Signal::Hup) => reload(&ctx, &config_file),
+            Ok(sig) => {
+                mlog!("master", "terminating on signal {:?}", sig);
+                break;
+            }
+            Err(e) => mlog!("master", "warning: signal: {e}"),
+        }
+    }
+    shutdown(&ctx).await
+}
+
+/// SIGHUP: read main.cf and the users file again; on any error keep the running policy.
+/// Listeners are not re-bound (a changed smtpd_listen needs a restart; we say so).
+fn reload(ctx: &Rc<Ctx>, config_file: &std::path::Path) {
+    let loaded = match load_config(config_file) {
+        Ok(l) => l,
+        Err(e) => {
+            mlog!("master", "warning: reload: {e}; keeping the running configuration");
+            return;
+        }
+    };
+    for d in &loaded.diagnostics {
+        mlog!("master", "warning: reload: {d}");
+    }
+    if loaded.has_errors() {
+        mlog!("master", "warning: reload: configuration errors; keeping the running configuration");
+        return;
+    }
+    let old = ctx.policy();
+    if old.settings.smtpd_listen != loaded.settings.smtpd_listen {
+        mlog!("master", "warning: reload: smtpd_listen changed; restart poshta to apply it");
+    }
+    match Policy::build(loaded.settings) {
+        Ok(p) => {
+            *ctx.policy.borrow_mut() = Rc::new(p);
+            mlog!("master", "reload -- version {}, configuration {}", env!("CARGO_PKG_VERSION"), config_file.display());
+            // A change of delivery_paused must wake the runner.
+            ctx.queue.poke();
+        }
+        Err(e) => mlog!("master", "warning: reload: {e}; keeping the running configuration"),
+    }
+}
+
+/// Stop accepting, let sessions finish what they are writing (bounded), flush the queue.
+async fn shutdown(ctx: &Rc<Ctx>) -> i32 {
+    ctx.stopping.set(true);
+    ctx.stop.notify(usize::MAX);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ctx.sessions.get() > 0 || ctx.deliveries.get() > 0 {
+        let l = ctx.idle.listen();
+        if ctx.sessions.get() == 0 && ctx.deliveries.get() == 0 {
+            break;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            mlog!(
+                "master",
+                "warning: shutdown: {} sessions and {} deliveries still running",
+                ctx.sessions.get(),
+                ctx.deliveries.get()
+            );
+            break;
+        }
+        smol::future::or(async { l.await }, async { Timer::after(left).await; }).await;
+    }
+    match ctx.queue.sync().await {
+        Ok(()) => {
+            mlog!("master", "stopped");
+            0
+        }
+        Err(e) => {
+            mlog!("master", "warning: shutdown: queue sync: {e}");
+            1
+        }
+    }
+}
+
+async fn accept_loop(ctx: Rc<Ctx>, listener: Async<TcpListener>) {
+    loop {
+        let accepted = smol::future::or(async { Some(listener.accept().await) }, async {
+            ctx.stopped().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else { return };
+        match accepted {
+            Ok((stream, peer)) => {
+                let max = ctx.policy().settings.smtpd_sessions_max;
+                if ctx.sessions.get() >= max {
+                    ctx.ex.spawn(smtp::refuse(ctx.clone(), stream, peer)).detach();
+                } else {
+                    ctx.sessions.set(ctx.sessions.get() + 1);
+                    let c = ctx.clone();
+                    ctx.ex
+                        .spawn(async move {
+                            smtp::session(c.clone(), stream, peer).await;
+                            c.sessions.set(c.sessions.get() - 1);
+                            c.idle.notify(usize::MAX);
+                        })
+                        .detach();
+                }
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off briefly instead of spinning.
+                mlog!("smtpd", "warning: accept: {e}");
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -182,6 +182,11 @@ impl Queue {
         todo!()
     }
 
+    /// Wake whoever waits in `changed` (e.g. after a reload un-pauses delivery).
+    pub fn poke(&self) {
+        todo!()
+    }
+
     /// Record the outcomes of a job; the message is done when every recipient is final.
     pub fn finish(&self, qid: QueueId, outcomes: &[(usize, Outcome)], now_unix: u64) {
         let _ = (qid, outcomes, now_unix);

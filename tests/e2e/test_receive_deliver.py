@@ -1,0 +1,370 @@
+"""Receive and deliver, end to end, with real clients (Python smtplib, swaks)."""
+import email
+import email.policy
+import os
+import signal
+import smtplib
+import subprocess
+import threading
+import time
+
+import pytest
+
+
+def send(p, to, body="Subject: hello\r\n\r\nHi there.\r\n", sender="carol@remote.example", source=None):
+    kw = {"source_address": (source, 0)} if source else {}
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=20, **kw) as c:
+        return c.sendmail(sender, to, body)
+
+
+def parse(p, path):
+    return email.message_from_bytes(p.read(path), policy=email.policy.default)
+
+
+def test_smtplib_delivers_to_maildir_with_trace_headers(poshta):
+    send(poshta, ["alice@example.org"], "Subject: first\r\nFrom: carol@remote.example\r\n\r\nline one\r\n.dot line\r\n")
+    [path] = poshta.wait_messages("alice", 1)
+    raw = poshta.read(path)
+    assert b"\r\n" not in raw, "Maildir files use LF line ends"
+    m = parse(poshta, path)
+    assert m["Subject"] == "first"
+    assert m["Return-Path"] == "<carol@remote.example>"
+    assert m["Delivered-To"] == "alice@example.org"
+    assert "by mx.example.org (poshta) with ESMTP id" in m["Received"]
+    assert "for <alice@example.org>" in m["Received"]
+    # RFC 5322 §3.6: Date and Message-ID were missing, so poshta added them.
+    assert m["Date"] and m["Message-ID"].endswith("@mx.example.org>")
+    assert m.get_content() == "line one\n.dot line\n"
+    name = os.path.basename(path)
+    assert ",S=%d" % len(raw) in name
+    assert os.listdir(os.path.join(poshta.maildir("alice"), "tmp")) == []
+
+
+def test_existing_date_and_message_id_are_kept(poshta):
+    send(poshta, ["bob@example.org"],
+         "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <keep@me>\r\nSubject: x\r\n\r\nbody\r\n")
+    [path] = poshta.wait_messages("bob", 1)
+    m = parse(poshta, path)
+    assert m["Message-ID"] == "<keep@me>"
+    assert m.get_all("Date") == ["Mon, 1 Jan 2024 00:00:00 +0000"]
+
+
+def test_one_copy_per_recipient_and_case_insensitive(poshta):
+    send(poshta, ["alice@example.org", "BOB@EXAMPLE.ORG"])
+    poshta.wait_messages("alice", 1)
+    poshta.wait_messages("bob", 1)
+    time.sleep(0.3)
+    assert len(poshta.new_messages("alice")) == 1
+
+
+def test_unknown_local_user_is_refused_550_511(poshta):
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+        send(poshta, ["nobody@example.org"])
+    code, text = e.value.recipients["nobody@example.org"]
+    assert code == 550 and text.startswith(b"5.1.1")
+    assert "NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 550 5.1.1" in poshta.logtext()
+
+
+def test_relay_denied_outside_mynetworks(poshta):
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+        send(poshta, ["someone@elsewhere.example"], source="127.0.0.2")
+    code, text = e.value.recipients["someone@elsewhere.example"]
+    assert (code, text) == (554, b"5.7.1 <someone@elsewhere.example>: Relay access denied")
+    assert "Mail queue is empty" in poshta.cli("queue").stdout
+
+
+def test_relay_from_mynetworks_is_queued_and_listed(poshta):
+    send(poshta, ["someone@elsewhere.example"], sender="scanner@lan.example")
+    deadline = time.time() + 10
+    out = ""
+    while time.time() < deadline:
+        out = poshta.cli("queue").stdout
+        if "not available yet" in out:
+            break
+        time.sleep(0.1)
+    lines = out.splitlines()
+    assert lines[0] == "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
+    assert "scanner@lan.example" in lines[1]
+    assert "(delivery to remote domains is not available yet)" in out
+    assert " " * 41 + "someone@elsewhere.example" in lines
+    assert lines[-1] == "-- 0 Kbytes in 1 Request."
+
+
+def test_swaks_delivers(poshta):
+    r = subprocess.run(["swaks", "--server", f"127.0.0.1:{poshta.port}", "--to", "alice@example.org",
+                        "--from", "dave@remote.example", "--header", "Subject: via swaks",
+                        "--body", "sent by swaks"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    [path] = poshta.wait_messages("alice", 1)
+    m = parse(poshta, path)
+    assert m["Subject"] == "via swaks"
+    assert "sent by swaks" in m.get_content()
+
+
+def test_swaks_pipelining_and_chunking(poshta):
+    r = subprocess.run(["swaks", "--server", f"127.0.0.1:{poshta.port}", "--to", "alice@example.org,bob@example.org",
+                        "--pipeline", "--body", "pipelined"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PIPELINING" in r.stdout and "CHUNKING" in r.stdout
+    poshta.wait_messages("alice", 1)
+    poshta.wait_messages("bob", 1)
+
+
+def test_swaks_unknown_user_fails(poshta):
+    r = subprocess.run(["swaks", "--server", f"127.0.0.1:{poshta.port}", "--to", "zed@example.org"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "550 5.1.1" in r.stdout
+
+
+def test_bdat_via_smtplib(poshta):
+    with smtplib.SMTP("127.0.0.1", poshta.port, timeout=20) as c:
+        c.ehlo("client.example")
+        assert c.has_extn("chunking")
+        c.mail("carol@remote.example")
+        c.rcpt("alice@example.org")
+        body = b"Subject: chunked\r\n\r\npart one\r\npart two\r\n"
+        c.send(b"BDAT %d\r\n" % 20 + body[:20])
+        assert c.getreply()[0] == 250
+        rest = body[20:]
+        c.send(b"BDAT %d LAST\r\n" % len(rest) + rest)
+        code, text = c.getreply()
+        assert code == 250 and b"queued as" in text
+    [path] = poshta.wait_messages("alice", 1)
+    assert parse(poshta, path).get_content() == "part one\npart two\n"
+
+
+def test_message_over_size_limit_is_refused_and_not_kept(make_poshta):
+    p = make_poshta("message_size_limit = 20000")
+    big = "Subject: big\r\n\r\n" + ("x" * 998 + "\r\n") * 40
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        send(p, ["alice@example.org"], big)
+    assert e.value.smtp_code == 552
+    # The session survives and the next message goes through.
+    send(p, ["alice@example.org"], "Subject: small\r\n\r\nok\r\n")
+    [path] = p.wait_messages("alice", 1)
+    assert parse(p, path)["Subject"] == "small"
+
+
+def test_size_parameter_over_limit_refused_at_mail(make_poshta):
+    p = make_poshta("message_size_limit = 20000")
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=20) as c:
+        c.ehlo()
+        assert c.esmtp_features["size"] == "20000"
+        code, _ = c.mail("carol@remote.example", ["SIZE=50000"])
+        assert code == 552
+
+
+def test_smuggling_bare_lf_outside_mynetworks_gets_521(poshta, raw):
+    r = raw(poshta.port, source="127.0.0.2")
+    assert r.reply()[0] == 220
+    assert r.cmd("EHLO evil.example")[0] == 250
+    assert r.cmd("MAIL FROM:<a@evil.example>")[0] == 250
+    assert r.cmd("RCPT TO:<alice@example.org>")[0] == 250
+    assert r.cmd("DATA")[0] == 354
+    r.send("Subject: x\r\n\r\nhello\n.\nMAIL FROM:<b@evil.example>\r\n.\r\n")
+    code, lines = r.reply()
+    assert code == 521 and "bare <LF>" in lines[0]
+    assert r.closed()
+    time.sleep(0.5)
+    assert poshta.new_messages("alice") == []
+
+
+def test_smuggling_in_normalize_mode_cannot_end_data_early(poshta, raw):
+    """From mynetworks bare LF is normalised, but only CR LF . CR LF ends the data: the
+    smuggled second transaction is part of the first message's body."""
+    r = raw(poshta.port)
+    r.reply()
+    r.cmd("EHLO lan.example")
+    r.cmd("MAIL FROM:<a@lan.example>")
+    r.cmd("RCPT TO:<alice@example.org>")
+    assert r.cmd("DATA")[0] == 354
+    r.send("Subject: one\r\n\r\nbody\n.\nMAIL FROM:<x@lan.example>\nRCPT TO:<bob@example.org>\nDATA\nSubject: two\n\r\n.\r\n")
+    code, lines = r.reply()
+    assert code == 250
+    assert r.cmd("QUIT")[0] == 221
+    [path] = poshta.wait_messages("alice", 1)
+    content = poshta.read(path)
+    assert b"RCPT TO:<bob@example.org>" in content
+    time.sleep(0.5)
+    assert poshta.new_messages("bob") == []
+
+
+def test_long_command_line_500_and_session_continues(poshta, raw):
+    r = raw(poshta.port)
+    r.reply()
+    r.cmd("EHLO x.example")
+    code, lines = r.cmd("MAIL FROM:<" + "a" * 600 + "@x.example>")
+    assert code == 500 and lines[0].startswith("500 5.5.2")
+    assert r.cmd("NOOP")[0] == 250
+
+
+def test_nul_and_8bit_in_command_are_refused(poshta, raw):
+    r = raw(poshta.port)
+    r.reply()
+    r.cmd("EHLO x.example")
+    assert r.cmd("MAIL FROM:<a\x00b@x.example>")[0] == 500
+    r.send(b"MAIL FROM:<\xff\xfe@x.example>\r\n")
+    assert r.reply()[0] in (500, 501, 553)
+    assert r.cmd("MAIL FROM:<ok@x.example>")[0] == 250
+
+
+def test_sequence_errors(poshta, raw):
+    r = raw(poshta.port)
+    r.reply()
+    assert r.cmd("MAIL FROM:<a@x.example>")[1][0].startswith("503 5.5.1")
+    r.cmd("EHLO x.example")
+    assert r.cmd("RCPT TO:<alice@example.org>")[0] == 503
+    assert r.cmd("DATA")[0] == 503
+    r.cmd("MAIL FROM:<a@x.example>")
+    assert r.cmd("RCPT TO:<nobody@example.org>")[0] == 550
+    assert r.cmd("DATA")[1][0].startswith("554 5.5.1")
+
+
+def test_disconnect_mid_data_queues_nothing(poshta, raw):
+    r = raw(poshta.port)
+    r.reply()
+    r.cmd("EHLO x.example")
+    r.cmd("MAIL FROM:<a@x.example>")
+    r.cmd("RCPT TO:<alice@example.org>")
+    r.cmd("DATA")
+    r.send("Subject: half\r\n\r\nhalf a messa")
+    r.close()
+    time.sleep(0.5)
+    send(poshta, ["bob@example.org"])
+    poshta.wait_messages("bob", 1)
+    assert poshta.new_messages("alice") == []
+    assert "Mail queue is empty" in poshta.cli("queue").stdout
+
+
+def test_idle_timeout_421(make_poshta, raw):
+    p = make_poshta("smtpd_timeout = 1s")
+    r = raw(p.port)
+    r.reply()
+    start = time.time()
+    code, lines = r.reply()
+    assert code == 421 and lines[0].startswith("421 4.4.2")
+    assert time.time() - start < 10
+    assert r.closed()
+
+
+def test_session_cap_answers_421(make_poshta, raw):
+    p = make_poshta("smtpd_sessions_max = 2")
+    a, b = raw(p.port), raw(p.port)
+    assert a.reply()[0] == 220 and b.reply()[0] == 220
+    c = raw(p.port)
+    code, lines = c.reply()
+    assert code == 421 and lines[0].startswith("421 4.7.0")
+    a.cmd("QUIT")
+    time.sleep(0.3)
+    d = raw(p.port)
+    assert d.reply()[0] == 220
+
+
+def test_slow_client_does_not_block_others(poshta, raw):
+    slow = raw(poshta.port)
+    slow.reply()
+    slow.cmd("EHLO slow.example")
+    slow.cmd("MAIL FROM:<a@x.example>")
+    slow.cmd("RCPT TO:<alice@example.org>")
+    slow.cmd("DATA")
+    slow.send("Subject: slow\r\n\r\nstill typing")
+    errors = []
+
+    def worker(i):
+        try:
+            send(poshta, ["bob@example.org"], f"Subject: n{i}\r\n\r\nx\r\n")
+        except Exception as e:  # noqa
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert errors == []
+    poshta.wait_messages("bob", 20)
+    slow.send("\r\n.\r\n")
+    assert slow.reply()[0] == 250
+    poshta.wait_messages("alice", 1)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_acknowledged_mail_survives_restart(make_poshta, how):
+    """Delivery paused: 20 acknowledged messages sit in the queue; after a stop (clean, or
+    kill -9) and a start with delivery on, every one is delivered exactly once."""
+    p = make_poshta("delivery_paused = yes")
+    for i in range(20):
+        send(p, ["alice@example.org"], f"Subject: m{i}\r\n\r\nbody {i}\r\n")
+    out = p.cli("queue").stdout
+    assert out.rstrip().endswith("in 20 Requests."), out
+    assert p.new_messages("alice") == []
+    p.stop(how)
+    p.write_config("delivery_paused = no")
+    p.start()
+    msgs = p.wait_messages("alice", 20)
+    time.sleep(0.5)
+    assert len(p.new_messages("alice")) == 20
+    subjects = sorted(parse(p, m)["Subject"] for m in msgs)
+    assert subjects == sorted(f"m{i}" for i in range(20))
+    deadline = time.time() + 10
+    while "Mail queue is empty" not in p.cli("queue").stdout and time.time() < deadline:
+        time.sleep(0.1)
+    assert "Mail queue is empty" in p.cli("queue").stdout
+
+
+def test_sighup_reloads_users(poshta):
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        send(poshta, ["erin@example.org"])
+    poshta.add_user("erin", "pw-erin")
+    poshta.hup()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            send(poshta, ["erin@example.org"])
+            break
+        except smtplib.SMTPRecipientsRefused:
+            time.sleep(0.1)
+    poshta.wait_messages("erin", 1)
+    assert "reload" in poshta.logtext()
+
+
+def test_sigterm_exits_cleanly(poshta):
+    send(poshta, ["alice@example.org"])
+    poshta.wait_messages("alice", 1)
+    assert poshta.stop(signal.SIGTERM) == 0
+
+
+def test_large_message_streams_with_bounded_memory(poshta):
+    """A 30 MiB message: the server's peak RSS stays far below the message size."""
+    line = "y" * 998 + "\r\n"
+    body = "Subject: large\r\n\r\n" + line * (30 * 1024 * 1024 // len(line))
+    send(poshta, ["alice@example.org"], body)
+    [path] = poshta.wait_messages("alice", 1, timeout=60)
+    assert os.path.getsize(path) > 30 * 1000 * 1000
+    assert poshta.rss_kib() < 24 * 1024, f"peak RSS {poshta.rss_kib()} KiB"
+
+
+def test_disk_full_gets_452_and_server_keeps_serving(tmp_path, make_poshta):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    spool = tmp_path / "smallspool"
+    spool.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(spool)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount tmpfs here: " + r.stderr.decode())
+    try:
+        p = make_poshta(f"queue_directory = {spool}")
+        big = "Subject: big\r\n\r\n" + ("z" * 998 + "\r\n") * 2000
+        with pytest.raises(smtplib.SMTPResponseException) as e:
+            send(p, ["alice@example.org"], big)
+        assert e.value.smtp_code == 452
+        send(p, ["alice@example.org"], "Subject: small\r\n\r\nfits\r\n")
+        [path] = p.wait_messages("alice", 1)
+        assert parse(p, path)["Subject"] == "small"
+        p.stop()
+        p.start()
+        time.sleep(1)
+        assert len(p.new_messages("alice")) == 1
+    finally:
+        for pp in []:
+            pass
+        subprocess.run(["umount", "-l", str(spool)])
