@@ -124,7 +124,7 @@ impl Router {
 
     pub fn is_local_domain(&self, domain: &str) -> bool {
         let d = normalize_domain(domain);
-        self.mydestination.iter().any(|m| *m == d)
+        self.mydestination.contains(&d)
     }
 }
 
