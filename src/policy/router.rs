@@ -21,7 +21,8 @@
 //! 5. `Local { user }` if the users file has the name, else `UnknownLocal`.
 //!
 //! Hostile forms stay local-and-unknown, never `Remote`: `alice%other@example.org` is the
-//! (non-existent) user `alice%other` (no source routing, RFC 5321 Appendix C), and
+//! (non-existent) user `alice%other` (no `%`-hack relaying: RFC 5321 §3.6.1 and
+//! Appendix C leave source routing to the server's discretion, and poshta declines), and
 //! `"alice@x"@example.org` is the user `alice@x`.
 
 use super::RcptClass;
