@@ -1,9 +1,49 @@
-//! Maildir delivery (users helper implements).
+//! Maildir delivery (<https://cr.yp.to/proto/maildir.html>).
+//!
+//! A Maildir is a directory holding `tmp/`, `new/` and `cur/`. A message is written to
+//! `tmp/NAME` (created exclusively), fsynced, then renamed into `new/` — readers only ever
+//! see complete files. As in OpenSMTPD (see STYLE.md) and beyond it, poshta also fsyncs
+//! `new/` after the rename, because the rename is only durable once the directory is: only
+//! then may the queue record the recipient as delivered.
+//!
+//! # File names
+//!
+//! `{secs}.M{micros}P{pid}Q{seq}.{host},S={size}` — the spec's "modern" unique name (time,
+//! microseconds, process id, per-process delivery counter) plus Dovecot's `,S=` size
+//! attribute (the file's exact size in bytes, which lets POP3 and IMAP servers skip a
+//! stat). `host` is the hostname with every byte outside `[A-Za-z0-9._-]` written as a
+//! backslash and three octal digits (so `/` is `\057` and `:` is `\072`, as Dovecot does):
+//! the unique part never contains `/` or `:` (`:` starts the info part in `cur/`).
+//!
+//! # Symlinks
+//!
+//! The Maildir path itself may be a symlink (an admin's choice), but `tmp/` and `new/` are
+//! opened with O_NOFOLLOW|O_DIRECTORY and the message with O_NOFOLLOW|O_EXCL relative to
+//! those directory handles, so nothing is ever written through a planted link.
+//!
+//! # Errors
+//!
+//! Like chasquid and Postfix, local failures are temporary so mail is not lost: a full or
+//! over-quota disk (ENOSPC, EDQUOT), I/O errors, permission problems, a missing or
+//! symlinked `tmp/`/`new/` (an admin can fix it; the queue's lifetime bounds the retries).
+//! The only permanent error is EFBIG (the file exceeds the filesystem's or the process's
+//! file size limit): the same message will never fit.
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, CWD};
+use rustix::io::Errno;
+
 use super::DeliveryError;
+
+/// Body copy buffer.
+const COPY_BUFFER_BYTES: usize = 64 * 1024;
+/// Hostname bytes kept in a file name (after escaping), so the name stays under NAME_MAX.
+const HOST_IN_NAME_BYTES_MAX: usize = 128;
 
 /// What to prepend and how to name the file.
 pub struct MaildirDelivery<'a> {
@@ -13,7 +53,8 @@ pub struct MaildirDelivery<'a> {
     pub hostname: &'a str,
     /// Header lines to prepend (Return-Path:, Delivered-To:), LF-ended.
     pub prepend: &'a [u8],
-    /// Body size in bytes (LF-ended lines as stored in the queue), for the ,S= attribute.
+    /// Body size in bytes (LF-ended lines as stored in the queue). Informational: the
+    /// `,S=` attribute is the count of bytes actually written.
     pub body_size: u64,
     /// Seconds and microseconds now (injected), and a per-process sequence number.
     pub now_secs: u64,
@@ -21,9 +62,359 @@ pub struct MaildirDelivery<'a> {
     pub seq: u64,
 }
 
+/// The Maildir of a mailbox user: `$virtual_mailbox_base/NAME/`. None when `user` is not a
+/// valid users-file name (so it can never be `..` or contain `/`).
+pub fn virtual_maildir(base: &Path, user: &str) -> Option<PathBuf> {
+    crate::auth::users::valid_name(user).then(|| base.join(user))
+}
+
+/// Escape a hostname for the unique part of a file name (see the module doc).
+pub fn sanitize_hostname(host: &str) -> String {
+    let mut out = String::with_capacity(host.len());
+    for &b in host.as_bytes() {
+        if out.len() >= HOST_IN_NAME_BYTES_MAX {
+            break;
+        }
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("\\{b:03o}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("localhost");
+    }
+    out
+}
+
+fn classify(what: &str, path: &Path, e: std::io::Error) -> DeliveryError {
+    let reason = format!("maildir {}: {what}: {e}", path.display());
+    if e.raw_os_error() == Some(Errno::FBIG.raw_os_error()) {
+        DeliveryError::permanent(reason)
+    } else {
+        DeliveryError::temporary(reason)
+    }
+}
+
+fn mkdir_700(dir: &OwnedFd, name: &str) -> std::io::Result<bool> {
+    match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn open_dir(at: impl AsFd, name: &Path, nofollow: bool) -> std::io::Result<OwnedFd> {
+    let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    if nofollow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    Ok(rustix::fs::openat(at, name, flags, Mode::empty())?)
+}
+
+/// The open directory handles of a Maildir.
+struct Dirs {
+    tmp: OwnedFd,
+    new: OwnedFd,
+}
+
+/// Create the Maildir and its `cur/ new/ tmp/` (mode 0700) where missing, fsyncing each
+/// directory that gained an entry, and open `tmp/` and `new/` without following links.
+fn open_maildir(maildir: &Path) -> std::io::Result<Dirs> {
+    if std::fs::symlink_metadata(maildir).is_err() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(maildir)?;
+        if let Some(parent) = maildir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
+    }
+    let md = open_dir(CWD, maildir, false)?;
+    let mut created = false;
+    for sub in ["tmp", "new", "cur"] {
+        created |= mkdir_700(&md, sub)?;
+    }
+    if created {
+        rustix::fs::fsync(&md)?;
+    }
+    Ok(Dirs {
+        tmp: open_dir(&md, Path::new("tmp"), true)?,
+        new: open_dir(&md, Path::new("new"), true)?,
+    })
+}
+
+/// Create `maildir` with `cur/ new/ tmp/` (mode 0700) where missing; error if `tmp/` or
+/// `new/` is a symlink or not a directory. Used by `poshta user add`.
+pub fn create_maildir(maildir: &Path) -> std::io::Result<()> {
+    open_maildir(maildir).map(drop)
+}
+
 /// Blocking: write tmp/NAME (O_EXCL), fsync, rename to new/NAME, fsync new/.
 /// Returns the final path.
 pub fn deliver(d: &MaildirDelivery<'_>, body: &mut dyn Read) -> Result<PathBuf, DeliveryError> {
-    let _ = (d, body);
-    todo!("users helper")
+    let dirs = open_maildir(d.maildir).map_err(|e| classify("open", d.maildir, e))?;
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    // Maildir spec, "modern" unique names: time, M microseconds, P pid, Q delivery count.
+    let unique = format!(
+        "{}.M{}P{}Q{}.{}",
+        d.now_secs,
+        d.now_micros,
+        pid,
+        d.seq,
+        sanitize_hostname(d.hostname)
+    );
+    let tmp_path = d.maildir.join("tmp").join(&unique);
+    // Maildir spec: create in tmp/ exclusively; never through a link.
+    let fd = rustix::fs::openat(
+        &dirs.tmp,
+        unique.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| classify("create", &tmp_path, e.into()))?;
+    let mut file = File::from(fd);
+
+    let written = match write_and_sync(&mut file, d.prepend, body) {
+        Ok(n) => n,
+        Err((what, e)) => {
+            drop(file);
+            let _ = rustix::fs::unlinkat(&dirs.tmp, unique.as_str(), AtFlags::empty());
+            return Err(classify(what, &tmp_path, e));
+        }
+    };
+    drop(file);
+
+    // Dovecot's ,S= attribute: the real size of the file.
+    let name = format!("{unique},S={written}");
+    let final_path = d.maildir.join("new").join(&name);
+    // Maildir spec: rename into new/. NOREPLACE so a (theoretical) name clash never
+    // overwrites a delivered message; filesystems without renameat2 flags get a plain
+    // rename (the unique name makes a clash practically impossible).
+    let renamed = match rustix::fs::renameat_with(
+        &dirs.tmp,
+        unique.as_str(),
+        &dirs.new,
+        name.as_str(),
+        RenameFlags::NOREPLACE,
+    ) {
+        Err(Errno::INVAL) | Err(Errno::NOSYS) => {
+            rustix::fs::renameat(&dirs.tmp, unique.as_str(), &dirs.new, name.as_str())
+        }
+        other => other,
+    };
+    if let Err(e) = renamed {
+        let _ = rustix::fs::unlinkat(&dirs.tmp, unique.as_str(), AtFlags::empty());
+        return Err(classify("rename into new/", &final_path, e.into()));
+    }
+    // STYLE.md: fsync the directory so the rename is durable before we say "delivered".
+    if let Err(e) = rustix::fs::fsync(&dirs.new) {
+        // Not known durable: take it back so the retry does not make a duplicate (best
+        // effort; if this fails too, the retry may deliver twice — at-least-once).
+        let _ = rustix::fs::unlinkat(&dirs.new, name.as_str(), AtFlags::empty());
+        return Err(classify("fsync new/", d.maildir, e.into()));
+    }
+    Ok(final_path)
+}
+
+/// Write prepend + body, fsync; returns the bytes written.
+fn write_and_sync(
+    file: &mut File,
+    prepend: &[u8],
+    body: &mut dyn Read,
+) -> Result<u64, (&'static str, std::io::Error)> {
+    file.write_all(prepend).map_err(|e| ("write", e))?;
+    let mut written = prepend.len() as u64;
+    let mut buf = vec![0u8; COPY_BUFFER_BYTES];
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(("read message body", e)),
+        };
+        file.write_all(&buf[..n]).map_err(|e| ("write", e))?;
+        written += n as u64;
+    }
+    file.sync_all().map_err(|e| ("fsync", e))?;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    struct TmpDir(PathBuf);
+    impl TmpDir {
+        fn new(tag: &str) -> TmpDir {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir()
+                .join(format!("poshta-maildir-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TmpDir(p)
+        }
+    }
+    impl Drop for TmpDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn delivery<'a>(maildir: &'a Path, prepend: &'a [u8], seq: u64) -> MaildirDelivery<'a> {
+        MaildirDelivery {
+            maildir,
+            hostname: "mx/1:a",
+            prepend,
+            body_size: 0,
+            now_secs: 1_700_000_000,
+            now_micros: 123_456,
+            seq,
+        }
+    }
+
+    #[test]
+    fn delivers_exact_bytes_into_new() {
+        let t = TmpDir::new("ok");
+        let md = t.0.join("mail").join("alice");
+        let prepend = b"Return-Path: <a@b>\nDelivered-To: alice@example.org\n";
+        let body = b"Subject: hi\n\nhello\n";
+        let mut d = delivery(&md, prepend, 1);
+        d.body_size = body.len() as u64;
+        let path = deliver(&d, &mut &body[..]).unwrap();
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got, [&prepend[..], &body[..]].concat());
+        assert_eq!(path.parent().unwrap(), md.join("new"));
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(name.ends_with(&format!(",S={}", got.len())), "{name}");
+        let unique = name.split(',').next().unwrap();
+        assert!(!unique.contains(':') && !unique.contains('/'), "{unique}");
+        assert!(unique.contains("mx\\0571\\072a"), "{unique}");
+        assert!(unique.starts_with("1700000000.M123456P"), "{unique}");
+        assert!(entries(&md.join("tmp")).is_empty());
+        assert!(entries(&md.join("cur")).is_empty());
+        for sub in ["", "tmp", "new", "cur"] {
+            let m = std::fs::metadata(md.join(sub)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o700, "{sub}");
+        }
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn size_is_what_was_written_not_what_was_claimed() {
+        let t = TmpDir::new("size");
+        let mut d = delivery(&t.0, b"X: y\n", 1);
+        d.body_size = 1_000_000;
+        let path = deliver(&d, &mut &b"short\n"[..]).unwrap();
+        assert!(path.to_str().unwrap().ends_with(",S=11"), "{path:?}");
+    }
+
+    #[test]
+    fn two_deliveries_get_different_names() {
+        let t = TmpDir::new("two");
+        let a = deliver(&delivery(&t.0, b"", 1), &mut &b"a\n"[..]).unwrap();
+        let b = deliver(&delivery(&t.0, b"", 2), &mut &b"a\n"[..]).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(entries(&t.0.join("new")).len(), 2);
+        // Same time, seq and size again (a clock step back): the rename must not replace
+        // the delivered message.
+        let e = deliver(&delivery(&t.0, b"", 2), &mut &b"b\n"[..]).unwrap_err();
+        assert!(!e.permanent, "{e}");
+        assert_eq!(std::fs::read(&b).unwrap(), b"a\n");
+        assert!(entries(&t.0.join("tmp")).is_empty());
+    }
+
+    struct Failing(usize);
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("queue segment unreadable"));
+            }
+            self.0 -= 1;
+            let n = buf.len().min(1000);
+            buf[..n].fill(b'x');
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn failing_reader_leaves_nothing() {
+        let t = TmpDir::new("fail");
+        let e = deliver(&delivery(&t.0, b"H: v\n", 1), &mut Failing(3)).unwrap_err();
+        assert!(!e.permanent, "{e}");
+        assert!(e.reason.contains("queue segment unreadable"), "{e}");
+        assert!(entries(&t.0.join("tmp")).is_empty());
+        assert!(entries(&t.0.join("new")).is_empty());
+    }
+
+    #[test]
+    fn symlinked_subdirs_are_refused() {
+        for sub in ["tmp", "new"] {
+            let t = TmpDir::new("link");
+            let md = t.0.join("md");
+            let elsewhere = t.0.join("elsewhere");
+            std::fs::create_dir_all(&md).unwrap();
+            std::fs::create_dir_all(&elsewhere).unwrap();
+            for other in ["tmp", "new", "cur"] {
+                if other != sub {
+                    std::fs::create_dir(md.join(other)).unwrap();
+                }
+            }
+            std::os::unix::fs::symlink(&elsewhere, md.join(sub)).unwrap();
+            let e = deliver(&delivery(&md, b"", 1), &mut &b"x\n"[..]).unwrap_err();
+            assert!(!e.permanent, "{e}");
+            assert!(
+                entries(&elsewhere).is_empty(),
+                "{sub}: wrote through the link"
+            );
+            assert!(create_maildir(&md).is_err());
+        }
+    }
+
+    #[test]
+    fn subdir_that_is_a_file_is_refused() {
+        let t = TmpDir::new("file");
+        std::fs::create_dir_all(t.0.join("new")).unwrap();
+        std::fs::create_dir_all(t.0.join("cur")).unwrap();
+        std::fs::write(t.0.join("tmp"), b"").unwrap();
+        assert!(deliver(&delivery(&t.0, b"", 1), &mut &b"x\n"[..]).is_err());
+    }
+
+    #[test]
+    fn hostnames_are_escaped() {
+        assert_eq!(sanitize_hostname("mx.example.org"), "mx.example.org");
+        assert_eq!(sanitize_hostname("a/b:c"), "a\\057b\\072c");
+        assert_eq!(sanitize_hostname("a,b c\n"), "a\\054b\\040c\\012");
+        assert_eq!(sanitize_hostname(""), "localhost");
+        assert_eq!(sanitize_hostname("é"), "\\303\\251");
+        assert!(sanitize_hostname(&"/".repeat(1000)).len() <= HOST_IN_NAME_BYTES_MAX + 4);
+    }
+
+    #[test]
+    fn virtual_maildir_refuses_traversal() {
+        let base = Path::new("/var/mail/vhosts");
+        assert_eq!(
+            virtual_maildir(base, "alice"),
+            Some(PathBuf::from("/var/mail/vhosts/alice"))
+        );
+        for bad in ["..", ".", "a/b", "", "../etc", "Alice"] {
+            assert_eq!(virtual_maildir(base, bad), None, "{bad}");
+        }
+    }
 }

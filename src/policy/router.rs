@@ -1,4 +1,29 @@
-//! Recipient classification (policy helper implements).
+//! Recipient classification.
+//!
+//! `classify(addr)` decides where a recipient goes, as Postfix's trivial-rewrite and
+//! local(8) would for poshta's one address class (mydestination + mailbox users):
+//!
+//! 1. Split at the **last** `@` (a quoted local part may contain `@`). No `@` at all: only
+//!    the bare `postmaster` is accepted, as the local user `postmaster` (RFC 5321 §4.5.1
+//!    requires `RCPT TO:<Postmaster>` without a domain, case-insensitively). Any other
+//!    address without a domain is `UnknownLocal`: rejected, never relayed.
+//! 2. The domain is lowercased and one trailing `.` removed, then compared with
+//!    mydestination exactly: no implicit subdomains (as Postfix's mydestination). A domain
+//!    literal such as `[127.0.0.1]` is local only if mydestination lists it in that form
+//!    (Postfix would also match the server's own addresses; poshta does not). Not local:
+//!    `Remote`. An empty domain (`alice@`) is `UnknownLocal`.
+//! 3. The local part: a quoted string (`"alice"`) is unquoted (RFC 5321 §4.1.2
+//!    quoted-pair `\x` gives `x`), then lowercased.
+//! 4. Look-up, as Postfix local(8): the whole local part first; then, if
+//!    recipient_delimiter is set, the part before the first delimiter character (every
+//!    character of recipient_delimiter is a delimiter, as in Postfix ≥ 2.11), unless that
+//!    part would be empty: `alice+tag` → `alice`.
+//! 5. `Local { user }` if the users file has the name, else `UnknownLocal`.
+//!
+//! Hostile forms stay local-and-unknown, never `Remote`: `alice%other@example.org` is the
+//! (non-existent) user `alice%other` (no `%`-hack relaying: RFC 5321 §3.6.1 and
+//! Appendix C leave source routing to the server's discretion, and poshta declines), and
+//! `"alice@x"@example.org` is the user `alice@x`.
 
 use super::RcptClass;
 use crate::auth::users::Users;
@@ -6,24 +31,238 @@ use crate::auth::users::Users;
 /// Classifies recipient addresses against mydestination and the mailbox users.
 #[derive(Debug, Clone)]
 pub struct Router {
-    _p: (),
+    mydestination: Vec<String>,
+    recipient_delimiter: String,
+    users: Users,
+}
+
+/// Lowercase and drop one trailing dot (an absolute domain name is the same domain).
+fn normalize_domain(domain: &str) -> String {
+    let d = domain.strip_suffix('.').unwrap_or(domain);
+    d.to_ascii_lowercase()
+}
+
+/// RFC 5321 §4.1.2: Quoted-string = DQUOTE *QcontentSMTP DQUOTE, quoted-pair = `\` char.
+fn unquote(local: &str) -> String {
+    match local.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(inner) => {
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                if c == '\\' {
+                    if let Some(next) = chars.next() {
+                        out.push(next);
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+        None => local.to_string(),
+    }
 }
 
 impl Router {
     /// `mydestination`: lowercased domains; `recipient_delimiter`: "" or e.g. "+".
     pub fn new(mydestination: Vec<String>, recipient_delimiter: String, users: Users) -> Router {
-        let _ = (mydestination, recipient_delimiter, users);
-        todo!("policy helper")
+        let mydestination = mydestination
+            .iter()
+            .map(|d| normalize_domain(d.trim()))
+            .filter(|d| !d.is_empty())
+            .collect();
+        Router {
+            mydestination,
+            recipient_delimiter,
+            users,
+        }
+    }
+
+    /// The users this router knows.
+    pub fn users(&self) -> &Users {
+        &self.users
     }
 
     /// `addr` is `local@domain` or the bare `postmaster`.
     pub fn classify(&self, addr: &str) -> RcptClass {
-        let _ = addr;
-        todo!()
+        let Some((local, domain)) = addr.rsplit_once('@') else {
+            // RFC 5321 §4.5.1: "Postmaster" without a domain, case-insensitive.
+            return if unquote(addr).eq_ignore_ascii_case("postmaster") {
+                self.lookup("postmaster")
+            } else {
+                RcptClass::UnknownLocal
+            };
+        };
+        if domain.is_empty() {
+            return RcptClass::UnknownLocal;
+        }
+        if !self.is_local_domain(domain) {
+            return RcptClass::Remote;
+        }
+        let local = unquote(local).to_lowercase();
+        self.lookup(&local)
+    }
+
+    fn lookup(&self, local: &str) -> RcptClass {
+        if self.users.contains(local) {
+            return RcptClass::Local {
+                user: local.to_string(),
+            };
+        }
+        if !self.recipient_delimiter.is_empty() {
+            if let Some(i) = local.find(|c| self.recipient_delimiter.contains(c)) {
+                let base = &local[..i];
+                // Postfix does not strip to an empty name (`+tag` stays `+tag`).
+                if !base.is_empty() && self.users.contains(base) {
+                    return RcptClass::Local {
+                        user: base.to_string(),
+                    };
+                }
+            }
+        }
+        RcptClass::UnknownLocal
     }
 
     pub fn is_local_domain(&self, domain: &str) -> bool {
-        let _ = domain;
-        todo!()
+        let d = normalize_domain(domain);
+        self.mydestination.contains(&d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    // Users::parse checks hashes; a cheap valid argon2id string is enough here.
+    const H: &str = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$YWJjZGVmZ2hpamtsbW5vcA";
+
+    fn router(delim: &str) -> Router {
+        let text = format!("alice:{H}\npostmaster:{H}\nmary-jane:{H}\nmary:{H}\n");
+        let users = Users::parse(&text, Path::new("users")).unwrap();
+        Router::new(
+            vec![
+                "example.org".into(),
+                "Mail.Example.ORG.".into(),
+                "[192.0.2.1]".into(),
+            ],
+            delim.into(),
+            users,
+        )
+    }
+
+    fn local(u: &str) -> RcptClass {
+        RcptClass::Local { user: u.into() }
+    }
+
+    #[test]
+    fn basics() {
+        let r = router("+");
+        assert_eq!(r.classify("alice@example.org"), local("alice"));
+        assert_eq!(r.classify("ALICE@EXAMPLE.ORG"), local("alice"));
+        assert_eq!(r.classify("alice@example.org."), local("alice"));
+        assert_eq!(r.classify("alice@mail.example.org"), local("alice"));
+        assert_eq!(r.classify("bob@example.org"), RcptClass::UnknownLocal);
+        assert_eq!(r.classify("alice@example.com"), RcptClass::Remote);
+        // No implicit subdomains.
+        assert_eq!(r.classify("alice@sub.example.org"), RcptClass::Remote);
+        assert_eq!(r.classify("alice@org"), RcptClass::Remote);
+        assert!(r.is_local_domain("EXAMPLE.org."));
+        assert!(!r.is_local_domain("example.org.."));
+        assert!(!r.is_local_domain(""));
+    }
+
+    #[test]
+    fn postmaster() {
+        let r = router("");
+        assert_eq!(r.classify("postmaster"), local("postmaster"));
+        assert_eq!(r.classify("PostMaster"), local("postmaster"));
+        assert_eq!(r.classify("postmaster@example.org"), local("postmaster"));
+        assert_eq!(r.classify("alice"), RcptClass::UnknownLocal);
+        assert_eq!(r.classify(""), RcptClass::UnknownLocal);
+        let no_pm = Router::new(vec!["example.org".into()], String::new(), Users::default());
+        assert_eq!(no_pm.classify("postmaster"), RcptClass::UnknownLocal);
+    }
+
+    #[test]
+    fn recipient_delimiter() {
+        let r = router("+");
+        assert_eq!(r.classify("alice+tag@example.org"), local("alice"));
+        assert_eq!(r.classify("Alice+Tag+More@example.org"), local("alice"));
+        assert_eq!(r.classify("+alice@example.org"), RcptClass::UnknownLocal);
+        assert_eq!(r.classify("bob+tag@example.org"), RcptClass::UnknownLocal);
+        assert_eq!(r.classify("alice-tag@example.org"), RcptClass::UnknownLocal);
+        // Several delimiter characters; the whole name is tried first.
+        let r = router("+-");
+        assert_eq!(r.classify("alice-tag@example.org"), local("alice"));
+        assert_eq!(r.classify("alice+tag@example.org"), local("alice"));
+        assert_eq!(r.classify("mary-jane@example.org"), local("mary-jane"));
+        assert_eq!(r.classify("mary-ann@example.org"), local("mary"));
+        // No delimiter configured: no stripping.
+        let r = router("");
+        assert_eq!(r.classify("alice+tag@example.org"), RcptClass::UnknownLocal);
+    }
+
+    #[test]
+    fn quoted_local_parts() {
+        let r = router("+");
+        assert_eq!(r.classify("\"alice\"@example.org"), local("alice"));
+        assert_eq!(r.classify("\"Al\\ice\"@example.org"), local("alice"));
+        assert_eq!(
+            r.classify("\"alice@x\"@example.org"),
+            RcptClass::UnknownLocal
+        );
+        assert_eq!(
+            r.classify("\"alice@example.com\"@example.org"),
+            RcptClass::UnknownLocal
+        );
+        assert_eq!(r.classify("\"alice\"@example.com"), RcptClass::Remote);
+        assert_eq!(r.classify("\"\"@example.org"), RcptClass::UnknownLocal);
+        assert_eq!(r.classify("\"@example.org"), RcptClass::UnknownLocal);
+    }
+
+    #[test]
+    fn hostile_forms_are_never_remote() {
+        let r = router("+");
+        for a in [
+            "alice%other@example.org",
+            "alice%other.example.com@example.org",
+            "@other.example.com:alice@example.org",
+            "alice!other@example.org",
+            "other.example.com!alice@example.org",
+            "alice@",
+            "alice@example.org@",
+            "../alice@example.org",
+            "alice/../../etc@example.org",
+            "alice\0@example.org",
+            "alice@@example.org",
+            ".alice@example.org",
+        ] {
+            assert_eq!(r.classify(a), RcptClass::UnknownLocal, "{a:?}");
+        }
+        // The last '@' decides the domain.
+        assert_eq!(
+            r.classify("alice@example.org@example.com"),
+            RcptClass::Remote
+        );
+        assert_eq!(
+            r.classify("alice@example.com@example.org"),
+            RcptClass::UnknownLocal
+        );
+    }
+
+    #[test]
+    fn domain_literals() {
+        let r = router("+");
+        assert_eq!(r.classify("alice@[192.0.2.1]"), local("alice"));
+        assert_eq!(r.classify("alice@[127.0.0.1]"), RcptClass::Remote);
+        assert_eq!(r.classify("alice@[IPv6:::1]"), RcptClass::Remote);
+    }
+
+    #[test]
+    fn unicode_local_part_does_not_panic() {
+        let r = router("+");
+        assert_eq!(r.classify("ÄLICE+tag@example.org"), RcptClass::UnknownLocal);
+        assert_eq!(r.classify("ß+ü@EXAMPLE.ORG"), RcptClass::UnknownLocal);
     }
 }
