@@ -4,7 +4,7 @@
 //! than CONFIG_EXPANSION_DEPTH_MAX are errors; an expanded value is at most
 //! CONFIG_LINE_BYTES_MAX bytes.
 
-use super::keys::{self, Default};
+use super::keys::{self, DefaultValue};
 use super::parse::is_param_name;
 use super::Env;
 use crate::limits::{CONFIG_EXPANSION_DEPTH_MAX, CONFIG_LINE_BYTES_MAX};
@@ -33,11 +33,11 @@ pub(crate) struct Resolver<'a> {
 /// myhostname, so it is computed by the resolver, not here.
 pub(crate) fn default_text(key: &keys::Key, env: &Env, config_directory: &str) -> String {
     match key.default {
-        Default::Text(t) => t.to_string(),
-        Default::Hostname => env.hostname.clone(),
-        Default::Domain => domain_of(&env.hostname),
-        Default::Root { root, user } => (if env.is_root { root } else { user }).to_string(),
-        Default::ConfigDirectory => config_directory.to_string(),
+        DefaultValue::Text(t) => t.to_string(),
+        DefaultValue::Hostname => env.hostname.clone(),
+        DefaultValue::Domain => domain_of(&env.hostname),
+        DefaultValue::Root { root, user } => (if env.is_root { root } else { user }).to_string(),
+        DefaultValue::ConfigDirectory => config_directory.to_string(),
     }
 }
 
@@ -76,7 +76,7 @@ impl<'a> Resolver<'a> {
         let Some(key) = keys::find(name) else {
             return Ok(None);
         };
-        if key.default == Default::Domain {
+        if key.default == DefaultValue::Domain {
             let host = self.expand_key("myhostname")?;
             return Ok(Some((domain_of(&host), 0)));
         }

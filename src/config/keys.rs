@@ -3,12 +3,12 @@
 //!
 //! Defaults are written the way `postconf -d` prints them: unexpanded, `$name` references
 //! included. A few depend on the machine (host name) or on whether poshta runs as root
-//! (see [`Default`]). Keys marked `used: false` are accepted (known, validated by kind,
+//! (see [`DefaultValue`]). Keys marked `used: false` are accepted (known, validated by kind,
 //! printed by postconf) but not yet acted on by poshta.
 
 /// Where a key's default text comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Default {
+pub enum DefaultValue {
     /// Fixed text (may contain `$name`).
     Text(&'static str),
     /// The system host name (myhostname).
@@ -67,14 +67,14 @@ pub enum Kind {
 #[derive(Debug, Clone, Copy)]
 pub struct Key {
     pub name: &'static str,
-    pub default: Default,
+    pub default: DefaultValue,
     pub kind: Kind,
     /// false: accepted and validated, but poshta does not act on it yet.
     pub used: bool,
     pub doc: &'static str,
 }
 
-const fn k(name: &'static str, default: Default, kind: Kind, doc: &'static str) -> Key {
+const fn k(name: &'static str, default: DefaultValue, kind: Kind, doc: &'static str) -> Key {
     Key {
         name,
         default,
@@ -85,7 +85,7 @@ const fn k(name: &'static str, default: Default, kind: Kind, doc: &'static str) 
 }
 
 /// Accepted, not yet used.
-const fn later(name: &'static str, default: Default, kind: Kind, doc: &'static str) -> Key {
+const fn later(name: &'static str, default: DefaultValue, kind: Kind, doc: &'static str) -> Key {
     Key {
         name,
         default,
@@ -95,7 +95,7 @@ const fn later(name: &'static str, default: Default, kind: Kind, doc: &'static s
     }
 }
 
-use self::Default::{Root, Text};
+use self::DefaultValue::{Root, Text};
 use Kind::*;
 
 const TLS_SERVER_LEVELS: &[&str] = &["", "none", "may", "encrypt"];
@@ -122,7 +122,7 @@ pub const KEYS: &[Key] = &[
     later("biff", Text("yes"), Bool, "Notify the local biff service of new mail."),
     later("bounce_queue_lifetime", Text("5d"), Time { unit: 'd' }, "How long a bounce may stay in the queue."),
     later("compatibility_level", Text("3.6"), Str, "The Postfix compatibility level poshta's defaults match."),
-    k("config_directory", Default::ConfigDirectory, ReadOnly, "Directory of main.cf (read-only: set by -c / POSHTA_CONFIG)."),
+    k("config_directory", DefaultValue::ConfigDirectory, ReadOnly, "Directory of main.cf (read-only: set by -c / POSHTA_CONFIG)."),
     later("delay_warning_time", Text("0h"), Time { unit: 'h' }, "Send a delay notice after this long (0: never)."),
     k("delivery_paused", Text("no"), Bool, "poshta: accept and queue mail, but do not deliver it."),
     later("disable_dns_lookups", Text("no"), Bool, "Do not use DNS for outbound mail (LAN without DNS)."),
@@ -145,8 +145,8 @@ pub const KEYS: &[Key] = &[
     k("message_size_limit", Text("10240000"), Size, "Largest accepted message (bytes; 0: no limit)."),
     k("minimal_backoff_time", Text("300s"), Time { unit: 's' }, "Shortest wait between delivery attempts."),
     k("mydestination", Text("$myhostname, localhost.$mydomain, localhost"), DomainList, "Domains delivered locally."),
-    k("mydomain", Default::Domain, Hostname, "The local internet domain."),
-    k("myhostname", Default::Hostname, Hostname, "The internet host name of this mail system."),
+    k("mydomain", DefaultValue::Domain, Hostname, "The local internet domain."),
+    k("myhostname", DefaultValue::Hostname, Hostname, "The internet host name of this mail system."),
     k("mynetworks", Text("127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128"), Networks, "Trusted client networks (may relay)."),
     k("myorigin", Text("$myhostname"), Hostname, "Domain that locally posted mail appears to come from."),
     later("notify_classes", Text("resource, software"), List, "Problem classes reported to the postmaster."),

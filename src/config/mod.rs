@@ -595,7 +595,7 @@ pub(crate) fn load_text(path: &Path, text: Option<&[u8]>, env: &Env) -> Loaded {
         };
         eff.insert(key.name.to_string(), v.clone());
         let default = match key.default {
-            keys::Default::Domain => expand::domain_of(&env.hostname),
+            keys::DefaultValue::Domain => expand::domain_of(&env.hostname),
             _ => expand::default_text(key, env, &cfg_dir_str),
         };
         params.push(Param {

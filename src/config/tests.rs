@@ -501,3 +501,58 @@ fn files_on_disk() {
 fn system_env_has_a_hostname() {
     assert!(!Env::system().hostname.is_empty());
 }
+
+#[test]
+fn random_garbage_never_panics_and_always_gives_settings() {
+    // A fixed-seed LCG over an alphabet rich in syntax characters; bounded count.
+    const PIECES: &[&str] = &[
+        "$",
+        "$$",
+        "${",
+        "$(",
+        "}",
+        ")",
+        "?",
+        ":",
+        "{",
+        "=",
+        " ",
+        "\t",
+        "\n",
+        "\n  ",
+        "#",
+        ",",
+        "/",
+        "[",
+        "]",
+        "myhostname",
+        "mydomain",
+        "mynetworks",
+        "smtpd_listen",
+        "a",
+        "b",
+        "25",
+        "::1",
+        "127.0.0.1",
+        "\u{fffd}",
+        "\r",
+    ];
+    let mut seed: u64 = 0x5eed;
+    for _ in 0..1000 {
+        let mut t = String::new();
+        for _ in 0..40 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            t.push_str(PIECES[(seed >> 33) as usize % PIECES.len()]);
+        }
+        let l = load_str(&t, &user());
+        assert!(!l.settings.myhostname.is_empty());
+        assert!(l.settings.smtpd_recipient_limit >= crate::limits::SMTP_RECIPIENTS_MIN);
+        assert!(
+            value::check_hostname(&l.settings.myhostname).is_ok(),
+            "{t:?}"
+        );
+        assert!(l.settings.queue_directory.is_absolute());
+    }
+}
