@@ -132,7 +132,7 @@ pub struct Settings {
     pub inet_interfaces: Vec<std::net::IpAddr>,
     pub inet_protocols: InetProtocols,
     /// smtpd_listen resolved to socket addresses (empty: SMTP service off). Binding both
-    /// 0.0.0.0:p and [::]:p needs IPV6_V6ONLY on the IPv6 socket.
+    /// `0.0.0.0:p` and `[::]:p` needs IPV6_V6ONLY on the IPv6 socket.
     pub smtpd_listen: Vec<SocketAddr>,
     /// Bytes; 0 means no limit (Postfix).
     pub message_size_limit: u64,
