@@ -1,6 +1,199 @@
-//! `poshta check` (config helper implements).
+//! `poshta check`: validate main.cf and the files and directories it names, like
+//! `postfix check`. Read-only: it creates and changes nothing.
+//!
+//! Every problem is printed to stderr as `poshta: file:line: warning|error: message`.
+//! Exit status 1 when there is an error, else 0 (warnings alone pass).
+//!
+//! Besides main.cf itself it checks that queue_directory and virtual_mailbox_base exist
+//! as writable directories or can be created (the nearest existing ancestor is a
+//! writable directory), that maillog_file's directory can be written, and that the
+//! mailbox users file, when present, is a readable file.
+
+use crate::config::{self, Diagnostic, Loaded, Severity};
+use rustix::fs::Access;
+use std::path::Path;
 
 pub fn run(args: super::CheckArgs) -> i32 {
-    let _ = args;
-    todo!("config helper")
+    let path = config::config_path(args.config.as_deref());
+    let loaded = match config::load(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("poshta: {}: error: cannot read: {e}", path.display());
+            return 1;
+        }
+    };
+    let mut diags = loaded.diagnostics.clone();
+    if !path.exists() {
+        diags.insert(
+            0,
+            diag(
+                &loaded,
+                None,
+                Severity::Warning,
+                "file not found; using the built-in defaults".into(),
+            ),
+        );
+    }
+    diags.extend(check_files(&loaded));
+    for d in &diags {
+        eprintln!("poshta: {d}");
+    }
+    if diags.iter().any(|d| d.severity == Severity::Error) {
+        1
+    } else {
+        0
+    }
+}
+
+/// A diagnostic about key `key` (at its line in main.cf when set there).
+fn diag(loaded: &Loaded, key: Option<&str>, severity: Severity, message: String) -> Diagnostic {
+    let line = key
+        .and_then(|k| loaded.param(k))
+        .and_then(|p| p.set.as_ref())
+        .map(|(_, l)| *l)
+        .unwrap_or(0);
+    // Name the file as the other diagnostics do (the path as given), when there are any.
+    let file = loaded
+        .diagnostics
+        .first()
+        .map(|d| d.file.clone())
+        .unwrap_or_else(|| loaded.settings.config_file.clone());
+    Diagnostic {
+        file,
+        line,
+        severity,
+        message,
+    }
+}
+
+/// Problems with the files and directories the settings name.
+pub fn check_files(loaded: &Loaded) -> Vec<Diagnostic> {
+    let s = &loaded.settings;
+    let mut out = Vec::new();
+    for (key, dir) in [
+        ("queue_directory", &s.queue_directory),
+        ("virtual_mailbox_base", &s.virtual_mailbox_base),
+    ] {
+        if let Err(msg) = dir_usable(dir) {
+            out.push(diag(
+                loaded,
+                Some(key),
+                Severity::Error,
+                format!("{key}: {msg}"),
+            ));
+        }
+    }
+    if let Some(log) = &s.maillog_file {
+        let problem = match std::fs::metadata(log) {
+            Ok(m) if m.is_dir() => Some(format!("{} is a directory", log.display())),
+            Ok(_) => rustix::fs::access(log, Access::WRITE_OK)
+                .err()
+                .map(|e| format!("{} is not writable: {e}", log.display())),
+            Err(_) => log.parent().and_then(|p| dir_usable(p).err()),
+        };
+        if let Some(msg) = problem {
+            out.push(diag(
+                loaded,
+                Some("maillog_file"),
+                Severity::Error,
+                format!("maillog_file: {msg}"),
+            ));
+        }
+    }
+    let users = &s.mailbox_users_file;
+    match std::fs::metadata(users) {
+        Ok(m) if m.is_dir() => out.push(diag(
+            loaded,
+            Some("mailbox_users_file"),
+            Severity::Error,
+            format!("mailbox_users_file: {} is a directory", users.display()),
+        )),
+        Ok(_) => {
+            if let Err(e) = std::fs::File::open(users) {
+                out.push(diag(
+                    loaded,
+                    Some("mailbox_users_file"),
+                    Severity::Error,
+                    format!("mailbox_users_file: cannot read {}: {e}", users.display()),
+                ));
+            }
+        }
+        // Absent is fine: no mailbox users yet.
+        Err(_) => {}
+    }
+    out
+}
+
+/// Ok when `dir` is a writable directory, or does not exist and its nearest existing
+/// ancestor is a writable directory (so it can be created).
+fn dir_usable(dir: &Path) -> Result<(), String> {
+    let mut cur = dir;
+    // Bounded by the number of components of the path.
+    loop {
+        match std::fs::metadata(cur) {
+            Ok(m) if m.is_dir() => {
+                return rustix::fs::access(cur, Access::WRITE_OK | Access::EXEC_OK).map_err(|e| {
+                    if cur == dir {
+                        format!("{} is not writable: {e}", dir.display())
+                    } else {
+                        format!(
+                            "{} cannot be created: {} is not writable: {e}",
+                            dir.display(),
+                            cur.display()
+                        )
+                    }
+                });
+            }
+            Ok(_) => {
+                return Err(if cur == dir {
+                    format!("{} is not a directory", dir.display())
+                } else {
+                    format!(
+                        "{} cannot be created: {} is not a directory",
+                        dir.display(),
+                        cur.display()
+                    )
+                });
+            }
+            // A missing component, or a file where a directory should be: look further up.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match cur.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => cur = p,
+                    _ => {
+                        return Err(format!(
+                            "{} cannot be created: no existing parent directory",
+                            dir.display()
+                        ))
+                    }
+                }
+            }
+            Err(e) => return Err(format!("cannot inspect {}: {e}", cur.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_checks() {
+        let base = std::env::temp_dir().join(format!("poshta-check-test-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        assert!(dir_usable(&base).is_ok());
+        assert!(dir_usable(&base.join("a/b/c")).is_ok());
+        let file = base.join("f");
+        std::fs::write(&file, "x").unwrap();
+        assert!(dir_usable(&file).unwrap_err().contains("not a directory"));
+        assert!(dir_usable(&file.join("sub"))
+            .unwrap_err()
+            .contains("cannot be created"));
+        assert!(!base.join("a").exists(), "check must not create anything");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

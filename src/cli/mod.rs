@@ -58,6 +58,9 @@ pub struct PostconfArgs {
     /// show the defaults instead of the effective values
     #[argh(switch, short = 'd')]
     pub defaults: bool,
+    /// expand $name references in the values shown
+    #[argh(switch, short = 'x')]
+    pub expand: bool,
     /// key names to show
     #[argh(positional)]
     pub keys: Vec<String>,

@@ -1,9 +1,69 @@
 //! main.cf: parsing, the key table, typed settings, `check` and `postconf`.
 //!
-//! The config helper documents the accepted main.cf subset here.
+//! # Accepted main.cf subset (Postfix postconf(5) syntax)
+//!
+//! ```text
+//! file     = *( logical | comment | blank )
+//! logical  = name *WSP "=" value  *( continuation )   ; joined with one space
+//! name     = 1*( ALPHA / DIGIT / "_" )
+//! comment  = *WSP "#" text        ; whole lines only
+//! blank    = *WSP
+//! continuation = 1*WSP text       ; a line starting with whitespace
+//! ```
+//!
+//! - Leading and trailing whitespace around names and values is removed. A `#` after a
+//!   value is part of the value: like Postfix, there are no trailing comments.
+//! - Comment and blank lines do not end a logical line (as in Postfix's readlline): an
+//!   indented line after them still continues the parameter above.
+//! - A continuation line with no parameter to continue, a line without `=`, a bad name,
+//!   a line that is not UTF-8, and a logical line over `CONFIG_LINE_BYTES_MAX` bytes are
+//!   errors; that logical line is skipped. CR before LF is ignored.
+//! - A later assignment overrides an earlier one (as Postfix); poshta also warns, since
+//!   a duplicate is usually an edit that went to the wrong place.
+//! - Files over [`CONFIG_FILE_BYTES_MAX`] are refused (error; defaults are used).
+//!
+//! # Expansion
+//!
+//! Values are expanded when used; `postconf` prints them unexpanded (`-x` expands).
+//! `$name`, `${name}` and `$(name)` insert the value of parameter `name` (set in the
+//! file, else its default), recursively. `$$` is a literal `$`. `${name?value}` gives
+//! `value` when `$name` is non-empty, `${name:value}` when it is empty; the Postfix 3
+//! forms `${name?{value}}`, `${name:{value}}` and `${name?{value1}:{value2}}` work too.
+//! Undefined `$name` expands to nothing with a warning (no warning inside a
+//! conditional). A loop, nesting deeper than `CONFIG_EXPANSION_DEPTH_MAX`, a `$` not
+//! followed by a name, or an expanded value over `CONFIG_LINE_BYTES_MAX` bytes is an
+//! error. Parameters not in the key table are allowed when some value references them
+//! (as Postfix's user-defined parameters); otherwise they get an "unknown parameter"
+//! warning.
+//!
+//! # Values
+//!
+//! Lists are comma and/or whitespace separated. Booleans are `yes`/`no`. Integers and
+//! sizes are plain decimals (no suffixes). Times are a decimal with an optional unit
+//! `s`, `m`, `h`, `d` or `w`; without one, the key's default unit applies
+//! (`smtpd_timeout = 300` is 300s, `maximal_queue_lifetime = 5` is 5d). Relative paths
+//! are resolved against config_directory (the directory main.cf is in; read-only).
+//! Network lists take `addr` or `addr/len`, IPv6 bracketed (`[::1]/128`) or bare.
+//! `*_listen` keys (poshta's own) take `port`, `ipv4:port` or `[ipv6]:port`.
+//!
+//! A bad value is an error diagnostic with file:line, and the key keeps its default, so
+//! [`load`] always returns usable [`Settings`]. The key table is [`keys::KEYS`].
 
-use std::net::SocketAddr;
+pub mod keys;
+pub mod value;
+
+mod expand;
+mod parse;
+
+use expand::{FileValues, Resolver};
+use keys::Kind;
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+
+/// main.cf larger than this is refused: a mail server's config is a few KiB.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
 /// A problem found in main.cf, reported as `file:line: severity: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +88,14 @@ impl std::fmt::Display for Diagnostic {
             Severity::Error => "error",
         };
         if self.line > 0 {
-            write!(f, "{}:{}: {}: {}", self.file.display(), self.line, sev, self.message)
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file.display(),
+                self.line,
+                sev,
+                self.message
+            )
         } else {
             write!(f, "{}: {}: {}", self.file.display(), sev, self.message)
         }
@@ -55,7 +122,8 @@ pub struct Settings {
     pub myorigin: String,
     /// Lowercased domains (mydestination after expansion).
     pub mydestination: Vec<String>,
-    /// mynetworks entries as written (`127.0.0.0/8`, `[::1]/128`, `10.1.2.3`).
+    /// mynetworks entries as written (`127.0.0.0/8`, `[::1]/128`, `10.1.2.3`); each
+    /// parses with [`value::parse_network`].
     pub mynetworks: Vec<String>,
     /// smtpd_forbid_bare_newline_exclusions (default $mynetworks), entries as written.
     pub smtpd_forbid_bare_newline_exclusions: Vec<String>,
@@ -63,13 +131,16 @@ pub struct Settings {
     /// inet_protocols): `all` gives 0.0.0.0 and/or ::, `loopback-only` 127.0.0.1 and/or ::1.
     pub inet_interfaces: Vec<std::net::IpAddr>,
     pub inet_protocols: InetProtocols,
-    /// smtpd_listen resolved to socket addresses (empty: SMTP service off).
+    /// smtpd_listen resolved to socket addresses (empty: SMTP service off). Binding both
+    /// `0.0.0.0:p` and `[::]:p` needs IPV6_V6ONLY on the IPv6 socket.
     pub smtpd_listen: Vec<SocketAddr>,
+    /// Bytes; 0 means no limit (Postfix).
     pub message_size_limit: u64,
     pub queue_directory: PathBuf,
     pub home_mailbox: String,
     pub virtual_mailbox_base: PathBuf,
     pub mailbox_users_file: PathBuf,
+    /// At least limits::SMTP_RECIPIENTS_MIN.
     pub smtpd_recipient_limit: usize,
     pub smtpd_timeout_secs: u64,
     /// smtpd_client_connection_limit-like global cap (poshta: smtpd_sessions_max).
@@ -85,29 +156,633 @@ pub struct Settings {
     pub delivery_paused: bool,
 }
 
+/// One parameter as `postconf` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    pub name: String,
+    /// In the key table (false: a user-defined parameter set in main.cf).
+    pub known: bool,
+    /// Default text as `postconf -d` prints it ("" for unknown parameters).
+    pub default: String,
+    /// Default, expanded (`postconf -d -x`).
+    pub default_expanded: String,
+    /// Raw value as set in main.cf (the last assignment), and its line.
+    pub set: Option<(String, usize)>,
+    /// Effective value, expanded (`postconf -x`); the default when the set value is bad.
+    pub expanded: String,
+}
+
+impl Param {
+    /// The effective unexpanded value: as set in main.cf, else the default text.
+    pub fn value(&self) -> &str {
+        match &self.set {
+            Some((v, _)) => v,
+            None => &self.default,
+        }
+    }
+}
+
 /// Result of loading: settings (always, falling back to defaults for bad values) plus
 /// every problem found.
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub settings: Settings,
     pub diagnostics: Vec<Diagnostic>,
+    /// Every known key plus every parameter set in main.cf, sorted by name.
+    pub params: Vec<Param>,
 }
 
 impl Loaded {
     pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
+    }
+
+    pub fn param(&self, name: &str) -> Option<&Param> {
+        self.params
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()
+            .and_then(|i| self.params.get(i))
+    }
+}
+
+/// What the defaults depend on besides main.cf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Env {
+    /// Root gets appliance defaults (ports 25..., /var/spool/poshta); others get the
+    /// first-run defaults under config_directory.
+    pub is_root: bool,
+    /// The system host name (myhostname default).
+    pub hostname: String,
+}
+
+impl Env {
+    /// The running process: effective uid and uname's node name.
+    pub fn system() -> Env {
+        let uts = rustix::system::uname();
+        let name = uts.nodename().to_string_lossy().trim().to_string();
+        // uname gives "(none)" or "" when nothing is set; Postfix would refuse to start.
+        let hostname = if name.is_empty() || name == "(none)" {
+            "localhost".to_string()
+        } else {
+            name
+        };
+        Env {
+            is_root: rustix::process::geteuid().is_root(),
+            hostname,
+        }
     }
 }
 
 /// The main.cf path to use: an explicit `-c PATH`, else $POSHTA_CONFIG, else
 /// /etc/poshta/main.cf as root, ./poshta/main.cf otherwise.
 pub fn config_path(explicit: Option<&Path>) -> PathBuf {
-    let _ = explicit;
-    todo!("config helper")
+    config_path_with(
+        explicit,
+        std::env::var_os("POSHTA_CONFIG"),
+        rustix::process::geteuid().is_root(),
+    )
+}
+
+fn config_path_with(
+    explicit: Option<&Path>,
+    env_var: Option<std::ffi::OsString>,
+    is_root: bool,
+) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    match env_var {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ if is_root => PathBuf::from("/etc/poshta/main.cf"),
+        _ => PathBuf::from("poshta/main.cf"),
+    }
 }
 
 /// Load main.cf at `path` (missing file: embedded defaults, no error).
 pub fn load(path: &Path) -> Result<Loaded, std::io::Error> {
-    let _ = path;
-    todo!("config helper")
+    load_env(path, &Env::system())
 }
+
+/// [`load`] with explicit root-ness and host name.
+pub fn load_env(path: &Path, env: &Env) -> Result<Loaded, std::io::Error> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(load_text(path, None, env))
+        }
+        Err(e) => return Err(e),
+    };
+    let mut buf = Vec::new();
+    (&mut f)
+        .take(CONFIG_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > CONFIG_FILE_BYTES_MAX {
+        let mut l = load_text(path, None, env);
+        l.diagnostics.push(Diagnostic {
+            file: path.to_path_buf(),
+            line: 0,
+            severity: Severity::Error,
+            message: format!(
+                "file is larger than {CONFIG_FILE_BYTES_MAX} bytes; using the defaults"
+            ),
+        });
+        return Ok(l);
+    }
+    Ok(load_text(path, Some(&buf), env))
+}
+
+/// The settings of an empty main.cf at `path` (what `postconf -d` shows).
+pub fn load_defaults(path: &Path, env: &Env) -> Loaded {
+    load_text(path, None, env)
+}
+
+/// Diagnostics collector for one file.
+struct Diags {
+    file: PathBuf,
+    list: Vec<Diagnostic>,
+}
+
+impl Diags {
+    fn push(&mut self, line: usize, severity: Severity, message: String) {
+        let d = Diagnostic {
+            file: self.file.clone(),
+            line,
+            severity,
+            message,
+        };
+        if !self.list.contains(&d) {
+            self.list.push(d);
+        }
+    }
+    fn warn(&mut self, line: usize, message: String) {
+        self.push(line, Severity::Warning, message);
+    }
+    fn error(&mut self, line: usize, message: String) {
+        self.push(line, Severity::Error, message);
+    }
+}
+
+/// Check an expanded value against its key's kind. Ok carries warnings.
+fn validate(kind: Kind, v: &str) -> Result<Vec<String>, String> {
+    let mut warnings = Vec::new();
+    match kind {
+        Kind::Str | Kind::List | Kind::OptPath | Kind::ReadOnly => {}
+        Kind::Bool => {
+            value::parse_bool(v)?;
+        }
+        Kind::Int { min } => {
+            let n = value::parse_u64(v)?;
+            if n < min {
+                return Err(format!("value {n} is below the minimum {min}"));
+            }
+            // Postfix keeps these in a C int; poshta in usize, which may be 32 bits.
+            if n > u64::from(i32::MAX as u32) {
+                return Err(format!("value {n} is too large"));
+            }
+        }
+        Kind::Size => {
+            value::parse_u64(v)?;
+        }
+        Kind::Time { unit } => {
+            value::parse_time(v, unit)?;
+        }
+        Kind::Path => {
+            if v.is_empty() {
+                return Err("empty path".into());
+            }
+        }
+        Kind::Hostname => value::check_hostname(v)?,
+        Kind::DomainList => {
+            for d in value::split_list(v) {
+                value::check_hostname(&d)
+                    .map_err(|e| format!("{e} (poshta accepts only domain names here)"))?;
+            }
+        }
+        Kind::Networks => {
+            for n in value::split_list(v) {
+                let (ip, len) = value::parse_network(&n)?;
+                if value::has_host_bits(ip, len) {
+                    warnings.push(format!("non-null host address bits in \"{n}\", perhaps you should use \"{}\" instead", masked(ip, len)));
+                }
+            }
+        }
+        Kind::Interfaces => {
+            interfaces_of(v, InetProtocols::All)?;
+        }
+        Kind::Protocols => {
+            protocols_of(v)?;
+        }
+        Kind::Listen => {
+            for e in value::split_list(v) {
+                value::parse_listen(&e)?;
+            }
+        }
+        Kind::OneOf(words) => {
+            if !words.contains(&v) {
+                let shown: Vec<&str> = words.iter().copied().filter(|w| !w.is_empty()).collect();
+                return Err(format!(
+                    "bad value \"{v}\" (use one of: {})",
+                    shown.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(warnings)
+}
+
+/// `ip/len` with the host bits cleared, written the mynetworks way.
+fn masked(ip: IpAddr, len: u8) -> String {
+    match ip {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len.min(32)))
+            };
+            format!("{}/{len}", Ipv4Addr::from(bits & m))
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len.min(128)))
+            };
+            format!("[{}]/{len}", Ipv6Addr::from(bits & m))
+        }
+    }
+}
+
+fn protocols_of(v: &str) -> Result<InetProtocols, String> {
+    let mut v4 = false;
+    let mut v6 = false;
+    let list = value::split_list(v);
+    for p in &list {
+        match p.to_ascii_lowercase().as_str() {
+            "all" => {
+                v4 = true;
+                v6 = true;
+            }
+            "ipv4" => v4 = true,
+            "ipv6" => v6 = true,
+            _ => {
+                return Err(format!(
+                    "bad inet_protocols entry \"{p}\" (use all, ipv4, ipv6)"
+                ))
+            }
+        }
+    }
+    match (v4, v6) {
+        (true, true) => Ok(InetProtocols::All),
+        (true, false) => Ok(InetProtocols::Ipv4),
+        (false, true) => Ok(InetProtocols::Ipv6),
+        (false, false) => Err("inet_protocols is empty (use all, ipv4, ipv6)".into()),
+    }
+}
+
+/// inet_interfaces for the enabled protocols. Err when syntax is bad or nothing is left.
+/// The second value lists addresses dropped because their protocol is disabled.
+fn interfaces_of(v: &str, protos: InetProtocols) -> Result<(Vec<IpAddr>, Vec<IpAddr>), String> {
+    let want4 = protos != InetProtocols::Ipv6;
+    let want6 = protos != InetProtocols::Ipv4;
+    let pick = |a4: Ipv4Addr, a6: Ipv6Addr| {
+        let mut out = Vec::new();
+        if want4 {
+            out.push(IpAddr::V4(a4));
+        }
+        if want6 {
+            out.push(IpAddr::V6(a6));
+        }
+        out
+    };
+    let t = v.trim();
+    if t.eq_ignore_ascii_case("all") {
+        return Ok((
+            pick(Ipv4Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED),
+            Vec::new(),
+        ));
+    }
+    if t.eq_ignore_ascii_case("loopback-only") {
+        return Ok((pick(Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST), Vec::new()));
+    }
+    let mut out = Vec::new();
+    let mut dropped = Vec::new();
+    for e in value::split_list(t) {
+        let ip = value::parse_ip(&e).ok_or_else(|| {
+            format!("bad inet_interfaces entry \"{e}\" (use all, loopback-only or IP addresses)")
+        })?;
+        if (ip.is_ipv4() && want4) || (ip.is_ipv6() && want6) {
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        } else {
+            dropped.push(ip);
+        }
+    }
+    if out.is_empty() && dropped.is_empty() {
+        return Err("inet_interfaces is empty (use all, loopback-only or IP addresses)".into());
+    }
+    Ok((out, dropped))
+}
+
+/// Parse main.cf text (None: no file) into settings, params and diagnostics.
+pub(crate) fn load_text(path: &Path, text: Option<&[u8]>, env: &Env) -> Loaded {
+    let config_file = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let config_directory = match config_file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let cfg_dir_str = config_directory.to_string_lossy().into_owned();
+    let mut diags = Diags {
+        file: path.to_path_buf(),
+        list: Vec::new(),
+    };
+
+    // Lex, then keep the last assignment of each name.
+    let parsed = parse::parse(text.unwrap_or_default());
+    for (line, sev, msg) in parsed.problems {
+        diags.push(line, sev, msg);
+    }
+    let mut file: FileValues = HashMap::new();
+    for e in parsed.entries {
+        if e.name == "config_directory" {
+            diags.warn(
+                e.line,
+                "config_directory is read-only (it is the directory of main.cf); ignored".into(),
+            );
+            continue;
+        }
+        if let Some((_, prev)) = file.get(&e.name) {
+            diags.warn(
+                e.line,
+                format!(
+                    "{} is also set on line {prev}; this later value wins",
+                    e.name
+                ),
+            );
+        }
+        file.insert(e.name, (e.value, e.line));
+    }
+    let set_in_file = file.clone();
+
+    // Pass 1: expand and validate every value set in the file; drop the bad ones so
+    // they fall back to their defaults (also where other values reference them).
+    let mut by_line: Vec<(&String, &(String, usize))> = set_in_file.iter().collect();
+    by_line.sort_by_key(|(_, (_, line))| *line);
+    let mut referenced = HashSet::new();
+    {
+        let mut r = Resolver::new(&set_in_file, env, &cfg_dir_str);
+        for (name, (_, line)) in &by_line {
+            let result = r
+                .expand_key(name)
+                .map_err(|e| e.0)
+                .and_then(|v| match keys::find(name) {
+                    Some(key) => validate(key.kind, &v).map_err(|e| format!("{name}: {e}")),
+                    None => Ok(Vec::new()),
+                });
+            match result {
+                Ok(warnings) => warnings
+                    .into_iter()
+                    .for_each(|w| diags.warn(*line, format!("{name}: {w}"))),
+                Err(e) => {
+                    let what = if keys::find(name).is_some() {
+                        "using the default"
+                    } else {
+                        "ignored"
+                    };
+                    diags.error(*line, format!("{e}; {what}"));
+                    file.remove(*name);
+                }
+            }
+        }
+        for (line, w) in r.warnings.drain(..) {
+            diags.warn(line, w);
+        }
+        referenced.extend(r.referenced.drain());
+    }
+    for (name, (v, line)) in &by_line {
+        if keys::find(name).is_none() && !referenced.contains(*name) && file.contains_key(*name) {
+            diags.warn(
+                *line,
+                format!("unknown parameter: {name}={}", parse::shorten(v)),
+            );
+        }
+    }
+
+    // Pass 2: effective values of every key with the bad assignments gone, and the
+    // defaults alone (postconf -d, and the last fallback).
+    let no_file = FileValues::new();
+    let mut dr = Resolver::new(&no_file, env, &cfg_dir_str);
+    let mut r = Resolver::new(&file, env, &cfg_dir_str);
+    let mut eff: HashMap<String, String> = HashMap::new();
+    let mut params = Vec::new();
+    for key in keys::KEYS {
+        let default_expanded = dr.expand_key(key.name).unwrap_or_default();
+        let line = file.get(key.name).map(|(_, l)| *l).unwrap_or(0);
+        let v = match r.expand_key(key.name).map_err(|e| e.0).and_then(|v| {
+            validate(key.kind, &v)
+                .map(|_| v)
+                .map_err(|e| format!("{}: {e}", key.name))
+        }) {
+            Ok(v) => v,
+            Err(e) => {
+                diags.error(line, format!("{e}; using the default"));
+                default_expanded.clone()
+            }
+        };
+        eff.insert(key.name.to_string(), v.clone());
+        let default = match key.default {
+            keys::DefaultValue::Domain => expand::domain_of(&env.hostname),
+            _ => expand::default_text(key, env, &cfg_dir_str),
+        };
+        params.push(Param {
+            name: key.name.to_string(),
+            known: true,
+            default,
+            default_expanded,
+            set: set_in_file.get(key.name).cloned(),
+            expanded: v,
+        });
+    }
+    for (name, (v, line)) in &set_in_file {
+        if keys::find(name).is_none() {
+            params.push(Param {
+                name: name.clone(),
+                known: false,
+                default: String::new(),
+                default_expanded: String::new(),
+                set: Some((v.clone(), *line)),
+                expanded: r.expand_key(name).unwrap_or_default(),
+            });
+        }
+    }
+    for (line, w) in r.warnings.drain(..) {
+        diags.warn(line, w);
+    }
+    params.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let line_of = |name: &str| file.get(name).map(|(_, l)| *l).unwrap_or(0);
+    let settings = build_settings(
+        &eff,
+        &dr_defaults(&params),
+        line_of,
+        &mut diags,
+        config_file,
+        config_directory,
+    );
+    let mut diagnostics = diags.list;
+    diagnostics.sort_by_key(|d| d.line);
+    Loaded {
+        settings,
+        diagnostics,
+        params,
+    }
+}
+
+fn dr_defaults(params: &[Param]) -> HashMap<String, String> {
+    params
+        .iter()
+        .map(|p| (p.name.clone(), p.default_expanded.clone()))
+        .collect()
+}
+
+/// Typed view of validated, expanded values. A parse can only fail here if a default is
+/// wrong (the key-table tests check they all parse); then the default, then the type's
+/// zero value is used rather than panicking.
+fn build_settings(
+    eff: &HashMap<String, String>,
+    dflt: &HashMap<String, String>,
+    line_of: impl Fn(&str) -> usize,
+    diags: &mut Diags,
+    config_file: PathBuf,
+    config_directory: PathBuf,
+) -> Settings {
+    let get = |name: &str| eff.get(name).map(String::as_str).unwrap_or_default();
+    fn typed<T: std::default::Default, E>(
+        eff: &HashMap<String, String>,
+        dflt: &HashMap<String, String>,
+        name: &str,
+        f: impl Fn(&str) -> Result<T, E>,
+    ) -> T {
+        let e = eff.get(name).map(String::as_str).unwrap_or_default();
+        let d = dflt.get(name).map(String::as_str).unwrap_or_default();
+        f(e).or_else(|_| f(d)).unwrap_or_default()
+    }
+    let path = |name: &str| -> PathBuf {
+        let p = PathBuf::from(get(name));
+        if p.is_absolute() {
+            p
+        } else {
+            config_directory.join(p)
+        }
+    };
+    let int = |name: &str| -> usize {
+        typed(eff, dflt, name, |s| {
+            value::parse_u64(s)
+                .map_err(|_| ())
+                .and_then(|n| usize::try_from(n).map_err(|_| ()))
+        })
+    };
+    let time = |name: &str| -> u64 {
+        let unit = match keys::find(name).map(|k| k.kind) {
+            Some(Kind::Time { unit }) => unit,
+            _ => 's',
+        };
+        typed(eff, dflt, name, |s| value::parse_time(s, unit))
+    };
+
+    let inet_protocols = protocols_of(get("inet_protocols")).unwrap_or(InetProtocols::All);
+    let inet_interfaces = match interfaces_of(get("inet_interfaces"), inet_protocols) {
+        Ok((list, dropped)) if !list.is_empty() => {
+            for ip in dropped {
+                diags.warn(
+                    line_of("inet_interfaces"),
+                    format!("inet_interfaces: {ip} ignored: its protocol is not in inet_protocols"),
+                );
+            }
+            list
+        }
+        _ => {
+            diags.error(
+                line_of("inet_interfaces"),
+                "inet_interfaces: no address left for the protocols in inet_protocols; using the default".into(),
+            );
+            interfaces_of(
+                dflt.get("inet_interfaces")
+                    .map(String::as_str)
+                    .unwrap_or("loopback-only"),
+                inet_protocols,
+            )
+            .map(|(l, _)| l)
+            .unwrap_or_default()
+        }
+    };
+    let mut smtpd_listen: Vec<SocketAddr> = Vec::new();
+    for entry in value::split_list(get("smtpd_listen")) {
+        let addrs = match value::parse_listen(&entry) {
+            Ok(value::ListenEntry::Port(p)) => inet_interfaces
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, p))
+                .collect(),
+            Ok(value::ListenEntry::Addr(a)) => vec![a],
+            Err(_) => Vec::new(),
+        };
+        for a in addrs {
+            if !smtpd_listen.contains(&a) {
+                smtpd_listen.push(a);
+            }
+        }
+    }
+    let mut smtpd_recipient_limit = int("smtpd_recipient_limit");
+    if smtpd_recipient_limit < crate::limits::SMTP_RECIPIENTS_MIN {
+        // RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
+        diags.warn(
+            line_of("smtpd_recipient_limit"),
+            format!(
+                "smtpd_recipient_limit {smtpd_recipient_limit} is below the RFC 5321 minimum; using {}",
+                crate::limits::SMTP_RECIPIENTS_MIN
+            ),
+        );
+        smtpd_recipient_limit = crate::limits::SMTP_RECIPIENTS_MIN;
+    }
+    let maillog = get("maillog_file");
+    Settings {
+        myhostname: get("myhostname").to_string(),
+        mydomain: get("mydomain").to_string(),
+        myorigin: get("myorigin").to_string(),
+        mydestination: value::split_list(&get("mydestination").to_ascii_lowercase()),
+        mynetworks: value::split_list(get("mynetworks")),
+        smtpd_forbid_bare_newline_exclusions: value::split_list(get(
+            "smtpd_forbid_bare_newline_exclusions",
+        )),
+        inet_interfaces,
+        inet_protocols,
+        smtpd_listen,
+        message_size_limit: typed(eff, dflt, "message_size_limit", value::parse_u64),
+        queue_directory: path("queue_directory"),
+        home_mailbox: get("home_mailbox").to_string(),
+        virtual_mailbox_base: path("virtual_mailbox_base"),
+        mailbox_users_file: path("mailbox_users_file"),
+        smtpd_recipient_limit,
+        smtpd_timeout_secs: time("smtpd_timeout"),
+        smtpd_sessions_max: int("smtpd_sessions_max").max(1),
+        recipient_delimiter: get("recipient_delimiter").to_string(),
+        minimal_backoff_time_secs: time("minimal_backoff_time"),
+        maximal_backoff_time_secs: time("maximal_backoff_time"),
+        maximal_queue_lifetime_secs: time("maximal_queue_lifetime"),
+        maillog_file: if maillog.is_empty() {
+            None
+        } else {
+            Some(path("maillog_file"))
+        },
+        delivery_paused: typed(eff, dflt, "delivery_paused", value::parse_bool),
+        config_file,
+        config_directory,
+    }
+}
+
+#[cfg(test)]
+mod tests;

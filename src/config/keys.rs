@@ -1,0 +1,224 @@
+//! The one table of main.cf keys: name, default, kind (which parser validates it) and a
+//! one-line doc. The parser, `poshta check` and `poshta postconf` all read this table.
+//!
+//! Defaults are written the way `postconf -d` prints them: unexpanded, `$name` references
+//! included. A few depend on the machine (host name) or on whether poshta runs as root
+//! (see [`DefaultValue`]). Keys marked `used: false` are accepted (known, validated by kind,
+//! printed by postconf) but not yet acted on by poshta.
+
+/// Where a key's default text comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultValue {
+    /// Fixed text (may contain `$name`).
+    Text(&'static str),
+    /// The system host name (myhostname).
+    Hostname,
+    /// Derived from the effective myhostname (mydomain): Postfix strips the first label
+    /// when what is left still contains a dot, else uses `localdomain`.
+    Domain,
+    /// Differs between running as root (appliance) and as a normal user (first run, demo).
+    Root {
+        root: &'static str,
+        user: &'static str,
+    },
+    /// The directory holding main.cf (config_directory; read-only).
+    ConfigDirectory,
+}
+
+/// How a key's (expanded) value is parsed and validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Free text.
+    Str,
+    /// Postfix list (comma and/or whitespace separated), entries not checked.
+    List,
+    /// `yes` or `no` (case-insensitive, as Postfix).
+    Bool,
+    /// Plain decimal integer, at least `min`.
+    Int { min: u64 },
+    /// Plain decimal byte count (no suffixes, as Postfix).
+    Size,
+    /// Time: decimal number with an optional unit s, m, h, d, w; `unit` applies when
+    /// the suffix is missing (Postfix: per-key default unit).
+    Time { unit: char },
+    /// A file or directory; relative values are resolved against config_directory.
+    Path,
+    /// Like Path, but empty means "none".
+    OptPath,
+    /// A host or domain name.
+    Hostname,
+    /// A list of domains (lowercased).
+    DomainList,
+    /// A list of networks: address or address/prefix-length, IPv6 optionally in brackets.
+    Networks,
+    /// inet_interfaces: `all`, `loopback-only` or a list of addresses.
+    Interfaces,
+    /// inet_protocols: `all`, `ipv4`, `ipv6` or `ipv4, ipv6`.
+    Protocols,
+    /// A list of `[address:]port` listen entries (poshta's own `*_listen` keys).
+    Listen,
+    /// One of a fixed set of words (empty allowed only if listed).
+    OneOf(&'static [&'static str]),
+    /// Set by poshta, not by main.cf (config_directory).
+    ReadOnly,
+}
+
+/// One main.cf key.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    pub name: &'static str,
+    pub default: DefaultValue,
+    pub kind: Kind,
+    /// false: accepted and validated, but poshta does not act on it yet.
+    pub used: bool,
+    pub doc: &'static str,
+}
+
+const fn k(name: &'static str, default: DefaultValue, kind: Kind, doc: &'static str) -> Key {
+    Key {
+        name,
+        default,
+        kind,
+        used: true,
+        doc,
+    }
+}
+
+/// Accepted, not yet used.
+const fn later(name: &'static str, default: DefaultValue, kind: Kind, doc: &'static str) -> Key {
+    Key {
+        name,
+        default,
+        kind,
+        used: false,
+        doc,
+    }
+}
+
+use self::DefaultValue::{Root, Text};
+use Kind::*;
+
+const TLS_SERVER_LEVELS: &[&str] = &["", "none", "may", "encrypt"];
+const TLS_CLIENT_LEVELS: &[&str] = &[
+    "",
+    "none",
+    "may",
+    "encrypt",
+    "dane",
+    "dane-only",
+    "fingerprint",
+    "verify",
+    "secure",
+];
+
+/// Every key poshta knows, sorted by name (a test keeps it sorted and unique).
+#[rustfmt::skip]
+pub const KEYS: &[Key] = &[
+    later("alias_database", Root { root: "hash:/etc/aliases", user: "hash:$config_directory/aliases" }, Str, "Alias databases that `newaliases` rebuilds."),
+    later("alias_maps", Root { root: "hash:/etc/aliases", user: "hash:$config_directory/aliases" }, List, "Alias tables for local delivery (aliases(5))."),
+    later("allow_mail_to_commands", Text("alias, forward"), List, "Where `|command` destinations are allowed."),
+    later("allow_mail_to_files", Text("alias, forward"), List, "Where `/file` destinations are allowed."),
+    later("append_dot_mydomain", Text("no"), Bool, "Append .$mydomain to addresses without a domain."),
+    later("biff", Text("yes"), Bool, "Notify the local biff service of new mail."),
+    later("bounce_queue_lifetime", Text("5d"), Time { unit: 'd' }, "How long a bounce may stay in the queue."),
+    later("compatibility_level", Text("3.6"), Str, "The Postfix compatibility level poshta's defaults match."),
+    k("config_directory", DefaultValue::ConfigDirectory, ReadOnly, "Directory of main.cf (read-only: set by -c / POSHTA_CONFIG)."),
+    later("delay_warning_time", Text("0h"), Time { unit: 'h' }, "Send a delay notice after this long (0: never)."),
+    k("delivery_paused", Text("no"), Bool, "poshta: accept and queue mail, but do not deliver it."),
+    later("disable_dns_lookups", Text("no"), Bool, "Do not use DNS for outbound mail (LAN without DNS)."),
+    later("header_size_limit", Text("102400"), Size, "Most bytes kept for one message header."),
+    k("home_mailbox", Text(""), Str, "Mailbox path relative to a user's home (`Maildir/`); empty: mail_spool_directory."),
+    later("hopcount_limit", Text("50"), Int { min: 1 }, "Most Received: headers before a message is bounced as looping."),
+    k("inet_interfaces", Root { root: "all", user: "loopback-only" }, Interfaces, "Addresses to listen on: all, loopback-only or a list of addresses."),
+    k("inet_protocols", Text("all"), Protocols, "IP versions to use: all, ipv4, ipv6."),
+    later("line_length_limit", Text("2048"), Int { min: 1 }, "Longest message line kept whole."),
+    later("luser_relay", Text(""), Str, "Where mail for unknown local users goes."),
+    later("mail_name", Text("poshta"), Str, "The mail system name, used in smtpd_banner."),
+    later("mail_owner", Text("poshta"), Str, "The user poshta runs as after binding its ports (as root)."),
+    later("mail_spool_directory", Text("/var/mail"), Path, "Directory of mbox mailboxes of system users."),
+    later("mailbox_command", Text(""), Str, "Command that delivers local mail instead of poshta."),
+    later("mailbox_size_limit", Text("51200000"), Size, "Largest mailbox or message file (bytes; 0: no limit)."),
+    k("mailbox_users_file", Text("$config_directory/users"), Path, "poshta: the mailbox users file (virtual users and password hashes)."),
+    k("maillog_file", Text(""), OptPath, "Also log to this file (empty: standard error only)."),
+    k("maximal_backoff_time", Text("4000s"), Time { unit: 's' }, "Longest wait between delivery attempts."),
+    k("maximal_queue_lifetime", Text("5d"), Time { unit: 'd' }, "Bounce a message undeliverable for this long."),
+    k("message_size_limit", Text("10240000"), Size, "Largest accepted message (bytes; 0: no limit)."),
+    k("minimal_backoff_time", Text("300s"), Time { unit: 's' }, "Shortest wait between delivery attempts."),
+    k("mydestination", Text("$myhostname, localhost.$mydomain, localhost"), DomainList, "Domains delivered locally."),
+    k("mydomain", DefaultValue::Domain, Hostname, "The local internet domain."),
+    k("myhostname", DefaultValue::Hostname, Hostname, "The internet host name of this mail system."),
+    k("mynetworks", Text("127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128"), Networks, "Trusted client networks (may relay)."),
+    k("myorigin", Text("$myhostname"), Hostname, "Domain that locally posted mail appears to come from."),
+    later("notify_classes", Text("resource, software"), List, "Problem classes reported to the postmaster."),
+    later("pop3d_listen", Root { root: "110", user: "2110" }, Listen, "poshta: POP3 (STLS) listen entries, [address:]port."),
+    later("pop3s_listen", Root { root: "995", user: "2995" }, Listen, "poshta: POP3 over implicit TLS listen entries, [address:]port."),
+    k("queue_directory", Root { root: "/var/spool/poshta", user: "$config_directory/spool" }, Path, "The queue log directory."),
+    later("queue_run_delay", Text("300s"), Time { unit: 's' }, "How often the deferred queue is scanned."),
+    later("readme_directory", Text("no"), Str, "Where README files are installed (no: none)."),
+    k("recipient_delimiter", Text(""), Str, "Separators between user name and address extension (user+ext)."),
+    later("relay_domains", Text(""), List, "Domains this system relays mail to."),
+    later("relayhost", Text(""), Str, "Send non-local mail through this host ([host]:port) instead of MX."),
+    later("smtp_helo_name", Text("$myhostname"), Hostname, "Host name sent in EHLO by the SMTP client."),
+    later("smtp_sasl_auth_enable", Text("no"), Bool, "Authenticate to the relayhost."),
+    later("smtp_sasl_password_maps", Text(""), List, "Client credentials per relay host."),
+    later("smtp_tls_security_level", Text(""), OneOf(TLS_CLIENT_LEVELS), "Outbound TLS policy."),
+    later("smtpd_banner", Text("$myhostname ESMTP $mail_name"), Str, "Text after 220 in the SMTP greeting."),
+    later("smtpd_client_restrictions", Text(""), List, "Restrictions applied at connect."),
+    later("smtpd_data_restrictions", Text(""), List, "Restrictions applied at DATA."),
+    later("smtpd_error_sleep_time", Text("1s"), Time { unit: 's' }, "Delay before an error reply once the soft limit is hit."),
+    later("smtpd_forbid_bare_newline", Text("normalize"), OneOf(&["normalize", "yes", "reject", "note", "no"]), "How to treat bare LF in SMTP input (smuggling defence)."),
+    k("smtpd_forbid_bare_newline_exclusions", Text("$mynetworks"), Networks, "Clients exempt from smtpd_forbid_bare_newline."),
+    later("smtpd_hard_error_limit", Text("20"), Int { min: 1 }, "Errors after which a session is closed."),
+    later("smtpd_helo_required", Text("no"), Bool, "Require HELO/EHLO before MAIL."),
+    later("smtpd_helo_restrictions", Text(""), List, "Restrictions applied at HELO/EHLO."),
+    k("smtpd_listen", Root { root: "25", user: "2525" }, Listen, "poshta: SMTP listen entries, [address:]port (empty: no SMTP)."),
+    k("smtpd_recipient_limit", Text("1000"), Int { min: 0 }, "Most recipients per message (at least 100, RFC 5321 §4.5.3.1.8)."),
+    later("smtpd_recipient_restrictions", Text(""), List, "Restrictions applied at RCPT TO."),
+    later("smtpd_relay_restrictions", Text("permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination"), List, "Relay restrictions applied at RCPT TO."),
+    later("smtpd_sasl_auth_enable", Text("no"), Bool, "Offer SMTP AUTH."),
+    later("smtpd_sender_restrictions", Text(""), List, "Restrictions applied at MAIL FROM."),
+    k("smtpd_sessions_max", Text("100"), Int { min: 1 }, "poshta: most concurrent SMTP sessions."),
+    later("smtpd_soft_error_limit", Text("10"), Int { min: 1 }, "Errors after which replies are delayed."),
+    k("smtpd_timeout", Text("300s"), Time { unit: 's' }, "Idle time before an SMTP session is closed."),
+    later("smtpd_tls_auth_only", Text("no"), Bool, "Offer AUTH only after STARTTLS."),
+    later("smtpd_tls_cert_file", Text(""), OptPath, "Server certificate chain (PEM)."),
+    later("smtpd_tls_key_file", Text("$smtpd_tls_cert_file"), OptPath, "Server private key (PEM)."),
+    later("smtpd_tls_security_level", Text(""), OneOf(TLS_SERVER_LEVELS), "Inbound TLS policy: none, may, encrypt."),
+    later("smtputf8_enable", Text("yes"), Bool, "Offer SMTPUTF8 (RFC 6531)."),
+    later("soft_bounce", Text("no"), Bool, "Turn permanent delivery failures into temporary ones."),
+    later("strict_rfc821_envelopes", Text("no"), Bool, "Require <> around MAIL/RCPT addresses."),
+    later("submission_listen", Root { root: "587", user: "2587" }, Listen, "poshta: submission (STARTTLS) listen entries, [address:]port."),
+    later("submissions_listen", Root { root: "465", user: "2465" }, Listen, "poshta: submission over implicit TLS listen entries, [address:]port."),
+    later("transport_maps", Text(""), List, "Per-destination transport and next hop."),
+    later("unknown_local_recipient_reject_code", Text("550"), Int { min: 400 }, "Reply code for unknown local recipients."),
+    k("virtual_mailbox_base", Root { root: "/var/lib/poshta/mail", user: "$config_directory/mail" }, Path, "Base directory of mailbox users' Maildirs."),
+];
+
+/// The table entry for `name`.
+pub fn find(name: &str) -> Option<&'static Key> {
+    KEYS.binary_search_by(|k| k.name.cmp(name))
+        .ok()
+        .and_then(|i| KEYS.get(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_sorted_unique_and_findable() {
+        for w in KEYS.windows(2) {
+            assert!(w[0].name < w[1].name, "{} !< {}", w[0].name, w[1].name);
+        }
+        for key in KEYS {
+            assert_eq!(find(key.name).map(|k| k.name), Some(key.name));
+            assert!(key
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+            assert!(!key.doc.is_empty());
+        }
+        assert!(find("no_such_key").is_none());
+        assert!(find("").is_none());
+    }
+}

@@ -1,0 +1,190 @@
+//! `poshta check` and `poshta postconf` run as the built binary on files in a temp dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p =
+            std::env::temp_dir().join(format!("poshta-config-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn poshta(args: &[&str], cfg: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_poshta"))
+        .args(args)
+        .arg("-c")
+        .arg(cfg)
+        .env_remove("POSHTA_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_clean_file() {
+    let d = TempDir::new("clean");
+    let cf = d.write(
+        "main.cf",
+        "# test\nmyhostname = mx.example.org\nsmtpd_listen = 127.0.0.1:2525\n",
+    );
+    let o = poshta(&["check"], &cf);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr), "");
+    assert!(
+        !d.0.join("spool").exists(),
+        "check must not create the queue"
+    );
+}
+
+#[test]
+fn check_unknown_key_warns_and_passes() {
+    let d = TempDir::new("unknown");
+    let cf = d.write("main.cf", "myhostname = mx.example.org\nfrobnicate = yes\n");
+    let o = poshta(&["check"], &cf);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "poshta: {}:2: warning: unknown parameter: frobnicate=yes",
+            cf.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_bad_value_fails_with_file_and_line() {
+    let d = TempDir::new("bad");
+    let cf = d.write(
+        "main.cf",
+        "myhostname = mx.example.org\n\nmessage_size_limit = lots\n",
+    );
+    let o = poshta(&["check"], &cf);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{}:3: error: message_size_limit", cf.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_unusable_directories_and_users_file() {
+    let d = TempDir::new("dirs");
+    d.write("notadir", "x");
+    std::fs::create_dir_all(d.0.join("users")).unwrap();
+    let cf = d.write("main.cf", "queue_directory = notadir/spool\n");
+    let o = poshta(&["check"], &cf);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(":1: error: queue_directory:"), "{err}");
+    assert!(err.contains("notadir is not a directory"), "{err}");
+    assert!(err.contains("error: mailbox_users_file:"), "{err}");
+}
+
+#[test]
+fn check_missing_file_uses_defaults() {
+    let d = TempDir::new("missing");
+    let o = poshta(&["check"], &d.0.join("main.cf"));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("warning: file not found"), "{err}");
+}
+
+#[test]
+fn postconf_n_shows_only_set_values_unexpanded() {
+    let d = TempDir::new("pn");
+    let cf = d.write(
+        "main.cf",
+        "myorigin = $mydomain\nmydomain = example.org\nmessage_size_limit = 1000\nhome_mailbox =\n",
+    );
+    let o = poshta(&["postconf", "-n"], &cf);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        text(&o.stdout),
+        "home_mailbox =\nmessage_size_limit = 1000\nmydomain = example.org\nmyorigin = $mydomain\n"
+    );
+    let o = poshta(&["postconf", "-n", "-x", "myorigin"], &cf);
+    assert_eq!(text(&o.stdout), "myorigin = example.org\n");
+}
+
+#[test]
+fn postconf_defaults_and_named_keys() {
+    let d = TempDir::new("pd");
+    let cf = d.write("main.cf", "message_size_limit = 2048\n");
+    let o = poshta(
+        &["postconf", "-d", "message_size_limit", "mydestination"],
+        &cf,
+    );
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        text(&o.stdout),
+        "message_size_limit = 10240000\nmydestination = $myhostname, localhost.$mydomain, localhost\n"
+    );
+    let o = poshta(&["postconf", "message_size_limit"], &cf);
+    assert_eq!(text(&o.stdout), "message_size_limit = 2048\n");
+
+    let o = poshta(&["postconf", "-d", "myhostname"], &cf);
+    let out = text(&o.stdout);
+    assert!(
+        out.starts_with("myhostname = ")
+            && out.ends_with('\n')
+            && out.len() > "myhostname = \n".len(),
+        "{out}"
+    );
+
+    let o = poshta(&["postconf", "no_such_key", "message_size_limit"], &cf);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        text(&o.stderr),
+        "postconf: warning: no_such_key: unknown parameter\n"
+    );
+    assert_eq!(text(&o.stdout), "message_size_limit = 2048\n");
+}
+
+#[test]
+fn postconf_all_is_sorted_and_complete() {
+    let d = TempDir::new("pall");
+    let cf = d.write(
+        "main.cf",
+        "zz_custom = 1\nmydestination = $zz_custom.test\n",
+    );
+    let o = poshta(&["postconf"], &cf);
+    assert_eq!(o.status.code(), Some(0));
+    let out = text(&o.stdout);
+    let names: Vec<&str> = out.lines().map(|l| l.split(" =").next().unwrap()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    for k in [
+        "config_directory",
+        "message_size_limit",
+        "smtpd_listen",
+        "queue_directory",
+        "zz_custom",
+    ] {
+        assert!(names.contains(&k), "{k} missing");
+    }
+    assert!(out.contains("mydestination = $zz_custom.test\n"));
+    assert!(out.contains(&format!("config_directory = {}\n", d.0.display())));
+}
