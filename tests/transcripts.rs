@@ -136,7 +136,9 @@ pub fn parse(name: &str, text: &str) -> Result<Transcript, String> {
                     })
                 }
                 "size" => d.size_limit = value.trim().parse().map_err(|e| err(format!("{e}")))?,
-                "rcptlimit" => d.rcpt_limit = value.trim().parse().map_err(|e| err(format!("{e}")))?,
+                "rcptlimit" => {
+                    d.rcpt_limit = value.trim().parse().map_err(|e| err(format!("{e}")))?
+                }
                 "expect-body" => d.expect_bodies.push(unescape(value).map_err(err)?),
                 "expect-messages" => {
                     d.expect_messages = Some(value.trim().parse().map_err(|e| err(format!("{e}")))?)
@@ -145,7 +147,11 @@ pub fn parse(name: &str, text: &str) -> Result<Transcript, String> {
                     d.expect_aborts = Some(if value.trim() == "none" {
                         Vec::new()
                     } else {
-                        value.split(',').map(parse_abort).collect::<Result<_, _>>().map_err(err)?
+                        value
+                            .split(',')
+                            .map(parse_abort)
+                            .collect::<Result<_, _>>()
+                            .map_err(err)?
                     })
                 }
                 k => return Err(err(format!("unknown directive {k:?}"))),
@@ -160,10 +166,16 @@ pub fn parse(name: &str, text: &str) -> Result<Transcript, String> {
             bytes.extend_from_slice(b"\r\n");
             steps.push(Step::Send(bytes));
         } else if let Some(t) = line.strip_prefix("C!") {
-            steps.push(Step::Send(unescape(t.strip_prefix(' ').unwrap_or(t)).map_err(err)?));
+            steps.push(Step::Send(
+                unescape(t.strip_prefix(' ').unwrap_or(t)).map_err(err)?,
+            ));
         } else if let Some(t) = line.strip_prefix("S:") {
             let t = t.strip_prefix(' ').unwrap_or(t);
-            steps.push(if t == "<closed>" { Step::ExpectClosed } else { Step::Expect(t.to_string()) });
+            steps.push(if t == "<closed>" {
+                Step::ExpectClosed
+            } else {
+                Step::Expect(t.to_string())
+            });
         } else if let Some(t) = line.strip_prefix("X:") {
             steps.push(match t.trim() {
                 "eof" => Step::Eof,
@@ -175,7 +187,9 @@ pub fn parse(name: &str, text: &str) -> Result<Transcript, String> {
         }
     }
     if why.trim().is_empty() {
-        return Err(format!("{name}: must start with a `# why this test exists` comment"));
+        return Err(format!(
+            "{name}: must start with a `# why this test exists` comment"
+        ));
     }
     d.client_ip = client_ip;
     // mynetworks is 127.0.0.1/32 in the test world: normalize there, reject elsewhere.
@@ -184,7 +198,12 @@ pub fn parse(name: &str, text: &str) -> Result<Transcript, String> {
     } else {
         BareNewline::Reject
     });
-    Ok(Transcript { name: name.to_string(), why: why.trim().to_string(), directives: d, steps })
+    Ok(Transcript {
+        name: name.to_string(),
+        why: why.trim().to_string(),
+        directives: d,
+        steps,
+    })
 }
 
 pub fn transcript_dir() -> PathBuf {
@@ -202,7 +221,10 @@ pub fn load_all() -> Result<Vec<Transcript>, String> {
         .iter()
         .map(|p| {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             parse(&name, &text)
         })
         .collect()
@@ -233,7 +255,10 @@ impl Policy {
         } else if self.client_ip == IpAddr::from([127, 0, 0, 1]) {
             None
         } else {
-            Some(Reply::owned(554, format!("5.7.1 <{to}>: Relay access denied")))
+            Some(Reply::owned(
+                554,
+                format!("5.7.1 <{to}>: Relay access denied"),
+            ))
         }
     }
 }
@@ -268,9 +293,16 @@ impl Harness {
         });
         let mut h = Harness {
             server,
-            policy: Policy { client_ip: d.client_ip },
+            policy: Policy {
+                client_ip: d.client_ip,
+            },
             current: Vec::new(),
-            out: Outcome { output: Vec::new(), messages: Vec::new(), aborts: Vec::new(), closed: false },
+            out: Outcome {
+                output: Vec::new(),
+                messages: Vec::new(),
+                aborts: Vec::new(),
+                closed: false,
+            },
         };
         // The greeting.
         h.out.output = h.server.take_output();
@@ -294,7 +326,10 @@ impl Harness {
                     self.current.clear();
                     self.server.accept_data(
                         PREFIX.to_vec(),
-                        HeaderFix { date: Some(FIX_DATE.into()), message_id: Some(FIX_MESSAGE_ID.into()) },
+                        HeaderFix {
+                            date: Some(FIX_DATE.into()),
+                            message_id: Some(FIX_MESSAGE_ID.into()),
+                        },
                     );
                 }
                 Event::Body(b) => self.current.extend_from_slice(&b),
@@ -349,7 +384,9 @@ impl Harness {
 pub fn glob(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
     let parts: Vec<&str> = parts.collect();
     for (i, p) in parts.iter().enumerate() {
         if i == parts.len() - 1 {
@@ -375,8 +412,18 @@ fn check_lines(got: &[String], want: &[&str]) -> Result<(), String> {
     for (i, w) in want.iter().enumerate() {
         match got.get(i) {
             Some(g) if glob(w, g) => {}
-            Some(g) => return Err(format!("reply line {}: want {w:?}, got {g:?}\nall output: {got:#?}", i + 1)),
-            None => return Err(format!("reply line {}: want {w:?}, got nothing\nall output: {got:#?}", i + 1)),
+            Some(g) => {
+                return Err(format!(
+                    "reply line {}: want {w:?}, got {g:?}\nall output: {got:#?}",
+                    i + 1
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "reply line {}: want {w:?}, got nothing\nall output: {got:#?}",
+                    i + 1
+                ))
+            }
         }
     }
     if got.len() > want.len() {
@@ -403,9 +450,13 @@ fn run_stepwise(t: &Transcript) -> Result<Outcome, String> {
             _ => {}
         }
         // Once the next step is not an expectation, everything so far must have arrived.
-        let next_is_expect = matches!(t.steps.get(i + 1), Some(Step::Expect(_) | Step::ExpectClosed));
+        let next_is_expect = matches!(
+            t.steps.get(i + 1),
+            Some(Step::Expect(_) | Step::ExpectClosed)
+        );
         if !next_is_expect && matches!(step, Step::Expect(_) | Step::ExpectClosed) {
-            check_lines(&output_lines(&h.out.output)?, &want).map_err(|e| format!("after step {}: {e}", i + 1))?;
+            check_lines(&output_lines(&h.out.output)?, &want)
+                .map_err(|e| format!("after step {}: {e}", i + 1))?;
         }
     }
     check_lines(&output_lines(&h.out.output)?, &want)?;
@@ -415,7 +466,11 @@ fn run_stepwise(t: &Transcript) -> Result<Outcome, String> {
     let d = &t.directives;
     if !d.expect_bodies.is_empty() {
         if h.out.messages.len() != d.expect_bodies.len() {
-            return Err(format!("{} messages stored, want {}", h.out.messages.len(), d.expect_bodies.len()));
+            return Err(format!(
+                "{} messages stored, want {}",
+                h.out.messages.len(),
+                d.expect_bodies.len()
+            ));
         }
         for (i, (got, want)) in h.out.messages.iter().zip(&d.expect_bodies).enumerate() {
             if got != want {
@@ -430,7 +485,10 @@ fn run_stepwise(t: &Transcript) -> Result<Outcome, String> {
     }
     if let Some(n) = d.expect_messages {
         if h.out.messages.len() != n {
-            return Err(format!("{} messages stored, want {n}", h.out.messages.len()));
+            return Err(format!(
+                "{} messages stored, want {n}",
+                h.out.messages.len()
+            ));
         }
     }
     if let Some(a) = &d.expect_aborts {
@@ -446,20 +504,21 @@ fn run_split(t: &Transcript, cut: usize) -> Result<Outcome, String> {
     let mut h = Harness::new(&t.directives);
     let mut pending: Vec<u8> = Vec::new();
     let mut offset = 0usize;
-    let flush = |h: &mut Harness, pending: &mut Vec<u8>, offset: &mut usize| -> Result<(), String> {
-        let start = *offset;
-        let end = start + pending.len();
-        if start < cut && cut < end {
-            let at = cut - start;
-            h.feed(&pending[..at])?;
-            h.feed(&pending[at..])?;
-        } else {
-            h.feed(pending)?;
-        }
-        *offset = end;
-        pending.clear();
-        Ok(())
-    };
+    let flush =
+        |h: &mut Harness, pending: &mut Vec<u8>, offset: &mut usize| -> Result<(), String> {
+            let start = *offset;
+            let end = start + pending.len();
+            if start < cut && cut < end {
+                let at = cut - start;
+                h.feed(&pending[..at])?;
+                h.feed(&pending[at..])?;
+            } else {
+                h.feed(pending)?;
+            }
+            *offset = end;
+            pending.clear();
+            Ok(())
+        };
     for step in &t.steps {
         match step {
             Step::Send(b) => pending.extend_from_slice(b),
@@ -477,7 +536,11 @@ fn run_split(t: &Transcript, cut: usize) -> Result<Outcome, String> {
 /// The in-process mode: stepwise, then split at every byte offset.
 pub fn run_in_process(t: &Transcript) -> Result<(), String> {
     let reference = run_stepwise(t)?;
-    let total: usize = t.steps.iter().map(|s| if let Step::Send(b) = s { b.len() } else { 0 }).sum();
+    let total: usize = t
+        .steps
+        .iter()
+        .map(|s| if let Step::Send(b) = s { b.len() } else { 0 })
+        .sum();
     for cut in 0..=total {
         let got = run_split(t, cut).map_err(|e| format!("split at {cut}: {e}"))?;
         if got != reference {
@@ -501,14 +564,27 @@ fn transcripts_in_process() {
     assert!(all.len() >= 25, "only {} transcripts", all.len());
     let failures: Vec<String> = all
         .iter()
-        .filter_map(|t| run_in_process(t).err().map(|e| format!("--- {} ({})\n{e}", t.name, t.why)))
+        .filter_map(|t| {
+            run_in_process(t)
+                .err()
+                .map(|e| format!("--- {} ({})\n{e}", t.name, t.why))
+        })
         .collect();
-    assert!(failures.is_empty(), "{} of {} transcripts failed:\n{}", failures.len(), all.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} transcripts failed:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn glob_matches() {
-    assert!(glob("250 2.0.0 Ok: queued as *", "250 2.0.0 Ok: queued as TESTQID"));
+    assert!(glob(
+        "250 2.0.0 Ok: queued as *",
+        "250 2.0.0 Ok: queued as TESTQID"
+    ));
     assert!(glob("a*c*e", "abcde"));
     assert!(!glob("a*c*e", "abcd"));
     assert!(glob("abc", "abc"));
@@ -521,7 +597,14 @@ fn parser_rejects_junk() {
     assert!(parse("x", "C: HELO x\n").is_err(), "missing why comment");
     assert!(parse("x", "# why\nQ: what\n").is_err());
     assert!(parse("x", "# why\nC! \\q\n").is_err());
-    let t = parse("x", "# why\n#! client 192.0.2.1\nC! a\\r\\n\\x00\nS: <closed>\n").unwrap();
+    let t = parse(
+        "x",
+        "# why\n#! client 192.0.2.1\nC! a\\r\\n\\x00\nS: <closed>\n",
+    )
+    .unwrap();
     assert_eq!(t.directives.mode, BareNewline::Reject);
-    assert_eq!(t.steps, vec![Step::Send(b"a\r\n\0".to_vec()), Step::ExpectClosed]);
+    assert_eq!(
+        t.steps,
+        vec![Step::Send(b"a\r\n\0".to_vec()), Step::ExpectClosed]
+    );
 }

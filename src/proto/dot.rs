@@ -60,7 +60,12 @@ pub struct DotDecoder {
 impl DotDecoder {
     pub fn new(reject_bare: bool) -> DotDecoder {
         // The CR LF of the DATA command counts as the line end before the first line.
-        DotDecoder { st: St::LineStart { crlf: true }, reject_bare, raw_bytes: 0, ended: false }
+        DotDecoder {
+            st: St::LineStart { crlf: true },
+            reject_bare,
+            raw_bytes: 0,
+            ended: false,
+        }
     }
 
     /// Decode from `input`, appending message bytes to `out`. Returns how many bytes were
@@ -76,7 +81,10 @@ impl DotDecoder {
             if self.st == St::Mid {
                 // Fast path: copy the run of ordinary bytes.
                 let rest = &input[i..];
-                let n = rest.iter().position(|&c| c == b'\r' || c == b'\n').unwrap_or(rest.len());
+                let n = rest
+                    .iter()
+                    .position(|&c| c == b'\r' || c == b'\n')
+                    .unwrap_or(rest.len());
                 out.extend_from_slice(&rest[..n]);
                 i += n;
                 if i == input.len() {

@@ -16,7 +16,11 @@ pub enum Frame {
     Incomplete,
     /// A complete line. Its text is `buf[..content_len]` (without CR LF or bare LF);
     /// `consumed` bytes (text and line end) are to be dropped from the buffer.
-    Line { content_len: usize, consumed: usize, bare_lf: bool },
+    Line {
+        content_len: usize,
+        consumed: usize,
+        bare_lf: bool,
+    },
     /// Part of an over-long line: drop `consumed` bytes. `done` is true once its LF was
     /// seen; that is the moment to answer `500 5.5.2 Error: line too long`.
     TooLong { consumed: usize, done: bool },
@@ -44,9 +48,15 @@ impl LineReader {
             return match find_lf(buf) {
                 Some(i) => {
                     self.discarding = false;
-                    Frame::TooLong { consumed: i + 1, done: true }
+                    Frame::TooLong {
+                        consumed: i + 1,
+                        done: true,
+                    }
                 }
-                None => Frame::TooLong { consumed: buf.len(), done: false },
+                None => Frame::TooLong {
+                    consumed: buf.len(),
+                    done: false,
+                },
             };
         }
         let window = &buf[..buf.len().min(line_bytes_max)];
@@ -56,17 +66,30 @@ impl LineReader {
                 let content_len = if bare_lf { i } else { i - 1 };
                 // RFC 5321 §4.5.3.1.4: the limit includes the CRLF.
                 if content_len + 2 > line_bytes_max {
-                    Frame::TooLong { consumed: i + 1, done: true }
+                    Frame::TooLong {
+                        consumed: i + 1,
+                        done: true,
+                    }
                 } else {
-                    Frame::Line { content_len, consumed: i + 1, bare_lf }
+                    Frame::Line {
+                        content_len,
+                        consumed: i + 1,
+                        bare_lf,
+                    }
                 }
             }
             None if buf.len() >= line_bytes_max => match find_lf(buf) {
                 // The LF is already buffered past the limit: drop exactly this line.
-                Some(i) => Frame::TooLong { consumed: i + 1, done: true },
+                Some(i) => Frame::TooLong {
+                    consumed: i + 1,
+                    done: true,
+                },
                 None => {
                     self.discarding = true;
-                    Frame::TooLong { consumed: buf.len(), done: false }
+                    Frame::TooLong {
+                        consumed: buf.len(),
+                        done: false,
+                    }
                 }
             },
             None => Frame::Incomplete,
@@ -87,15 +110,33 @@ mod tests {
         let mut r = LineReader::new();
         assert_eq!(
             r.next(b"NOOP\r\nQUIT", 512),
-            Frame::Line { content_len: 4, consumed: 6, bare_lf: false }
+            Frame::Line {
+                content_len: 4,
+                consumed: 6,
+                bare_lf: false
+            }
         );
     }
 
     #[test]
     fn bare_lf_line() {
         let mut r = LineReader::new();
-        assert_eq!(r.next(b"NOOP\n", 512), Frame::Line { content_len: 4, consumed: 5, bare_lf: true });
-        assert_eq!(r.next(b"\n", 512), Frame::Line { content_len: 0, consumed: 1, bare_lf: true });
+        assert_eq!(
+            r.next(b"NOOP\n", 512),
+            Frame::Line {
+                content_len: 4,
+                consumed: 5,
+                bare_lf: true
+            }
+        );
+        assert_eq!(
+            r.next(b"\n", 512),
+            Frame::Line {
+                content_len: 0,
+                consumed: 1,
+                bare_lf: true
+            }
+        );
     }
 
     #[test]
@@ -110,7 +151,14 @@ mod tests {
         let mut r = LineReader::new();
         let mut line = vec![b'a'; 510];
         line.extend_from_slice(b"\r\n");
-        assert_eq!(r.next(&line, 512), Frame::Line { content_len: 510, consumed: 512, bare_lf: false });
+        assert_eq!(
+            r.next(&line, 512),
+            Frame::Line {
+                content_len: 510,
+                consumed: 512,
+                bare_lf: false
+            }
+        );
     }
 
     #[test]
@@ -118,10 +166,20 @@ mod tests {
         let mut r = LineReader::new();
         let mut line = vec![b'a'; 511];
         line.extend_from_slice(b"\r\nNOOP\r\n");
-        assert_eq!(r.next(&line, 512), Frame::TooLong { consumed: 513, done: true });
+        assert_eq!(
+            r.next(&line, 512),
+            Frame::TooLong {
+                consumed: 513,
+                done: true
+            }
+        );
         assert_eq!(
             r.next(&line[513..], 512),
-            Frame::Line { content_len: 4, consumed: 6, bare_lf: false }
+            Frame::Line {
+                content_len: 4,
+                consumed: 6,
+                bare_lf: false
+            }
         );
     }
 
@@ -129,10 +187,35 @@ mod tests {
     fn long_line_across_reads_is_discarded_then_resyncs() {
         let mut r = LineReader::new();
         let big = vec![b'x'; 600];
-        assert_eq!(r.next(&big, 512), Frame::TooLong { consumed: 600, done: false });
-        assert_eq!(r.next(&big, 512), Frame::TooLong { consumed: 600, done: false });
-        assert_eq!(r.next(b"xx\r\nNOOP\r\n", 512), Frame::TooLong { consumed: 4, done: true });
-        assert_eq!(r.next(b"NOOP\r\n", 512), Frame::Line { content_len: 4, consumed: 6, bare_lf: false });
+        assert_eq!(
+            r.next(&big, 512),
+            Frame::TooLong {
+                consumed: 600,
+                done: false
+            }
+        );
+        assert_eq!(
+            r.next(&big, 512),
+            Frame::TooLong {
+                consumed: 600,
+                done: false
+            }
+        );
+        assert_eq!(
+            r.next(b"xx\r\nNOOP\r\n", 512),
+            Frame::TooLong {
+                consumed: 4,
+                done: true
+            }
+        );
+        assert_eq!(
+            r.next(b"NOOP\r\n", 512),
+            Frame::Line {
+                content_len: 4,
+                consumed: 6,
+                bare_lf: false
+            }
+        );
     }
 
     #[test]
@@ -140,6 +223,12 @@ mod tests {
         let mut r = LineReader::new();
         let mut line = vec![b'a'; 511];
         line.push(b'\n');
-        assert_eq!(r.next(&line, 512), Frame::TooLong { consumed: 512, done: true });
+        assert_eq!(
+            r.next(&line, 512),
+            Frame::TooLong {
+                consumed: 512,
+                done: true
+            }
+        );
     }
 }

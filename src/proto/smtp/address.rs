@@ -97,12 +97,18 @@ enum Role {
 fn parse_path(path: &str, utf8: bool, role: Role) -> Result<String, AddrError> {
     let bracketed = path.starts_with('<');
     // RFC 5321 §4.5.3.1.3: 256 octets including the punctuation.
-    let wire_len = if bracketed { path.len() } else { path.len() + 2 };
+    let wire_len = if bracketed {
+        path.len()
+    } else {
+        path.len() + 2
+    };
     if wire_len > SMTP_PATH_BYTES_MAX {
         return Err(AddrError::TooLong);
     }
     let inner = if bracketed {
-        path.strip_prefix('<').and_then(|p| p.strip_suffix('>')).ok_or(AddrError::Syntax)?
+        path.strip_prefix('<')
+            .and_then(|p| p.strip_suffix('>'))
+            .ok_or(AddrError::Syntax)?
     } else {
         if path.contains(['<', '>']) {
             return Err(AddrError::Syntax);
@@ -115,7 +121,11 @@ fn parse_path(path: &str, utf8: bool, role: Role) -> Result<String, AddrError> {
     }
     if inner.is_empty() {
         // RFC 5321 §4.5.5: the null reverse path; never a recipient.
-        return if role == Role::Reverse && bracketed { Ok(String::new()) } else { Err(AddrError::Syntax) };
+        return if role == Role::Reverse && bracketed {
+            Ok(String::new())
+        } else {
+            Err(AddrError::Syntax)
+        };
     }
     let mailbox = strip_source_route(inner, utf8)?;
     let (local, domain) = split_mailbox(mailbox)?;
@@ -126,7 +136,9 @@ fn parse_path(path: &str, utf8: bool, role: Role) -> Result<String, AddrError> {
             Ok(format!("{local}@{d}"))
         }
         // RFC 5321 §4.5.1: <postmaster> without a domain must be accepted.
-        None if role == Role::Forward && local.eq_ignore_ascii_case("postmaster") => Ok("postmaster".to_string()),
+        None if role == Role::Forward && local.eq_ignore_ascii_case("postmaster") => {
+            Ok("postmaster".to_string())
+        }
         None if role == Role::Reverse => Ok(local),
         None => Err(AddrError::Syntax),
     }
@@ -145,7 +157,9 @@ fn strip_source_route(s: &str, utf8: bool) -> Result<&str, AddrError> {
         // An IPv6 literal contains ':'; find its ']' first.
         let end = if rest.starts_with('[') {
             let close = rest.find(']').ok_or(AddrError::Syntax)?;
-            let after = rest[close + 1..].find([',', ':']).ok_or(AddrError::Syntax)?;
+            let after = rest[close + 1..]
+                .find([',', ':'])
+                .ok_or(AddrError::Syntax)?;
             close + 1 + after
         } else {
             end
@@ -190,7 +204,9 @@ fn is_atext(c: char, utf8: bool) -> bool {
 }
 
 fn is_dot_string(s: &str, utf8: bool) -> bool {
-    !s.is_empty() && s.split('.').all(|atom| !atom.is_empty() && atom.chars().all(|c| is_atext(c, utf8)))
+    !s.is_empty()
+        && s.split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(|c| is_atext(c, utf8)))
 }
 
 /// Check a local part and return its canonical form.
@@ -239,10 +255,19 @@ fn check_domain_or_literal(d: &str, utf8: bool) -> Result<(), AddrError> {
     if let Some(lit) = d.strip_prefix('[') {
         let lit = lit.strip_suffix(']').ok_or(AddrError::Syntax)?;
         // RFC 5321 §4.1.3 address literals.
-        if let Some(v6) = lit.strip_prefix("IPv6:").or_else(|| lit.strip_prefix("ipv6:")) {
-            return v6.parse::<Ipv6Addr>().map(|_| ()).map_err(|_| AddrError::Syntax);
+        if let Some(v6) = lit
+            .strip_prefix("IPv6:")
+            .or_else(|| lit.strip_prefix("ipv6:"))
+        {
+            return v6
+                .parse::<Ipv6Addr>()
+                .map(|_| ())
+                .map_err(|_| AddrError::Syntax);
         }
-        return lit.parse::<Ipv4Addr>().map(|_| ()).map_err(|_| AddrError::Syntax);
+        return lit
+            .parse::<Ipv4Addr>()
+            .map(|_| ())
+            .map_err(|_| AddrError::Syntax);
     }
     if is_domain(d, utf8) {
         Ok(())
@@ -260,7 +285,9 @@ fn is_domain(d: &str, utf8: bool) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || (utf8 && !c.is_ascii()))
+                && label.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || c == '-' || c == '_' || (utf8 && !c.is_ascii())
+                })
         })
 }
 
@@ -276,7 +303,10 @@ mod tests {
     fn plain_addresses() {
         assert_eq!(rcpt("<alice@example.org>"), Ok("alice@example.org".into()));
         assert_eq!(rcpt("alice@example.org"), Ok("alice@example.org".into()));
-        assert_eq!(rcpt("<a.b+c@sub.example-x.org>"), Ok("a.b+c@sub.example-x.org".into()));
+        assert_eq!(
+            rcpt("<a.b+c@sub.example-x.org>"),
+            Ok("a.b+c@sub.example-x.org".into())
+        );
     }
 
     #[test]
@@ -322,7 +352,10 @@ mod tests {
     fn address_literals() {
         assert_eq!(rcpt("<a@[127.0.0.1]>"), Ok("a@[127.0.0.1]".into()));
         assert_eq!(rcpt("<a@[IPv6:::1]>"), Ok("a@[IPv6:::1]".into()));
-        assert_eq!(rcpt("<a@[IPv6:2001:db8::1]>"), Ok("a@[IPv6:2001:db8::1]".into()));
+        assert_eq!(
+            rcpt("<a@[IPv6:2001:db8::1]>"),
+            Ok("a@[IPv6:2001:db8::1]".into())
+        );
         assert_eq!(rcpt("<a@[300.0.0.1]>"), Err(AddrError::Syntax));
         assert_eq!(rcpt("<a@[::1]>"), Err(AddrError::Syntax));
         assert_eq!(rcpt("<a@[IPv6:zz]>"), Err(AddrError::Syntax));
@@ -381,15 +414,24 @@ mod tests {
     #[test]
     fn smtputf8() {
         assert_eq!(rcpt("<jörg@example.org>"), Err(AddrError::NonAscii));
-        assert_eq!(parse_forward_path("<jörg@exämple.org>", true), Ok("jörg@exämple.org".into()));
-        assert_eq!(parse_forward_path("<\"j ö\"@x>", true), Ok("\"j ö\"@x".into()));
+        assert_eq!(
+            parse_forward_path("<jörg@exämple.org>", true),
+            Ok("jörg@exämple.org".into())
+        );
+        assert_eq!(
+            parse_forward_path("<\"j ö\"@x>", true),
+            Ok("\"j ö\"@x".into())
+        );
     }
 
     #[test]
     fn split_path_and_params() {
         assert_eq!(split_path("<a@b> SIZE=10"), Some(("<a@b>", "SIZE=10")));
         assert_eq!(split_path("<a@b>"), Some(("<a@b>", "")));
-        assert_eq!(split_path("<\"x> y\"@b> BODY=8BITMIME"), Some(("<\"x> y\"@b>", "BODY=8BITMIME")));
+        assert_eq!(
+            split_path("<\"x> y\"@b> BODY=8BITMIME"),
+            Some(("<\"x> y\"@b>", "BODY=8BITMIME"))
+        );
         assert_eq!(split_path("a@b SIZE=1"), Some(("a@b", "SIZE=1")));
         assert_eq!(split_path("<a@b>x"), None);
         assert_eq!(split_path("<a@b"), None);

@@ -45,8 +45,14 @@ pub struct HeaderFixer {
 
 impl HeaderFixer {
     pub fn new(fix: HeaderFix) -> HeaderFixer {
+        // Nothing to add: nothing to look for, pass everything straight through.
+        let st = if fix.date.is_none() && fix.message_id.is_none() {
+            St::Body
+        } else {
+            St::LineStart
+        };
         HeaderFixer {
-            st: St::LineStart,
+            st,
             held: Vec::new(),
             any_field: false,
             date: fix.date.map(line),
@@ -120,7 +126,10 @@ impl HeaderFixer {
                             self.held.push(b);
                             self.st = St::Name { space_seen: true };
                         }
-                        b if !space_seen && is_name_byte(b) && self.held.len() < NAME_HOLD_BYTES_MAX => {
+                        b if !space_seen
+                            && is_name_byte(b)
+                            && self.held.len() < NAME_HOLD_BYTES_MAX =>
+                        {
                             self.held.push(b);
                         }
                         // Not a field: the header section ended before this line.
@@ -172,7 +181,10 @@ impl HeaderFixer {
 
     /// Emit the lines still missing (each once).
     fn insert(&mut self, out: &mut Vec<u8>) {
-        for l in [self.date.take(), self.message_id.take()].into_iter().flatten() {
+        for l in [self.date.take(), self.message_id.take()]
+            .into_iter()
+            .flatten()
+        {
             out.extend_from_slice(l.as_bytes());
         }
     }
@@ -202,7 +214,10 @@ mod tests {
     use super::*;
 
     fn fix() -> HeaderFix {
-        HeaderFix { date: Some("Date: D".into()), message_id: Some("Message-ID: <m@x>".into()) }
+        HeaderFix {
+            date: Some("Date: D".into()),
+            message_id: Some("Message-ID: <m@x>".into()),
+        }
     }
 
     fn run(input: &[u8], fix: HeaderFix) -> Vec<u8> {
@@ -228,7 +243,10 @@ mod tests {
     #[test]
     fn adds_both_before_empty_line() {
         let out = run(b"Subject: hi\n\nbody\nDate: no\n", fix());
-        assert_eq!(s(out), "Subject: hi\nDate: D\nMessage-ID: <m@x>\n\nbody\nDate: no\n");
+        assert_eq!(
+            s(out),
+            "Subject: hi\nDate: D\nMessage-ID: <m@x>\n\nbody\nDate: no\n"
+        );
     }
 
     #[test]
@@ -242,13 +260,19 @@ mod tests {
     #[test]
     fn folded_fields() {
         let out = run(b"Subject: a\n b\n\tc\nDate: x\n\nbody\n", fix());
-        assert_eq!(s(out), "Subject: a\n b\n\tc\nDate: x\nMessage-ID: <m@x>\n\nbody\n");
+        assert_eq!(
+            s(out),
+            "Subject: a\n b\n\tc\nDate: x\nMessage-ID: <m@x>\n\nbody\n"
+        );
     }
 
     #[test]
     fn non_header_line_ends_section() {
         let out = run(b"Subject: a\nhello world\n", fix());
-        assert_eq!(s(out), "Subject: a\nDate: D\nMessage-ID: <m@x>\nhello world\n");
+        assert_eq!(
+            s(out),
+            "Subject: a\nDate: D\nMessage-ID: <m@x>\nhello world\n"
+        );
         let out = run(b"hello\n", fix());
         assert_eq!(s(out), "Date: D\nMessage-ID: <m@x>\nhello\n");
         let out = run(b" leading space\n", fix());
@@ -259,8 +283,14 @@ mod tests {
 
     #[test]
     fn no_body_separator() {
-        assert_eq!(s(run(b"Subject: a\n", fix())), "Subject: a\nDate: D\nMessage-ID: <m@x>\n");
-        assert_eq!(s(run(b"Subject: a", fix())), "Subject: a\nDate: D\nMessage-ID: <m@x>\n");
+        assert_eq!(
+            s(run(b"Subject: a\n", fix())),
+            "Subject: a\nDate: D\nMessage-ID: <m@x>\n"
+        );
+        assert_eq!(
+            s(run(b"Subject: a", fix())),
+            "Subject: a\nDate: D\nMessage-ID: <m@x>\n"
+        );
         assert_eq!(s(run(b"Subj", fix())), "Date: D\nMessage-ID: <m@x>\nSubj");
         assert_eq!(s(run(b"", fix())), "Date: D\nMessage-ID: <m@x>\n");
         assert_eq!(s(run(b"Subject: a", HeaderFix::default())), "Subject: a");
@@ -283,7 +313,10 @@ mod tests {
 
     #[test]
     fn only_missing_one() {
-        let f = HeaderFix { date: Some("Date: D\r\n".into()), message_id: None };
+        let f = HeaderFix {
+            date: Some("Date: D\r\n".into()),
+            message_id: None,
+        };
         assert_eq!(s(run(b"A: b\n\nc", f)), "A: b\nDate: D\n\nc");
     }
 }

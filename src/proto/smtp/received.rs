@@ -1,10 +1,11 @@
 //! The Received: trace header (RFC 5321 §4.4, RFC 5322 §3.6.7), Postfix layout:
 //! ```text
 //! Received: from HELO (CLIENT-NAME [CLIENT-IP])
-//! 	by HOSTNAME (poshta) with PROTOCOL id QUEUE-ID
-//! 	for <RCPT>; DATE
+//! <TAB>by HOSTNAME (poshta) with PROTOCOL id QUEUE-ID
+//! <TAB>for <RCPT>; DATE
 //! ```
-//! Without a single recipient the last line is `	id QUEUE-ID;` followed by `	DATE`.
+//! Without a single recipient the second line ends `id QUEUE-ID;` and the third is
+//! `<TAB>DATE`.
 //! PROTOCOL is the RFC 3848 word (SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA). An IPv6 client
 //! address is written `[IPv6:...]` (RFC 5321 §4.1.3). Lines end with LF (the queue's form).
 //! A pure function: the date comes pre-formatted (RFC 5322 §3.3) from the caller.
@@ -37,7 +38,11 @@ pub fn received_header(r: &ReceivedInfo<'_>) -> String {
         // RFC 5321 §4.1.3 IPv6-address-literal
         IpAddr::V6(v6) => format!("IPv6:{v6}"),
     };
-    let helo = if r.helo.is_empty() { r.client_name } else { r.helo };
+    let helo = if r.helo.is_empty() {
+        r.client_name
+    } else {
+        r.helo
+    };
     let mut h = format!(
         "Received: from {} ({} [{}])\n\tby {} (poshta) with {} id {}",
         clean(helo),
@@ -57,7 +62,9 @@ pub fn received_header(r: &ReceivedInfo<'_>) -> String {
 /// Client-supplied text must not break the header: control characters (CR, LF, TAB, ...)
 /// become "?", so the result is always one field with our folding only.
 fn clean(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -79,7 +86,10 @@ mod tests {
 
     #[test]
     fn one_recipient() {
-        let h = received_header(&info(Some("alice@example.org"), "192.0.2.1".parse().unwrap()));
+        let h = received_header(&info(
+            Some("alice@example.org"),
+            "192.0.2.1".parse().unwrap(),
+        ));
         assert_eq!(
             h,
             "Received: from client.example (unknown [192.0.2.1])\n\tby mx.example.org (poshta) with ESMTP id 4AB12\n\tfor <alice@example.org>; Sat, 28 Nov 2026 10:00:00 +0000 (UTC)\n"

@@ -104,7 +104,12 @@ pub enum Event {
     Helo { esmtp: bool, domain: String },
     /// MAIL FROM. `from` is the address without brackets, "" for the null path.
     /// Answer: `accept()` (250 2.1.0 Ok) or `reject(reply)`.
-    Mail { from: String, size: Option<u64>, body: BodyType, smtputf8: bool },
+    Mail {
+        from: String,
+        size: Option<u64>,
+        body: BodyType,
+        smtputf8: bool,
+    },
     /// RCPT TO. `to` is `local@domain` (source route dropped, RFC 5321 §4.1.1.3) or
     /// `postmaster` (RFC 5321 §4.5.1). Answer: `accept()` (250 2.1.5 Ok) or `reject(reply)`.
     Rcpt { to: String },
@@ -154,8 +159,14 @@ const MAIL_OK: Reply = Reply::new(250, "2.1.0 Ok");
 const RCPT_OK: Reply = Reply::new(250, "2.1.5 Ok");
 const GO_AHEAD: Reply = Reply::new(354, "End data with <CR><LF>.<CR><LF>");
 const BYE: Reply = Reply::new(221, "2.0.0 Bye");
-const VRFY: Reply = Reply::new(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
-const HELP: Reply = Reply::new(214, "2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP");
+const VRFY: Reply = Reply::new(
+    252,
+    "2.0.0 Cannot VRFY user, but will accept message and attempt delivery",
+);
+const HELP: Reply = Reply::new(
+    214,
+    "2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+);
 const UNKNOWN: Reply = Reply::new(502, "5.5.2 Error: command not recognized");
 const NO_EXPN: Reply = Reply::new(502, "5.5.1 EXPN command not supported");
 const BAD_SYNTAX: Reply = Reply::new(500, "5.5.2 Error: bad syntax");
@@ -195,7 +206,12 @@ enum State {
     /// Inside DATA: reading dot-stuffed lines.
     Data { msg: Msg, dec: DotDecoder },
     /// Reading a BDAT chunk: `remaining` of `chunk` octets still to come.
-    Chunk { msg: Msg, remaining: u64, chunk: u64, last: bool },
+    Chunk {
+        msg: Msg,
+        remaining: u64,
+        chunk: u64,
+        last: bool,
+    },
     /// Between BDAT chunks of one message.
     Bdat(Msg),
 }
@@ -270,11 +286,24 @@ enum Via {
 
 /// A parsed, allowed command.
 enum Cmd {
-    Helo { esmtp: bool, domain: String },
-    Mail { from: String, size: Option<u64>, body: BodyType, smtputf8: bool },
-    Rcpt { to: String },
+    Helo {
+        esmtp: bool,
+        domain: String,
+    },
+    Mail {
+        from: String,
+        size: Option<u64>,
+        body: BodyType,
+        smtputf8: bool,
+    },
+    Rcpt {
+        to: String,
+    },
     Data,
-    Bdat { size: u64, last: bool },
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     Noop,
     Quit,
@@ -298,7 +327,10 @@ enum Then {
 
 impl From<Reply> for Refuse {
     fn from(reply: Reply) -> Refuse {
-        Refuse { reply, then: Then::Continue }
+        Refuse {
+            reply,
+            then: Then::Continue,
+        }
     }
 }
 
@@ -395,7 +427,10 @@ impl Server {
     /// and closes; `poll` then reports `DataAborted(Timeout)` if data was in progress.
     pub fn timeout(&mut self) {
         if !self.closed {
-            let r = Reply::owned(421, format!("4.4.2 {} Error: timeout exceeded", self.params.hostname));
+            let r = Reply::owned(
+                421,
+                format!("4.4.2 {} Error: timeout exceeded", self.params.hostname),
+            );
             self.reply(r);
             self.close_reason = AbortReason::Timeout;
             self.close();
@@ -431,11 +466,19 @@ impl Server {
         match self.wait.take() {
             Some(Wait::Helo { esmtp }) => {
                 self.state = State::Idle;
-                let r = if esmtp { self.ehlo_reply() } else { Reply::owned(250, self.params.hostname.clone()) };
+                let r = if esmtp {
+                    self.ehlo_reply()
+                } else {
+                    Reply::owned(250, self.params.hostname.clone())
+                };
                 self.reply(r);
             }
             Some(Wait::Mail { smtputf8 }) => {
-                self.state = State::Mail(Txn { smtputf8, rcpt_tried: 0, rcpt_ok: 0 });
+                self.state = State::Mail(Txn {
+                    smtputf8,
+                    rcpt_tried: 0,
+                    rcpt_ok: 0,
+                });
                 self.reply(MAIL_OK);
             }
             Some(Wait::Rcpt) => {
@@ -459,7 +502,10 @@ impl Server {
         match w {
             // RFC 3030 §2: the chunk of a refused BDAT is read before the reply.
             Wait::DataStart(Via::Bdat { size, .. }) if !closing && size > 0 => {
-                self.skip = Some(Skip { remaining: size, reply });
+                self.skip = Some(Skip {
+                    remaining: size,
+                    reply,
+                });
             }
             _ => self.reply(reply),
         }
@@ -472,16 +518,26 @@ impl Server {
     /// emitted first; headers in `fix` are added at the end of the header section when the
     /// message has none of that name.
     pub fn accept_data(&mut self, prefix: Vec<u8>, fix: HeaderFix) {
-        let Some(Wait::DataStart(via)) = self.wait.take() else { return };
+        let Some(Wait::DataStart(via)) = self.wait.take() else {
+            return;
+        };
         let msg = Msg::new(prefix, fix);
         match via {
             Via::Data => {
                 let reject = self.params.bare_newline == BareNewline::Reject;
-                self.state = State::Data { msg, dec: DotDecoder::new(reject) };
+                self.state = State::Data {
+                    msg,
+                    dec: DotDecoder::new(reject),
+                };
                 self.reply(GO_AHEAD);
             }
             Via::Bdat { size, last } => {
-                self.state = State::Chunk { msg, remaining: size, chunk: size, last };
+                self.state = State::Chunk {
+                    msg,
+                    remaining: size,
+                    chunk: size,
+                    last,
+                };
             }
         }
     }
@@ -532,7 +588,13 @@ impl Server {
 
     /// `521 5.5.2 <host> Error: bare <LF> received` and close (RFC 5321 §2.3.8).
     fn bare_newline_close(&mut self, what: &str) {
-        let r = Reply::owned(521, format!("5.5.2 {} Error: bare <{}> received", self.params.hostname, what));
+        let r = Reply::owned(
+            521,
+            format!(
+                "5.5.2 {} Error: bare <{}> received",
+                self.params.hostname, what
+            ),
+        );
         self.reply(r);
         self.close();
     }
@@ -540,7 +602,9 @@ impl Server {
     /// After close: an open message is reported aborted, once.
     fn abort_open_message(&mut self) -> Option<Event> {
         match std::mem::replace(&mut self.state, State::Idle) {
-            State::Data { msg, .. } | State::Chunk { msg, .. } | State::Bdat(msg) if !msg.aborted => {
+            State::Data { msg, .. } | State::Chunk { msg, .. } | State::Bdat(msg)
+                if !msg.aborted =>
+            {
                 Some(Event::DataAborted(self.close_reason))
             }
             _ => None,
@@ -566,7 +630,9 @@ impl Server {
 
     fn step_skip(&mut self) -> bool {
         let avail = self.buffered() as u64;
-        let Some(skip) = self.skip.as_mut() else { return false };
+        let Some(skip) = self.skip.as_mut() else {
+            return false;
+        };
         let n = skip.remaining.min(avail);
         self.pos += n as usize;
         skip.remaining -= n;
@@ -583,7 +649,8 @@ impl Server {
         if self.buffered() == 0 {
             return false;
         }
-        let State::Data { mut msg, mut dec } = std::mem::replace(&mut self.state, State::Idle) else {
+        let State::Data { mut msg, mut dec } = std::mem::replace(&mut self.state, State::Idle)
+        else {
             return false;
         };
         let input = &self.inbuf[self.pos..];
@@ -596,7 +663,8 @@ impl Server {
         if !msg.aborted {
             if limit > 0 && size > limit {
                 msg.aborted = true;
-                self.events.push_back(Event::DataAborted(AbortReason::TooBig));
+                self.events
+                    .push_back(Event::DataAborted(AbortReason::TooBig));
             } else {
                 msg.pass(&decoded, &mut body);
             }
@@ -615,7 +683,8 @@ impl Server {
             }
             Some(stop @ (Stop::BareLf | Stop::BareCr)) => {
                 if !msg.aborted {
-                    self.events.push_back(Event::DataAborted(AbortReason::BareNewline));
+                    self.events
+                        .push_back(Event::DataAborted(AbortReason::BareNewline));
                 }
                 self.bare_newline_close(if stop == Stop::BareLf { "LF" } else { "CR" });
             }
@@ -624,13 +693,23 @@ impl Server {
     }
 
     fn step_chunk(&mut self) -> bool {
-        let State::Chunk { mut msg, mut remaining, chunk, last } = std::mem::replace(&mut self.state, State::Idle)
+        let State::Chunk {
+            mut msg,
+            mut remaining,
+            chunk,
+            last,
+        } = std::mem::replace(&mut self.state, State::Idle)
         else {
             return false;
         };
         let n = remaining.min(self.buffered() as u64) as usize;
         if n == 0 && remaining > 0 {
-            self.state = State::Chunk { msg, remaining, chunk, last };
+            self.state = State::Chunk {
+                msg,
+                remaining,
+                chunk,
+                last,
+            };
             return false;
         }
         let data = &self.inbuf[self.pos..self.pos + n];
@@ -642,7 +721,8 @@ impl Server {
         if !msg.aborted {
             if limit > 0 && msg.size_bytes > limit {
                 msg.aborted = true;
-                self.events.push_back(Event::DataAborted(AbortReason::TooBig));
+                self.events
+                    .push_back(Event::DataAborted(AbortReason::TooBig));
             } else {
                 let mut decoded = Vec::with_capacity(n + 1);
                 msg.crlf.feed(data, &mut decoded);
@@ -651,7 +731,12 @@ impl Server {
         }
         if remaining > 0 {
             push_body(&mut self.events, body);
-            self.state = State::Chunk { msg, remaining, chunk, last };
+            self.state = State::Chunk {
+                msg,
+                remaining,
+                chunk,
+                last,
+            };
         } else if msg.aborted {
             self.reply(TOO_BIG);
             if !last {
@@ -661,7 +746,9 @@ impl Server {
             // RFC 3030 §2: BDAT LAST ends the message.
             msg.finish(&mut body);
             push_body(&mut self.events, body);
-            self.events.push_back(Event::DataEnd { size: msg.size_bytes });
+            self.events.push_back(Event::DataEnd {
+                size: msg.size_bytes,
+            });
             self.wait = Some(Wait::DataEnd);
         } else {
             push_body(&mut self.events, body);
@@ -683,7 +770,11 @@ impl Server {
                 }
                 true
             }
-            Frame::Line { content_len, consumed, bare_lf } => {
+            Frame::Line {
+                content_len,
+                consumed,
+                bare_lf,
+            } => {
                 let line = self.inbuf[self.pos..self.pos + content_len].to_vec();
                 self.pos += consumed;
                 if bare_lf && self.params.bare_newline == BareNewline::Reject {
@@ -717,21 +808,36 @@ impl Server {
         if verb.is_empty() {
             return self.reply(BAD_SYNTAX);
         }
-        let Some((_, check)) = COMMANDS.iter().find(|(name, _)| verb.eq_ignore_ascii_case(name)) else {
+        let Some((_, check)) = COMMANDS
+            .iter()
+            .find(|(name, _)| verb.eq_ignore_ascii_case(name))
+        else {
             return self.reply(UNKNOWN);
         };
         match check(self, arg) {
             Ok(cmd) => self.apply(cmd),
-            Err(Refuse { reply, then: Then::Continue }) => self.reply(reply),
-            Err(Refuse { reply, then: Then::Close }) => {
+            Err(Refuse {
+                reply,
+                then: Then::Continue,
+            }) => self.reply(reply),
+            Err(Refuse {
+                reply,
+                then: Then::Close,
+            }) => {
                 self.reply(reply);
                 self.close();
             }
-            Err(Refuse { reply, then: Then::SkipChunk(n) }) => {
+            Err(Refuse {
+                reply,
+                then: Then::SkipChunk(n),
+            }) => {
                 if n == 0 {
                     self.reply(reply);
                 } else {
-                    self.skip = Some(Skip { remaining: n, reply });
+                    self.skip = Some(Skip {
+                        remaining: n,
+                        reply,
+                    });
                 }
             }
         }
@@ -748,8 +854,18 @@ impl Server {
                 self.events.push_back(Event::Helo { esmtp, domain });
                 self.wait = Some(Wait::Helo { esmtp });
             }
-            Cmd::Mail { from, size, body, smtputf8 } => {
-                self.events.push_back(Event::Mail { from, size, body, smtputf8 });
+            Cmd::Mail {
+                from,
+                size,
+                body,
+                smtputf8,
+            } => {
+                self.events.push_back(Event::Mail {
+                    from,
+                    size,
+                    body,
+                    smtputf8,
+                });
                 self.wait = Some(Wait::Mail { smtputf8 });
             }
             Cmd::Rcpt { to } => {
@@ -764,7 +880,14 @@ impl Server {
                 self.wait = Some(Wait::DataStart(Via::Data));
             }
             Cmd::Bdat { size, last } => match std::mem::replace(&mut self.state, State::Idle) {
-                State::Bdat(msg) => self.state = State::Chunk { msg, remaining: size, chunk: size, last },
+                State::Bdat(msg) => {
+                    self.state = State::Chunk {
+                        msg,
+                        remaining: size,
+                        chunk: size,
+                        last,
+                    }
+                }
                 other => {
                     self.state = other;
                     self.events.push_back(Event::DataStart);
@@ -815,14 +938,20 @@ impl Server {
         if arg.is_empty() {
             return Err(HELO_SYNTAX.into());
         }
-        Ok(Cmd::Helo { esmtp: false, domain: arg.to_string() })
+        Ok(Cmd::Helo {
+            esmtp: false,
+            domain: arg.to_string(),
+        })
     }
 
     fn check_ehlo(&self, arg: &str) -> Result<Cmd, Refuse> {
         if arg.is_empty() {
             return Err(EHLO_SYNTAX.into());
         }
-        Ok(Cmd::Helo { esmtp: true, domain: arg.to_string() })
+        Ok(Cmd::Helo {
+            esmtp: true,
+            domain: arg.to_string(),
+        })
     }
 
     fn check_mail(&self, arg: &str) -> Result<Cmd, Refuse> {
@@ -832,7 +961,9 @@ impl Server {
             _ => {}
         }
         // "FROM: <a@b>" with a space is a common client bug that Postfix accepts.
-        let rest = strip_prefix_ci(arg, "FROM:").ok_or(MAIL_SYNTAX)?.trim_start_matches([' ', '\t']);
+        let rest = strip_prefix_ci(arg, "FROM:")
+            .ok_or(MAIL_SYNTAX)?
+            .trim_start_matches([' ', '\t']);
         let (path, params) = address::split_path(rest).ok_or(BAD_SENDER)?;
         if path.is_empty() {
             return Err(MAIL_SYNTAX.into());
@@ -868,7 +999,12 @@ impl Server {
             AddrError::NonAscii => NEED_SMTPUTF8,
             AddrError::Syntax | AddrError::TooLong => BAD_SENDER,
         })?;
-        Ok(Cmd::Mail { from, size, body, smtputf8 })
+        Ok(Cmd::Mail {
+            from,
+            size,
+            body,
+            smtputf8,
+        })
     }
 
     fn check_rcpt(&self, arg: &str) -> Result<Cmd, Refuse> {
@@ -881,7 +1017,9 @@ impl Server {
         if txn.rcpt_ok >= self.params.recipient_limit.max(1) {
             return Err(TOO_MANY_RCPTS.into());
         }
-        let rest = strip_prefix_ci(arg, "TO:").ok_or(RCPT_SYNTAX)?.trim_start_matches([' ', '\t']);
+        let rest = strip_prefix_ci(arg, "TO:")
+            .ok_or(RCPT_SYNTAX)?
+            .trim_start_matches([' ', '\t']);
         let (path, params) = address::split_path(rest).ok_or(BAD_RCPT)?;
         if path.is_empty() {
             return Err(RCPT_SYNTAX.into());
@@ -923,9 +1061,15 @@ impl Server {
         };
         let (Some(size), Some(last), None) = (size, last, words.next()) else {
             // Without a size the chunk cannot be skipped: the stream is lost.
-            return Err(Refuse { reply: BDAT_SYNTAX, then: Then::Close });
+            return Err(Refuse {
+                reply: BDAT_SYNTAX,
+                then: Then::Close,
+            });
         };
-        let skip = |reply: Reply| Refuse { reply, then: Then::SkipChunk(size) };
+        let skip = |reply: Reply| Refuse {
+            reply,
+            then: Then::SkipChunk(size),
+        };
         match &self.state {
             State::Mail(t) => need_recipients(t).map_err(|r| skip(r.reply))?,
             State::Bdat(_) => {}
@@ -989,7 +1133,8 @@ fn unsupported(key: &str) -> Refuse {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// RFC 5321 §4.1.2 Mail-parameters: `esmtp-keyword ["=" esmtp-value]`, space separated.
@@ -1002,13 +1147,312 @@ fn esmtp_params(params: &str, syntax: Reply) -> Result<Vec<(&str, Option<&str>)>
             Some((k, v)) => (k, Some(v)),
             None => (p, None),
         };
-        let key_ok = key.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        let key_ok = key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
             && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        let value_ok = value.is_none_or(|v| !v.is_empty() && v.chars().all(|c| c != '=' && !c.is_control()));
+        let value_ok =
+            value.is_none_or(|v| !v.is_empty() && v.chars().all(|c| c != '=' && !c.is_control()));
         if !key_ok || !value_ok {
             return Err(syntax.into());
         }
         out.push((key, value));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::SESSION_READ_BYTES;
+
+    fn params() -> SessionParams {
+        SessionParams {
+            hostname: "mx.example.org".into(),
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            client_name: "localhost".into(),
+            bare_newline: BareNewline::Reject,
+            message_size_limit: 0,
+            recipient_limit: 100,
+            extra_ehlo: Vec::new(),
+        }
+    }
+
+    fn out(s: &mut Server) -> String {
+        String::from_utf8(s.take_output()).unwrap()
+    }
+
+    /// A session in the middle of a transaction with one accepted recipient.
+    fn in_txn(p: SessionParams) -> Server {
+        let mut s = Server::new(p);
+        s.input(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n");
+        for _ in 0..3 {
+            assert!(s.poll().is_some_and(|e| e.needs_answer()));
+            s.accept();
+        }
+        assert_eq!(s.poll(), None);
+        s.take_output();
+        s
+    }
+
+    #[test]
+    fn greeting_and_extra_ehlo_keywords() {
+        let mut p = params();
+        p.extra_ehlo = vec!["STARTTLS".into(), "AUTH PLAIN".into()];
+        p.message_size_limit = 1000;
+        let mut s = Server::new(p);
+        assert_eq!(out(&mut s), "220 mx.example.org ESMTP poshta\r\n");
+        s.input(b"EHLO c\r\n");
+        assert_eq!(
+            s.poll(),
+            Some(Event::Helo {
+                esmtp: true,
+                domain: "c".into()
+            })
+        );
+        s.accept();
+        assert_eq!(
+            out(&mut s),
+            "250-mx.example.org\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250-AUTH PLAIN\r\n\
+             250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+        );
+    }
+
+    #[test]
+    fn poll_waits_for_the_answer_and_keeps_input() {
+        let mut s = Server::new(params());
+        s.input(b"HELO c\r\nNOOP\r\nNOOP\r\n");
+        assert!(matches!(s.poll(), Some(Event::Helo { esmtp: false, .. })));
+        assert_eq!(s.poll(), None);
+        assert_eq!(s.poll(), None);
+        assert!(s.wants_input());
+        s.accept();
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "220 mx.example.org ESMTP poshta\r\n250 mx.example.org\r\n250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n");
+    }
+
+    #[test]
+    fn wants_input_false_when_buffer_full() {
+        let mut s = Server::new(params());
+        s.input(b"HELO c\r\n");
+        assert!(s.poll().is_some());
+        let noops = b"NOOP\r\n".repeat(SESSION_INPUT_BYTES_MAX / 6 + 1);
+        s.input(&noops);
+        assert!(!s.wants_input());
+        s.accept();
+        assert_eq!(s.poll(), None);
+        assert!(s.wants_input());
+    }
+
+    #[test]
+    fn mail_event_fields() {
+        let mut s = Server::new(params());
+        s.input(b"EHLO c\r\nMAIL FROM:<j\xc3\xb6rg@b.example> SIZE=42 BODY=8BITMIME SMTPUTF8\r\n");
+        s.poll();
+        s.accept();
+        assert_eq!(
+            s.poll(),
+            Some(Event::Mail {
+                from: "jörg@b.example".into(),
+                size: Some(42),
+                body: BodyType::EightBitMime,
+                smtputf8: true
+            })
+        );
+    }
+
+    #[test]
+    fn data_streams_in_bounded_pieces() {
+        let mut p = params();
+        p.bare_newline = BareNewline::Normalize;
+        let mut s = in_txn(p);
+        s.input(b"DATA\r\n");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.accept_data(b"Received: x".to_vec(), HeaderFix::default());
+        assert_eq!(s.poll(), None);
+        let line = b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n";
+        let chunk = line.repeat(SESSION_READ_BYTES / line.len());
+        let mut body_bytes = 0usize;
+        let mut first = true;
+        // 20 MB through the core: every Body is one read's worth, the buffer stays small.
+        for _ in 0..(20 * 1024 * 1024 / chunk.len()) {
+            assert!(s.wants_input());
+            s.input(&chunk);
+            while let Some(ev) = s.poll() {
+                let Event::Body(b) = ev else {
+                    panic!("unexpected {ev:?}")
+                };
+                assert!(b.len() <= chunk.len() + 16, "Body of {} bytes", b.len());
+                if first {
+                    assert!(b.starts_with(b"Received: x\n0123"));
+                    first = false;
+                }
+                body_bytes += b.len();
+            }
+            assert!(
+                s.inbuf.len() <= chunk.len(),
+                "input buffer grew to {}",
+                s.inbuf.len()
+            );
+        }
+        s.input(b".\r\n");
+        let mut end = None;
+        while let Some(ev) = s.poll() {
+            match ev {
+                Event::Body(b) => body_bytes += b.len(),
+                Event::DataEnd { size } => end = Some(size),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let n = (20 * 1024 * 1024 / chunk.len()) * chunk.len();
+        assert_eq!(end, Some(n as u64));
+        // CR LF -> LF: one byte less per line, plus the prefix and its LF.
+        assert_eq!(body_bytes, n - n / line.len() + 12);
+    }
+
+    #[test]
+    fn too_big_aborts_once_and_answers_at_end() {
+        let mut p = params();
+        p.message_size_limit = 10;
+        let mut s = in_txn(p);
+        s.input(b"DATA\r\n");
+        s.poll();
+        s.accept_data(Vec::new(), HeaderFix::default());
+        s.input(b"0123456789\r\n");
+        assert_eq!(s.poll(), Some(Event::DataAborted(AbortReason::TooBig)));
+        assert_eq!(s.poll(), None);
+        s.input(b"more\r\nmore\r\n.\r\nNOOP\r\n");
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "354 End data with <CR><LF>.<CR><LF>\r\n552 5.3.4 Error: message file too big\r\n250 2.0.0 Ok\r\n");
+    }
+
+    #[test]
+    fn data_end_size_and_answer() {
+        let mut s = in_txn(params());
+        s.input(b"DATA\r\nhello\r\n.\r\nNOOP\r\n");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.accept_data(b"P: 1\r\n".to_vec(), HeaderFix::default());
+        assert_eq!(s.poll(), Some(Event::Body(b"P: 1\nhello\n".to_vec())));
+        assert_eq!(s.poll(), Some(Event::DataEnd { size: 7 }));
+        assert_eq!(s.poll(), None);
+        // accept() is not an answer to DataEnd: a 250 there must come from finish_data.
+        s.accept();
+        assert_eq!(s.poll(), None);
+        s.finish_data(Reply::new(250, "2.0.0 Ok: queued as X"));
+        assert_eq!(s.poll(), None);
+        assert_eq!(
+            out(&mut s),
+            "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as X\r\n250 2.0.0 Ok\r\n"
+        );
+    }
+
+    #[test]
+    fn eof_while_data_start_pending_then_accepted() {
+        let mut s = in_txn(params());
+        s.input(b"DATA\r\n");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.eof();
+        assert!(s.is_closed());
+        assert_eq!(s.poll(), None);
+        s.accept_data(Vec::new(), HeaderFix::default());
+        assert_eq!(
+            s.poll(),
+            Some(Event::DataAborted(AbortReason::Disconnected))
+        );
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "");
+    }
+
+    #[test]
+    fn timeout_while_data_end_pending_aborts_nothing() {
+        let mut s = in_txn(params());
+        s.input(b"DATA\r\n");
+        s.poll();
+        s.accept_data(Vec::new(), HeaderFix::default());
+        s.input(b".\r\n");
+        assert_eq!(s.poll(), Some(Event::DataEnd { size: 0 }));
+        s.timeout();
+        s.finish_data(Reply::new(250, "2.0.0 Ok"));
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "354 End data with <CR><LF>.<CR><LF>\r\n421 4.4.2 mx.example.org Error: timeout exceeded\r\n");
+    }
+
+    #[test]
+    fn reject_421_closes() {
+        let mut s = Server::new(params());
+        s.input(b"EHLO c\r\nNOOP\r\n");
+        s.poll();
+        s.reject(Reply::new(
+            421,
+            "4.7.0 mx.example.org Error: too many connections",
+        ));
+        assert!(s.is_closed());
+        assert_eq!(s.poll(), None);
+        assert!(out(&mut s).ends_with("421 4.7.0 mx.example.org Error: too many connections\r\n"));
+        s.input(b"NOOP\r\n");
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "");
+    }
+
+    #[test]
+    fn ehlo_mid_transaction_resets_first() {
+        let mut s = in_txn(params());
+        s.input(b"EHLO again\r\n");
+        assert_eq!(s.poll(), Some(Event::Reset));
+        assert_eq!(
+            s.poll(),
+            Some(Event::Helo {
+                esmtp: true,
+                domain: "again".into()
+            })
+        );
+    }
+
+    #[test]
+    fn rejected_first_bdat_skips_its_chunk() {
+        let mut s = in_txn(params());
+        s.input(b"BDAT 6\r\nNOOP\r\nNOOP\r\n");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.reject(Reply::new(451, "4.3.0 Error: queue file write error"));
+        assert_eq!(s.poll(), None);
+        assert_eq!(
+            out(&mut s),
+            "451 4.3.0 Error: queue file write error\r\n250 2.0.0 Ok\r\n"
+        );
+    }
+
+    #[test]
+    fn quit_with_open_bdat_message() {
+        let mut s = in_txn(params());
+        s.input(b"BDAT 2\r\nab");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.accept_data(Vec::new(), HeaderFix::default());
+        assert_eq!(s.poll(), Some(Event::Body(b"ab".to_vec())));
+        s.input(b"QUIT\r\n");
+        assert_eq!(s.poll(), Some(Event::Quit));
+        assert_eq!(s.poll(), None);
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn huge_bdat_chunk_streams() {
+        let mut s = in_txn(params());
+        s.input(b"BDAT 18446744073709551615\r\n");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.accept_data(Vec::new(), HeaderFix::default());
+        let chunk = vec![b'x'; SESSION_READ_BYTES];
+        for _ in 0..64 {
+            s.input(&chunk);
+            while let Some(ev) = s.poll() {
+                assert!(matches!(ev, Event::Body(_)));
+            }
+            assert!(s.inbuf.len() <= chunk.len());
+        }
+        s.eof();
+        assert_eq!(
+            s.poll(),
+            Some(Event::DataAborted(AbortReason::Disconnected))
+        );
+    }
 }
