@@ -3,5 +3,7 @@
 //! Nothing in here touches sockets, files, clocks or randomness: time and ids are
 //! passed in by the caller. `tests/proto_purity.rs` enforces this.
 
+pub mod dot;
+pub mod line;
 pub mod reply;
 pub mod smtp;

@@ -1,3 +1,8 @@
 //! SMTP (RFC 5321) protocol cores.
 
+pub mod address;
+pub mod headers;
+pub mod received;
 pub mod server;
+
+pub use received::{received_header, ReceivedInfo};

@@ -16,9 +16,35 @@
 //! until the shell answers; input stays buffered meanwhile (bounded by
 //! `limits::SESSION_INPUT_BYTES_MAX`: the shell must not feed more while
 //! `wants_input()` is false).
+//!
+//! Structure (after OpenSMTPD): each verb has a `check` that looks at the state and the
+//! arguments and mutates nothing (`Result<Cmd, Refuse>`), then `apply` changes the state.
+//! The session's phase lives in [`State`]; what the core waits for lives in `Wait`.
+//! A later STARTTLS or AUTH adds a row to `COMMANDS`, a `State` variant (AUTH's
+//! continuation lines, up to `limits::SMTP_AUTH_LINE_BYTES_MAX`, see `line_limit`) and an
+//! `Event`; EHLO keywords come from `SessionParams::extra_ehlo`.
+//!
+//! Choices (Postfix texts unless said otherwise):
+//! - 8-bit text in a command is allowed when it is valid UTF-8 (HELO names, VRFY); in an
+//!   address it needs the SMTPUTF8 parameter of MAIL, else `553 5.6.7` (RFC 6531 §3.5).
+//!   Invalid UTF-8 or NUL anywhere in a command: `500 5.5.2 Error: bad syntax`.
+//! - A bare CR inside a command line: `521` and close in reject mode, `500 5.5.2 Error: bad
+//!   syntax` in normalize mode.
+//! - BDAT content is taken as is (CR LF -> LF only): a chunk is counted, so bare LF/CR
+//!   cannot smuggle an end of data (RFC 3030 §2); they are kept in both modes.
+//! - After `message_size_limit` is passed in BDAT, each further chunk of the transaction
+//!   is read and answered `552 5.3.4 Error: message file too big`.
+//! - Reset, Quit and DataAborted all mean "drop the open message, if any".
+
+use std::collections::VecDeque;
 
 use core::net::IpAddr;
 
+use super::address::{self, AddrError};
+use super::headers::HeaderFixer;
+use crate::limits::{SESSION_INPUT_BYTES_MAX, SMTP_COMMAND_LINE_BYTES_MAX};
+use crate::proto::dot::{crlf_to_lf, CrlfToLf, DotDecoder, Stop};
+use crate::proto::line::{Frame, LineReader};
 use crate::proto::reply::Reply;
 
 /// How bare LF / bare CR are treated (RFC 5321 §2.3.8, §4.1.1.4; the SMTP smuggling defence).
@@ -44,6 +70,9 @@ pub struct SessionParams {
     pub message_size_limit: u64,
     /// smtpd_recipient_limit (at least `limits::SMTP_RECIPIENTS_MIN`).
     pub recipient_limit: usize,
+    /// More EHLO keywords (e.g. `STARTTLS`, `AUTH PLAIN LOGIN`), listed after SIZE in the
+    /// order given, as Postfix orders them.
+    pub extra_ehlo: Vec<String>,
 }
 
 /// BODY= parameter of MAIL (RFC 6152, RFC 3030).
@@ -75,7 +104,12 @@ pub enum Event {
     Helo { esmtp: bool, domain: String },
     /// MAIL FROM. `from` is the address without brackets, "" for the null path.
     /// Answer: `accept()` (250 2.1.0 Ok) or `reject(reply)`.
-    Mail { from: String, size: Option<u64>, body: BodyType, smtputf8: bool },
+    Mail {
+        from: String,
+        size: Option<u64>,
+        body: BodyType,
+        smtputf8: bool,
+    },
     /// RCPT TO. `to` is `local@domain` (source route dropped, RFC 5321 §4.1.1.3) or
     /// `postmaster` (RFC 5321 §4.5.1). Answer: `accept()` (250 2.1.5 Ok) or `reject(reply)`.
     Rcpt { to: String },
@@ -90,9 +124,11 @@ pub enum Event {
     DataEnd { size: u64 },
     /// The data ended without a message; drop what was written. No answer.
     DataAborted(AbortReason),
-    /// RSET, or a new HELO/EHLO: forget the transaction. No answer (the core replied).
+    /// RSET, or a new HELO/EHLO: forget the transaction (and an open BDAT message).
+    /// No answer (the core replied).
     Reset,
-    /// QUIT: the core replied 221 and is closed. No answer.
+    /// QUIT: the core replied 221 and is closed; an open BDAT message is dropped.
+    /// No answer.
     Quit,
 }
 
@@ -117,79 +153,1306 @@ pub struct HeaderFix {
     pub message_id: Option<String>,
 }
 
+// Replies with fixed text (Postfix's words).
+const OK: Reply = Reply::new(250, "2.0.0 Ok");
+const MAIL_OK: Reply = Reply::new(250, "2.1.0 Ok");
+const RCPT_OK: Reply = Reply::new(250, "2.1.5 Ok");
+const GO_AHEAD: Reply = Reply::new(354, "End data with <CR><LF>.<CR><LF>");
+const BYE: Reply = Reply::new(221, "2.0.0 Bye");
+const VRFY: Reply = Reply::new(
+    252,
+    "2.0.0 Cannot VRFY user, but will accept message and attempt delivery",
+);
+const HELP: Reply = Reply::new(
+    214,
+    "2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+);
+const UNKNOWN: Reply = Reply::new(502, "5.5.2 Error: command not recognized");
+const NO_EXPN: Reply = Reply::new(502, "5.5.1 EXPN command not supported");
+const BAD_SYNTAX: Reply = Reply::new(500, "5.5.2 Error: bad syntax");
+const TOO_LONG: Reply = Reply::new(500, "5.5.2 Error: line too long");
+const SEND_HELO: Reply = Reply::new(503, "5.5.1 Error: send HELO/EHLO first");
+const NESTED_MAIL: Reply = Reply::new(503, "5.5.1 Error: nested MAIL command");
+const NEED_MAIL: Reply = Reply::new(503, "5.5.1 Error: need MAIL command");
+const NEED_RCPT: Reply = Reply::new(503, "5.5.1 Error: need RCPT command");
+const NO_VALID_RCPT: Reply = Reply::new(554, "5.5.1 Error: no valid recipients");
+const DATA_AFTER_BDAT: Reply = Reply::new(503, "5.5.1 Error: DATA command not allowed after BDAT");
+const RCPT_AFTER_BDAT: Reply = Reply::new(503, "5.5.1 Error: RCPT command not allowed after BDAT");
+const HELO_SYNTAX: Reply = Reply::new(501, "5.5.4 Syntax: HELO hostname");
+const EHLO_SYNTAX: Reply = Reply::new(501, "5.5.4 Syntax: EHLO hostname");
+const MAIL_SYNTAX: Reply = Reply::new(501, "5.5.4 Syntax: MAIL FROM:<address>");
+const RCPT_SYNTAX: Reply = Reply::new(501, "5.5.4 Syntax: RCPT TO:<address>");
+const DATA_SYNTAX: Reply = Reply::new(501, "5.5.4 Syntax: DATA");
+const BDAT_SYNTAX: Reply = Reply::new(501, "5.5.4 Syntax: BDAT count [LAST]");
+const RSET_SYNTAX: Reply = Reply::new(501, "5.5.4 Syntax: RSET");
+const VRFY_SYNTAX: Reply = Reply::new(501, "5.5.4 Syntax: VRFY address");
+const BAD_SENDER: Reply = Reply::new(501, "5.1.7 Bad sender address syntax");
+const BAD_RCPT: Reply = Reply::new(501, "5.1.3 Bad recipient address syntax");
+const NEED_SMTPUTF8: Reply = Reply::new(553, "5.6.7 Must declare SMTPUTF8 to send unicode address");
+const BAD_SIZE: Reply = Reply::new(501, "5.5.4 Bad message size syntax");
+const BAD_BODY: Reply = Reply::new(501, "5.5.4 Bad BODY keyword value");
+const SIZE_OVER: Reply = Reply::new(552, "5.3.4 Message size exceeds fixed limit");
+const TOO_BIG: Reply = Reply::new(552, "5.3.4 Error: message file too big");
+const TOO_MANY_RCPTS: Reply = Reply::new(452, "4.5.3 Error: too many recipients");
+
+/// The phase of the session.
+enum State {
+    /// Greeted; HELO/EHLO expected.
+    Start,
+    /// HELO/EHLO done; MAIL expected.
+    Idle,
+    /// MAIL accepted; RCPT, DATA or BDAT expected.
+    Mail(Txn),
+    /// Inside DATA: reading dot-stuffed lines.
+    Data { msg: Msg, dec: DotDecoder },
+    /// Reading a BDAT chunk: `remaining` of `chunk` octets still to come.
+    Chunk {
+        msg: Msg,
+        remaining: u64,
+        chunk: u64,
+        last: bool,
+    },
+    /// Between BDAT chunks of one message.
+    Bdat(Msg),
+}
+
+/// One mail transaction before its data.
+struct Txn {
+    smtputf8: bool,
+    /// RCPT commands that reached the policy (accepted or not).
+    rcpt_tried: usize,
+    rcpt_ok: usize,
+}
+
+/// One message being received (after DataStart was accepted).
+struct Msg {
+    /// Emitted in front of the first Body bytes.
+    prefix: Option<Vec<u8>>,
+    hdr: HeaderFixer,
+    /// BDAT only: CR LF -> LF across chunks.
+    crlf: CrlfToLf,
+    /// BDAT only: octets received (DATA counts in its decoder).
+    size_bytes: u64,
+    /// DataAborted was emitted; the rest is read and dropped.
+    aborted: bool,
+}
+
+impl Msg {
+    fn new(prefix: Vec<u8>, fix: HeaderFix) -> Msg {
+        let mut prefix = crlf_to_lf(&prefix);
+        if prefix.last().is_some_and(|&b| b != b'\n') {
+            prefix.push(b'\n');
+        }
+        Msg {
+            prefix: Some(prefix),
+            hdr: HeaderFixer::new(fix),
+            crlf: CrlfToLf::new(),
+            size_bytes: 0,
+            aborted: false,
+        }
+    }
+
+    /// Decoded message bytes -> Body bytes.
+    fn pass(&mut self, decoded: &[u8], out: &mut Vec<u8>) {
+        if let Some(p) = self.prefix.take() {
+            out.extend_from_slice(&p);
+        }
+        self.hdr.push(decoded, out);
+    }
+
+    /// The end of the message: flush held bytes and missing headers.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        let mut tail = Vec::new();
+        self.crlf.finish(&mut tail);
+        self.pass(&tail, out);
+        self.hdr.finish(out);
+    }
+}
+
+/// The answer the core waits for.
+enum Wait {
+    Helo { esmtp: bool },
+    Mail { smtputf8: bool },
+    Rcpt,
+    DataStart(Via),
+    DataEnd,
+}
+
+#[derive(Clone, Copy)]
+enum Via {
+    Data,
+    Bdat { size: u64, last: bool },
+}
+
+/// A parsed, allowed command.
+enum Cmd {
+    Helo {
+        esmtp: bool,
+        domain: String,
+    },
+    Mail {
+        from: String,
+        size: Option<u64>,
+        body: BodyType,
+        smtputf8: bool,
+    },
+    Rcpt {
+        to: String,
+    },
+    Data,
+    Bdat {
+        size: u64,
+        last: bool,
+    },
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Help,
+}
+
+/// A refused command: the reply, and what happens to the session.
+struct Refuse {
+    reply: Reply,
+    then: Then,
+}
+
+enum Then {
+    Continue,
+    /// The stream cannot be resynchronised (a bad BDAT count).
+    Close,
+    /// RFC 3030 §2: a refused BDAT's chunk is still read (and dropped) before the reply.
+    SkipChunk(u64),
+}
+
+impl From<Reply> for Refuse {
+    fn from(reply: Reply) -> Refuse {
+        Refuse {
+            reply,
+            then: Then::Continue,
+        }
+    }
+}
+
+/// Octets of a refused BDAT still to be dropped, and the reply to send then.
+struct Skip {
+    remaining: u64,
+    reply: Reply,
+}
+
+type Check = fn(&Server, &str) -> Result<Cmd, Refuse>;
+
+/// The command table: verb and its check.
+const COMMANDS: &[(&str, Check)] = &[
+    ("HELO", Server::check_helo),
+    ("EHLO", Server::check_ehlo),
+    ("MAIL", Server::check_mail),
+    ("RCPT", Server::check_rcpt),
+    ("DATA", Server::check_data),
+    ("BDAT", Server::check_bdat),
+    ("RSET", Server::check_rset),
+    ("NOOP", Server::check_noop),
+    ("QUIT", Server::check_quit),
+    ("VRFY", Server::check_vrfy),
+    ("EXPN", Server::check_expn),
+    ("HELP", Server::check_help),
+];
+
 /// The SMTP server state machine for one connection.
 pub struct Server {
-    _params: SessionParams,
+    params: SessionParams,
+    state: State,
+    wait: Option<Wait>,
+    skip: Option<Skip>,
+    lines: LineReader,
+    /// Unread input is `inbuf[pos..]`.
+    inbuf: Vec<u8>,
+    pos: usize,
+    out: Vec<u8>,
+    events: VecDeque<Event>,
+    closed: bool,
+    /// What an open message is aborted with once closed.
+    close_reason: AbortReason,
 }
 
 impl Server {
     /// A new session; the 220 greeting is queued in the output.
     pub fn new(params: SessionParams) -> Server {
-        let _ = params;
-        todo!("proto helper implements")
+        let mut s = Server {
+            state: State::Start,
+            wait: None,
+            skip: None,
+            lines: LineReader::new(),
+            inbuf: Vec::new(),
+            pos: 0,
+            out: Vec::new(),
+            events: VecDeque::new(),
+            closed: false,
+            close_reason: AbortReason::Disconnected,
+            params,
+        };
+        // RFC 5321 §4.2: the greeting; §4.3.1.
+        let greeting = Reply::owned(220, format!("{} ESMTP poshta", s.params.hostname));
+        s.reply(greeting);
+        s
     }
 
-    /// Bytes received from the client.
+    /// Bytes received from the client. Ignored once closed.
     pub fn input(&mut self, data: &[u8]) {
-        let _ = data;
-        todo!()
+        if self.closed {
+            return;
+        }
+        if self.pos > 0 {
+            self.inbuf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.inbuf.extend_from_slice(data);
     }
 
     /// Whether the shell may read and feed more input now.
     pub fn wants_input(&self) -> bool {
-        todo!()
+        !self.closed && self.buffered() < SESSION_INPUT_BYTES_MAX
     }
 
     /// The client closed its side. Next `poll` returns `DataAborted(Disconnected)` if data was
     /// in progress; the session is closed.
     pub fn eof(&mut self) {
-        todo!()
+        if !self.closed {
+            self.close_reason = AbortReason::Disconnected;
+            self.close();
+        }
     }
 
     /// The idle timer (smtpd_timeout) fired: queues `421 4.4.2 <host> Error: timeout exceeded`
     /// and closes; `poll` then reports `DataAborted(Timeout)` if data was in progress.
     pub fn timeout(&mut self) {
-        todo!()
+        if !self.closed {
+            let r = Reply::owned(
+                421,
+                format!("4.4.2 {} Error: timeout exceeded", self.params.hostname),
+            );
+            self.reply(r);
+            self.close_reason = AbortReason::Timeout;
+            self.close();
+        }
     }
 
     /// The next event, or None when more input (or an answer) is needed.
     pub fn poll(&mut self) -> Option<Event> {
-        todo!()
+        // Each round either returns, or consumes input, or finishes a chunk or a skip
+        // (which took input before): bounded by the buffered input.
+        let rounds = 2 * self.buffered() + 8;
+        for _ in 0..rounds {
+            if let Some(ev) = self.events.pop_front() {
+                return Some(ev);
+            }
+            if self.wait.is_some() {
+                return None;
+            }
+            if self.closed {
+                return self.abort_open_message();
+            }
+            if !self.step() {
+                return None;
+            }
+        }
+        self.events.pop_front()
     }
 
-    /// Positive answer to the pending Helo, Mail or Rcpt event.
+    /// Positive answer to the pending Helo, Mail or Rcpt event. For DataStart it is
+    /// `accept_data` with no prefix and no fix; for DataEnd it does nothing (use
+    /// `finish_data`: a 250 there promises durability).
     pub fn accept(&mut self) {
-        todo!()
+        match self.wait.take() {
+            Some(Wait::Helo { esmtp }) => {
+                self.state = State::Idle;
+                let r = if esmtp {
+                    self.ehlo_reply()
+                } else {
+                    Reply::owned(250, self.params.hostname.clone())
+                };
+                self.reply(r);
+            }
+            Some(Wait::Mail { smtputf8 }) => {
+                self.state = State::Mail(Txn {
+                    smtputf8,
+                    rcpt_tried: 0,
+                    rcpt_ok: 0,
+                });
+                self.reply(MAIL_OK);
+            }
+            Some(Wait::Rcpt) => {
+                if let State::Mail(t) = &mut self.state {
+                    t.rcpt_ok += 1;
+                }
+                self.reply(RCPT_OK);
+            }
+            Some(w @ Wait::DataStart(_)) => {
+                self.wait = Some(w);
+                self.accept_data(Vec::new(), HeaderFix::default());
+            }
+            other => self.wait = other,
+        }
     }
 
     /// Negative answer to any pending event. A 421 reply also closes the session.
     pub fn reject(&mut self, reply: Reply) {
-        let _ = reply;
-        todo!()
+        let Some(w) = self.wait.take() else { return };
+        let closing = reply.code == 421;
+        match w {
+            // RFC 3030 §2: the chunk of a refused BDAT is read before the reply.
+            Wait::DataStart(Via::Bdat { size, .. }) if !closing && size > 0 => {
+                self.skip = Some(Skip {
+                    remaining: size,
+                    reply,
+                });
+            }
+            _ => self.reply(reply),
+        }
+        if closing {
+            self.close();
+        }
     }
 
     /// Positive answer to DataStart: `prefix` (the Received: header, CRLF or LF ended) is
     /// emitted first; headers in `fix` are added at the end of the header section when the
     /// message has none of that name.
     pub fn accept_data(&mut self, prefix: Vec<u8>, fix: HeaderFix) {
-        let _ = (prefix, fix);
-        todo!()
+        let Some(Wait::DataStart(via)) = self.wait.take() else {
+            return;
+        };
+        let msg = Msg::new(prefix, fix);
+        match via {
+            Via::Data => {
+                let reject = self.params.bare_newline == BareNewline::Reject;
+                self.state = State::Data {
+                    msg,
+                    dec: DotDecoder::new(reject),
+                };
+                self.reply(GO_AHEAD);
+            }
+            Via::Bdat { size, last } => {
+                self.state = State::Chunk {
+                    msg,
+                    remaining: size,
+                    chunk: size,
+                    last,
+                };
+            }
+        }
     }
 
     /// Answer to DataEnd (250 once durable; 452 4.3.1 when the disk is full, ...).
     pub fn finish_data(&mut self, reply: Reply) {
-        let _ = reply;
-        todo!()
+        match self.wait.take() {
+            Some(Wait::DataEnd) => {
+                let closing = reply.code == 421;
+                self.reply(reply);
+                if closing {
+                    self.close();
+                }
+            }
+            other => self.wait = other,
+        }
     }
 
     /// Bytes to send to the client (drains the output buffer).
     pub fn take_output(&mut self) -> Vec<u8> {
-        todo!()
+        std::mem::take(&mut self.out)
     }
 
     /// True once nothing more will be read: after QUIT, a 421, a 521, eof or timeout.
     /// The shell sends the remaining output, then closes.
     pub fn is_closed(&self) -> bool {
-        todo!()
+        self.closed
+    }
+
+    // ---- internals ----
+
+    fn buffered(&self) -> usize {
+        self.inbuf.len() - self.pos
+    }
+
+    fn reply(&mut self, r: Reply) {
+        if !self.closed {
+            r.encode(&mut self.out);
+        }
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        self.inbuf = Vec::new();
+        self.pos = 0;
+        self.skip = None;
+    }
+
+    /// `521 5.5.2 <host> Error: bare <LF> received` and close (RFC 5321 §2.3.8).
+    fn bare_newline_close(&mut self, what: &str) {
+        let r = Reply::owned(
+            521,
+            format!(
+                "5.5.2 {} Error: bare <{}> received",
+                self.params.hostname, what
+            ),
+        );
+        self.reply(r);
+        self.close();
+    }
+
+    /// After close: an open message is reported aborted, once.
+    fn abort_open_message(&mut self) -> Option<Event> {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Data { msg, .. } | State::Chunk { msg, .. } | State::Bdat(msg)
+                if !msg.aborted =>
+            {
+                Some(Event::DataAborted(self.close_reason))
+            }
+            _ => None,
+        }
+    }
+
+    /// The longest line the current state reads (AUTH continuation lines will be longer).
+    fn line_limit(&self) -> usize {
+        SMTP_COMMAND_LINE_BYTES_MAX
+    }
+
+    /// One unit of work on the buffered input; false when nothing could be done.
+    fn step(&mut self) -> bool {
+        if self.skip.is_some() {
+            return self.step_skip();
+        }
+        match self.state {
+            State::Data { .. } => self.step_data(),
+            State::Chunk { .. } => self.step_chunk(),
+            _ => self.step_command(),
+        }
+    }
+
+    fn step_skip(&mut self) -> bool {
+        let avail = self.buffered() as u64;
+        let Some(skip) = self.skip.as_mut() else {
+            return false;
+        };
+        let n = skip.remaining.min(avail);
+        self.pos += n as usize;
+        skip.remaining -= n;
+        if skip.remaining == 0 {
+            if let Some(s) = self.skip.take() {
+                self.reply(s.reply);
+            }
+            return true;
+        }
+        n > 0
+    }
+
+    fn step_data(&mut self) -> bool {
+        if self.buffered() == 0 {
+            return false;
+        }
+        let State::Data { mut msg, mut dec } = std::mem::replace(&mut self.state, State::Idle)
+        else {
+            return false;
+        };
+        let input = &self.inbuf[self.pos..];
+        let mut decoded = Vec::with_capacity(input.len());
+        let (n, stop) = dec.feed(input, &mut decoded);
+        self.pos += n;
+        let size = dec.message_bytes();
+        let limit = self.params.message_size_limit;
+        let mut body = Vec::new();
+        if !msg.aborted {
+            if limit > 0 && size > limit {
+                msg.aborted = true;
+                self.events
+                    .push_back(Event::DataAborted(AbortReason::TooBig));
+            } else {
+                msg.pass(&decoded, &mut body);
+            }
+        }
+        match stop {
+            None => {
+                push_body(&mut self.events, body);
+                self.state = State::Data { msg, dec };
+            }
+            Some(Stop::End) if msg.aborted => self.reply(TOO_BIG),
+            Some(Stop::End) => {
+                msg.finish(&mut body);
+                push_body(&mut self.events, body);
+                self.events.push_back(Event::DataEnd { size });
+                self.wait = Some(Wait::DataEnd);
+            }
+            Some(stop @ (Stop::BareLf | Stop::BareCr)) => {
+                if !msg.aborted {
+                    self.events
+                        .push_back(Event::DataAborted(AbortReason::BareNewline));
+                }
+                self.bare_newline_close(if stop == Stop::BareLf { "LF" } else { "CR" });
+            }
+        }
+        true
+    }
+
+    fn step_chunk(&mut self) -> bool {
+        let State::Chunk {
+            mut msg,
+            mut remaining,
+            chunk,
+            last,
+        } = std::mem::replace(&mut self.state, State::Idle)
+        else {
+            return false;
+        };
+        let n = remaining.min(self.buffered() as u64) as usize;
+        if n == 0 && remaining > 0 {
+            self.state = State::Chunk {
+                msg,
+                remaining,
+                chunk,
+                last,
+            };
+            return false;
+        }
+        let data = &self.inbuf[self.pos..self.pos + n];
+        self.pos += n;
+        remaining -= n as u64;
+        msg.size_bytes += n as u64;
+        let limit = self.params.message_size_limit;
+        let mut body = Vec::new();
+        if !msg.aborted {
+            if limit > 0 && msg.size_bytes > limit {
+                msg.aborted = true;
+                self.events
+                    .push_back(Event::DataAborted(AbortReason::TooBig));
+            } else {
+                let mut decoded = Vec::with_capacity(n + 1);
+                msg.crlf.feed(data, &mut decoded);
+                msg.pass(&decoded, &mut body);
+            }
+        }
+        if remaining > 0 {
+            push_body(&mut self.events, body);
+            self.state = State::Chunk {
+                msg,
+                remaining,
+                chunk,
+                last,
+            };
+        } else if msg.aborted {
+            self.reply(TOO_BIG);
+            if !last {
+                self.state = State::Bdat(msg);
+            }
+        } else if last {
+            // RFC 3030 §2: BDAT LAST ends the message.
+            msg.finish(&mut body);
+            push_body(&mut self.events, body);
+            self.events.push_back(Event::DataEnd {
+                size: msg.size_bytes,
+            });
+            self.wait = Some(Wait::DataEnd);
+        } else {
+            push_body(&mut self.events, body);
+            self.reply(Reply::owned(250, format!("2.0.0 {chunk} octets received")));
+            self.state = State::Bdat(msg);
+        }
+        true
+    }
+
+    fn step_command(&mut self) -> bool {
+        let limit = self.line_limit();
+        match self.lines.next(&self.inbuf[self.pos..], limit) {
+            Frame::Incomplete => false,
+            Frame::TooLong { consumed, done } => {
+                self.pos += consumed;
+                if done {
+                    // RFC 5321 §4.5.3.1.4, §4.2.2 (500: line too long)
+                    self.reply(TOO_LONG);
+                }
+                true
+            }
+            Frame::Line {
+                content_len,
+                consumed,
+                bare_lf,
+            } => {
+                let line = self.inbuf[self.pos..self.pos + content_len].to_vec();
+                self.pos += consumed;
+                if bare_lf && self.params.bare_newline == BareNewline::Reject {
+                    // RFC 5321 §2.3.8: lines end with CR LF only.
+                    self.bare_newline_close("LF");
+                } else {
+                    self.command(&line);
+                }
+                true
+            }
+        }
+    }
+
+    fn command(&mut self, line: &[u8]) {
+        if line.contains(&b'\r') {
+            if self.params.bare_newline == BareNewline::Reject {
+                return self.bare_newline_close("CR");
+            }
+            return self.reply(BAD_SYNTAX);
+        }
+        if line.contains(&0) {
+            return self.reply(BAD_SYNTAX);
+        }
+        let Ok(text) = std::str::from_utf8(line) else {
+            return self.reply(BAD_SYNTAX);
+        };
+        let (verb, arg) = match text.find([' ', '\t']) {
+            Some(i) => (&text[..i], text[i + 1..].trim_matches([' ', '\t'])),
+            None => (text, ""),
+        };
+        if verb.is_empty() {
+            return self.reply(BAD_SYNTAX);
+        }
+        let Some((_, check)) = COMMANDS
+            .iter()
+            .find(|(name, _)| verb.eq_ignore_ascii_case(name))
+        else {
+            return self.reply(UNKNOWN);
+        };
+        match check(self, arg) {
+            Ok(cmd) => self.apply(cmd),
+            Err(Refuse {
+                reply,
+                then: Then::Continue,
+            }) => self.reply(reply),
+            Err(Refuse {
+                reply,
+                then: Then::Close,
+            }) => {
+                self.reply(reply);
+                self.close();
+            }
+            Err(Refuse {
+                reply,
+                then: Then::SkipChunk(n),
+            }) => {
+                if n == 0 {
+                    self.reply(reply);
+                } else {
+                    self.skip = Some(Skip {
+                        remaining: n,
+                        reply,
+                    });
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Helo { esmtp, domain } => {
+                // RFC 5321 §4.1.4: a new EHLO/HELO resets the transaction.
+                if matches!(self.state, State::Mail(_) | State::Bdat(_)) {
+                    self.state = State::Idle;
+                    self.events.push_back(Event::Reset);
+                }
+                self.events.push_back(Event::Helo { esmtp, domain });
+                self.wait = Some(Wait::Helo { esmtp });
+            }
+            Cmd::Mail {
+                from,
+                size,
+                body,
+                smtputf8,
+            } => {
+                self.events.push_back(Event::Mail {
+                    from,
+                    size,
+                    body,
+                    smtputf8,
+                });
+                self.wait = Some(Wait::Mail { smtputf8 });
+            }
+            Cmd::Rcpt { to } => {
+                if let State::Mail(t) = &mut self.state {
+                    t.rcpt_tried += 1;
+                }
+                self.events.push_back(Event::Rcpt { to });
+                self.wait = Some(Wait::Rcpt);
+            }
+            Cmd::Data => {
+                self.events.push_back(Event::DataStart);
+                self.wait = Some(Wait::DataStart(Via::Data));
+            }
+            Cmd::Bdat { size, last } => match std::mem::replace(&mut self.state, State::Idle) {
+                State::Bdat(msg) => {
+                    self.state = State::Chunk {
+                        msg,
+                        remaining: size,
+                        chunk: size,
+                        last,
+                    }
+                }
+                other => {
+                    self.state = other;
+                    self.events.push_back(Event::DataStart);
+                    self.wait = Some(Wait::DataStart(Via::Bdat { size, last }));
+                }
+            },
+            Cmd::Rset => {
+                // RFC 5321 §4.1.1.5
+                if !matches!(self.state, State::Start) {
+                    self.state = State::Idle;
+                }
+                self.events.push_back(Event::Reset);
+                self.reply(OK);
+            }
+            Cmd::Noop => self.reply(OK),
+            Cmd::Quit => {
+                // RFC 5321 §4.1.1.10
+                self.reply(BYE);
+                self.state = State::Idle;
+                self.events.push_back(Event::Quit);
+                self.close();
+            }
+            Cmd::Vrfy => self.reply(VRFY),
+            Cmd::Help => self.reply(HELP),
+        }
+    }
+
+    fn ehlo_reply(&self) -> Reply {
+        let p = &self.params;
+        let mut t = format!("{}\nPIPELINING\n", p.hostname);
+        // RFC 1870 §4: SIZE with the limit, bare SIZE when there is none.
+        if p.message_size_limit > 0 {
+            t.push_str(&format!("SIZE {}\n", p.message_size_limit));
+        } else {
+            t.push_str("SIZE\n");
+        }
+        for kw in &p.extra_ehlo {
+            t.push_str(kw);
+            t.push('\n');
+        }
+        t.push_str("ENHANCEDSTATUSCODES\n8BITMIME\nSMTPUTF8\nCHUNKING");
+        Reply::owned(250, t)
+    }
+
+    // ---- checks: look at state and arguments, change nothing ----
+
+    fn check_helo(&self, arg: &str) -> Result<Cmd, Refuse> {
+        if arg.is_empty() {
+            return Err(HELO_SYNTAX.into());
+        }
+        Ok(Cmd::Helo {
+            esmtp: false,
+            domain: arg.to_string(),
+        })
+    }
+
+    fn check_ehlo(&self, arg: &str) -> Result<Cmd, Refuse> {
+        if arg.is_empty() {
+            return Err(EHLO_SYNTAX.into());
+        }
+        Ok(Cmd::Helo {
+            esmtp: true,
+            domain: arg.to_string(),
+        })
+    }
+
+    fn check_mail(&self, arg: &str) -> Result<Cmd, Refuse> {
+        match self.state {
+            State::Start => return Err(SEND_HELO.into()),
+            State::Mail(_) | State::Bdat(_) => return Err(NESTED_MAIL.into()),
+            _ => {}
+        }
+        // "FROM: <a@b>" with a space is a common client bug that Postfix accepts.
+        let rest = strip_prefix_ci(arg, "FROM:")
+            .ok_or(MAIL_SYNTAX)?
+            .trim_start_matches([' ', '\t']);
+        let (path, params) = address::split_path(rest).ok_or(BAD_SENDER)?;
+        if path.is_empty() {
+            return Err(MAIL_SYNTAX.into());
+        }
+        let mut size = None;
+        let mut body = BodyType::SevenBit;
+        let mut smtputf8 = false;
+        for (key, value) in esmtp_params(params, MAIL_SYNTAX)? {
+            if key.eq_ignore_ascii_case("SIZE") {
+                // RFC 1870 §6: SIZE=digits
+                let v = value.filter(|v| v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()));
+                size = Some(v.and_then(|v| v.parse::<u64>().ok()).ok_or(BAD_SIZE)?);
+            } else if key.eq_ignore_ascii_case("BODY") {
+                // RFC 6152 §2; BINARYMIME (RFC 3030 §3) is not advertised.
+                body = match value {
+                    Some(v) if v.eq_ignore_ascii_case("7BIT") => BodyType::SevenBit,
+                    Some(v) if v.eq_ignore_ascii_case("8BITMIME") => BodyType::EightBitMime,
+                    _ => return Err(BAD_BODY.into()),
+                };
+            } else if key.eq_ignore_ascii_case("SMTPUTF8") && value.is_none() {
+                // RFC 6531 §3.4
+                smtputf8 = true;
+            } else {
+                return Err(unsupported(key));
+            }
+        }
+        let limit = self.params.message_size_limit;
+        if limit > 0 && size.is_some_and(|s| s > limit) {
+            // RFC 1870 §6.1
+            return Err(SIZE_OVER.into());
+        }
+        let from = address::parse_reverse_path(path, smtputf8).map_err(|e| match e {
+            AddrError::NonAscii => NEED_SMTPUTF8,
+            AddrError::Syntax | AddrError::TooLong => BAD_SENDER,
+        })?;
+        Ok(Cmd::Mail {
+            from,
+            size,
+            body,
+            smtputf8,
+        })
+    }
+
+    fn check_rcpt(&self, arg: &str) -> Result<Cmd, Refuse> {
+        let txn = match &self.state {
+            State::Mail(t) => t,
+            State::Bdat(_) => return Err(RCPT_AFTER_BDAT.into()),
+            _ => return Err(NEED_MAIL.into()),
+        };
+        // RFC 5321 §4.5.3.1.10
+        if txn.rcpt_ok >= self.params.recipient_limit.max(1) {
+            return Err(TOO_MANY_RCPTS.into());
+        }
+        let rest = strip_prefix_ci(arg, "TO:")
+            .ok_or(RCPT_SYNTAX)?
+            .trim_start_matches([' ', '\t']);
+        let (path, params) = address::split_path(rest).ok_or(BAD_RCPT)?;
+        if path.is_empty() {
+            return Err(RCPT_SYNTAX.into());
+        }
+        // No RCPT parameters are advertised (no DSN).
+        if let Some((key, _)) = esmtp_params(params, RCPT_SYNTAX)?.first() {
+            return Err(unsupported(key));
+        }
+        let to = address::parse_forward_path(path, txn.smtputf8).map_err(|e| match e {
+            AddrError::NonAscii => NEED_SMTPUTF8,
+            AddrError::Syntax | AddrError::TooLong => BAD_RCPT,
+        })?;
+        Ok(Cmd::Rcpt { to })
+    }
+
+    fn check_data(&self, arg: &str) -> Result<Cmd, Refuse> {
+        match &self.state {
+            State::Mail(t) => need_recipients(t)?,
+            State::Bdat(_) => return Err(DATA_AFTER_BDAT.into()),
+            _ => return Err(NEED_RCPT.into()),
+        }
+        if !arg.is_empty() {
+            return Err(DATA_SYNTAX.into());
+        }
+        Ok(Cmd::Data)
+    }
+
+    fn check_bdat(&self, arg: &str) -> Result<Cmd, Refuse> {
+        // RFC 3030 §2: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ]
+        let mut words = arg.split([' ', '\t']).filter(|w| !w.is_empty());
+        let size = words
+            .next()
+            .filter(|w| w.len() <= 20 && w.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|w| w.parse::<u64>().ok());
+        let last = match words.next() {
+            None => Some(false),
+            Some(w) if w.eq_ignore_ascii_case("LAST") => Some(true),
+            Some(_) => None,
+        };
+        let (Some(size), Some(last), None) = (size, last, words.next()) else {
+            // Without a size the chunk cannot be skipped: the stream is lost.
+            return Err(Refuse {
+                reply: BDAT_SYNTAX,
+                then: Then::Close,
+            });
+        };
+        let skip = |reply: Reply| Refuse {
+            reply,
+            then: Then::SkipChunk(size),
+        };
+        match &self.state {
+            State::Mail(t) => need_recipients(t).map_err(|r| skip(r.reply))?,
+            State::Bdat(_) => {}
+            _ => return Err(skip(NEED_RCPT)),
+        }
+        Ok(Cmd::Bdat { size, last })
+    }
+
+    fn check_rset(&self, arg: &str) -> Result<Cmd, Refuse> {
+        if !arg.is_empty() {
+            return Err(RSET_SYNTAX.into());
+        }
+        Ok(Cmd::Rset)
+    }
+
+    fn check_noop(&self, _arg: &str) -> Result<Cmd, Refuse> {
+        Ok(Cmd::Noop)
+    }
+
+    fn check_quit(&self, _arg: &str) -> Result<Cmd, Refuse> {
+        Ok(Cmd::Quit)
+    }
+
+    fn check_vrfy(&self, arg: &str) -> Result<Cmd, Refuse> {
+        if arg.is_empty() {
+            return Err(VRFY_SYNTAX.into());
+        }
+        // RFC 5321 §3.5.3: 252 when the server will not verify.
+        Ok(Cmd::Vrfy)
+    }
+
+    fn check_expn(&self, _arg: &str) -> Result<Cmd, Refuse> {
+        Err(NO_EXPN.into())
+    }
+
+    fn check_help(&self, _arg: &str) -> Result<Cmd, Refuse> {
+        Ok(Cmd::Help)
+    }
+}
+
+/// DATA/BDAT need an accepted recipient (Postfix's two replies).
+fn need_recipients(t: &Txn) -> Result<(), Refuse> {
+    if t.rcpt_ok > 0 {
+        Ok(())
+    } else if t.rcpt_tried == 0 {
+        Err(NEED_RCPT.into())
+    } else {
+        Err(NO_VALID_RCPT.into())
+    }
+}
+
+fn push_body(events: &mut VecDeque<Event>, body: Vec<u8>) {
+    if !body.is_empty() {
+        events.push_back(Event::Body(body));
+    }
+}
+
+fn unsupported(key: &str) -> Refuse {
+    Reply::owned(555, format!("5.5.4 Unsupported option: {key}")).into()
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+/// RFC 5321 §4.1.2 Mail-parameters: `esmtp-keyword ["=" esmtp-value]`, space separated.
+/// esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-"); esmtp-value = 1*(%d33-60 /
+/// %d62-126), plus UTF-8 (RFC 6531 §3.3).
+fn esmtp_params(params: &str, syntax: Reply) -> Result<Vec<(&str, Option<&str>)>, Refuse> {
+    let mut out = Vec::new();
+    for p in params.split([' ', '\t']).filter(|p| !p.is_empty()) {
+        let (key, value) = match p.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (p, None),
+        };
+        let key_ok = key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let value_ok =
+            value.is_none_or(|v| !v.is_empty() && v.chars().all(|c| c != '=' && !c.is_control()));
+        if !key_ok || !value_ok {
+            return Err(syntax.into());
+        }
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::SESSION_READ_BYTES;
+
+    fn params() -> SessionParams {
+        SessionParams {
+            hostname: "mx.example.org".into(),
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            client_name: "localhost".into(),
+            bare_newline: BareNewline::Reject,
+            message_size_limit: 0,
+            recipient_limit: 100,
+            extra_ehlo: Vec::new(),
+        }
+    }
+
+    fn out(s: &mut Server) -> String {
+        String::from_utf8(s.take_output()).unwrap()
+    }
+
+    /// A session in the middle of a transaction with one accepted recipient.
+    fn in_txn(p: SessionParams) -> Server {
+        let mut s = Server::new(p);
+        s.input(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n");
+        for _ in 0..3 {
+            assert!(s.poll().is_some_and(|e| e.needs_answer()));
+            s.accept();
+        }
+        assert_eq!(s.poll(), None);
+        s.take_output();
+        s
+    }
+
+    #[test]
+    fn greeting_and_extra_ehlo_keywords() {
+        let mut p = params();
+        p.extra_ehlo = vec!["STARTTLS".into(), "AUTH PLAIN".into()];
+        p.message_size_limit = 1000;
+        let mut s = Server::new(p);
+        assert_eq!(out(&mut s), "220 mx.example.org ESMTP poshta\r\n");
+        s.input(b"EHLO c\r\n");
+        assert_eq!(
+            s.poll(),
+            Some(Event::Helo {
+                esmtp: true,
+                domain: "c".into()
+            })
+        );
+        s.accept();
+        assert_eq!(
+            out(&mut s),
+            "250-mx.example.org\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250-AUTH PLAIN\r\n\
+             250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+        );
+    }
+
+    #[test]
+    fn poll_waits_for_the_answer_and_keeps_input() {
+        let mut s = Server::new(params());
+        s.input(b"HELO c\r\nNOOP\r\nNOOP\r\n");
+        assert!(matches!(s.poll(), Some(Event::Helo { esmtp: false, .. })));
+        assert_eq!(s.poll(), None);
+        assert_eq!(s.poll(), None);
+        assert!(s.wants_input());
+        s.accept();
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "220 mx.example.org ESMTP poshta\r\n250 mx.example.org\r\n250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n");
+    }
+
+    #[test]
+    fn wants_input_false_when_buffer_full() {
+        let mut s = Server::new(params());
+        s.input(b"HELO c\r\n");
+        assert!(s.poll().is_some());
+        let noops = b"NOOP\r\n".repeat(SESSION_INPUT_BYTES_MAX / 6 + 1);
+        s.input(&noops);
+        assert!(!s.wants_input());
+        s.accept();
+        assert_eq!(s.poll(), None);
+        assert!(s.wants_input());
+    }
+
+    #[test]
+    fn mail_event_fields() {
+        let mut s = Server::new(params());
+        s.input(b"EHLO c\r\nMAIL FROM:<j\xc3\xb6rg@b.example> SIZE=42 BODY=8BITMIME SMTPUTF8\r\n");
+        s.poll();
+        s.accept();
+        assert_eq!(
+            s.poll(),
+            Some(Event::Mail {
+                from: "jörg@b.example".into(),
+                size: Some(42),
+                body: BodyType::EightBitMime,
+                smtputf8: true
+            })
+        );
+    }
+
+    #[test]
+    fn data_streams_in_bounded_pieces() {
+        let mut p = params();
+        p.bare_newline = BareNewline::Normalize;
+        let mut s = in_txn(p);
+        s.input(b"DATA\r\n");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.accept_data(b"Received: x".to_vec(), HeaderFix::default());
+        assert_eq!(s.poll(), None);
+        let line = b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n";
+        let chunk = line.repeat(SESSION_READ_BYTES / line.len());
+        let mut body_bytes = 0usize;
+        let mut first = true;
+        // 20 MB through the core: every Body is one read's worth, the buffer stays small.
+        for _ in 0..(20 * 1024 * 1024 / chunk.len()) {
+            assert!(s.wants_input());
+            s.input(&chunk);
+            while let Some(ev) = s.poll() {
+                let Event::Body(b) = ev else {
+                    panic!("unexpected {ev:?}")
+                };
+                assert!(b.len() <= chunk.len() + 16, "Body of {} bytes", b.len());
+                if first {
+                    assert!(b.starts_with(b"Received: x\n0123"));
+                    first = false;
+                }
+                body_bytes += b.len();
+            }
+            assert!(
+                s.inbuf.len() <= chunk.len(),
+                "input buffer grew to {}",
+                s.inbuf.len()
+            );
+        }
+        s.input(b".\r\n");
+        let mut end = None;
+        while let Some(ev) = s.poll() {
+            match ev {
+                Event::Body(b) => body_bytes += b.len(),
+                Event::DataEnd { size } => end = Some(size),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let n = (20 * 1024 * 1024 / chunk.len()) * chunk.len();
+        assert_eq!(end, Some(n as u64));
+        // CR LF -> LF: one byte less per line, plus the prefix and its LF.
+        assert_eq!(body_bytes, n - n / line.len() + 12);
+    }
+
+    #[test]
+    fn too_big_aborts_once_and_answers_at_end() {
+        let mut p = params();
+        p.message_size_limit = 10;
+        let mut s = in_txn(p);
+        s.input(b"DATA\r\n");
+        s.poll();
+        s.accept_data(Vec::new(), HeaderFix::default());
+        s.input(b"0123456789\r\n");
+        assert_eq!(s.poll(), Some(Event::DataAborted(AbortReason::TooBig)));
+        assert_eq!(s.poll(), None);
+        s.input(b"more\r\nmore\r\n.\r\nNOOP\r\n");
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "354 End data with <CR><LF>.<CR><LF>\r\n552 5.3.4 Error: message file too big\r\n250 2.0.0 Ok\r\n");
+    }
+
+    #[test]
+    fn data_end_size_and_answer() {
+        let mut s = in_txn(params());
+        s.input(b"DATA\r\nhello\r\n.\r\nNOOP\r\n");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.accept_data(b"P: 1\r\n".to_vec(), HeaderFix::default());
+        assert_eq!(s.poll(), Some(Event::Body(b"P: 1\nhello\n".to_vec())));
+        assert_eq!(s.poll(), Some(Event::DataEnd { size: 7 }));
+        assert_eq!(s.poll(), None);
+        // accept() is not an answer to DataEnd: a 250 there must come from finish_data.
+        s.accept();
+        assert_eq!(s.poll(), None);
+        s.finish_data(Reply::new(250, "2.0.0 Ok: queued as X"));
+        assert_eq!(s.poll(), None);
+        assert_eq!(
+            out(&mut s),
+            "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as X\r\n250 2.0.0 Ok\r\n"
+        );
+    }
+
+    #[test]
+    fn eof_while_data_start_pending_then_accepted() {
+        let mut s = in_txn(params());
+        s.input(b"DATA\r\n");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.eof();
+        assert!(s.is_closed());
+        assert_eq!(s.poll(), None);
+        s.accept_data(Vec::new(), HeaderFix::default());
+        assert_eq!(
+            s.poll(),
+            Some(Event::DataAborted(AbortReason::Disconnected))
+        );
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "");
+    }
+
+    #[test]
+    fn timeout_while_data_end_pending_aborts_nothing() {
+        let mut s = in_txn(params());
+        s.input(b"DATA\r\n");
+        s.poll();
+        s.accept_data(Vec::new(), HeaderFix::default());
+        s.input(b".\r\n");
+        assert_eq!(s.poll(), Some(Event::DataEnd { size: 0 }));
+        s.timeout();
+        s.finish_data(Reply::new(250, "2.0.0 Ok"));
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "354 End data with <CR><LF>.<CR><LF>\r\n421 4.4.2 mx.example.org Error: timeout exceeded\r\n");
+    }
+
+    #[test]
+    fn reject_421_closes() {
+        let mut s = Server::new(params());
+        s.input(b"EHLO c\r\nNOOP\r\n");
+        s.poll();
+        s.reject(Reply::new(
+            421,
+            "4.7.0 mx.example.org Error: too many connections",
+        ));
+        assert!(s.is_closed());
+        assert_eq!(s.poll(), None);
+        assert!(out(&mut s).ends_with("421 4.7.0 mx.example.org Error: too many connections\r\n"));
+        s.input(b"NOOP\r\n");
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "");
+    }
+
+    #[test]
+    fn ehlo_mid_transaction_resets_first() {
+        let mut s = in_txn(params());
+        s.input(b"EHLO again\r\n");
+        assert_eq!(s.poll(), Some(Event::Reset));
+        assert_eq!(
+            s.poll(),
+            Some(Event::Helo {
+                esmtp: true,
+                domain: "again".into()
+            })
+        );
+    }
+
+    #[test]
+    fn rejected_first_bdat_skips_its_chunk() {
+        let mut s = in_txn(params());
+        s.input(b"BDAT 6\r\nNOOP\r\nNOOP\r\n");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.reject(Reply::new(451, "4.3.0 Error: queue file write error"));
+        assert_eq!(s.poll(), None);
+        assert_eq!(
+            out(&mut s),
+            "451 4.3.0 Error: queue file write error\r\n250 2.0.0 Ok\r\n"
+        );
+    }
+
+    #[test]
+    fn quit_with_open_bdat_message() {
+        let mut s = in_txn(params());
+        s.input(b"BDAT 2\r\nab");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.accept_data(Vec::new(), HeaderFix::default());
+        assert_eq!(s.poll(), Some(Event::Body(b"ab".to_vec())));
+        s.input(b"QUIT\r\n");
+        assert_eq!(s.poll(), Some(Event::Quit));
+        assert_eq!(s.poll(), None);
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn huge_bdat_chunk_streams() {
+        let mut s = in_txn(params());
+        s.input(b"BDAT 18446744073709551615\r\n");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.accept_data(Vec::new(), HeaderFix::default());
+        let chunk = vec![b'x'; SESSION_READ_BYTES];
+        for _ in 0..64 {
+            s.input(&chunk);
+            while let Some(ev) = s.poll() {
+                assert!(matches!(ev, Event::Body(_)));
+            }
+            assert!(s.inbuf.len() <= chunk.len());
+        }
+        s.eof();
+        assert_eq!(
+            s.poll(),
+            Some(Event::DataAborted(AbortReason::Disconnected))
+        );
     }
 }

@@ -1,0 +1,116 @@
+//! The Received: trace header (RFC 5321 §4.4, RFC 5322 §3.6.7), Postfix layout:
+//! ```text
+//! Received: from HELO (CLIENT-NAME [CLIENT-IP])
+//! <TAB>by HOSTNAME (poshta) with PROTOCOL id QUEUE-ID
+//! <TAB>for <RCPT>; DATE
+//! ```
+//! Without a single recipient the second line ends `id QUEUE-ID;` and the third is
+//! `<TAB>DATE`.
+//! PROTOCOL is the RFC 3848 word (SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA). An IPv6 client
+//! address is written `[IPv6:...]` (RFC 5321 §4.1.3). Lines end with LF (the queue's form).
+//! A pure function: the date comes pre-formatted (RFC 5322 §3.3) from the caller.
+
+use core::net::IpAddr;
+
+/// What one Received: line is built from.
+#[derive(Debug, Clone)]
+pub struct ReceivedInfo<'a> {
+    /// The HELO/EHLO argument as the client gave it.
+    pub helo: &'a str,
+    /// The client's verified reverse name, or "unknown".
+    pub client_name: &'a str,
+    pub client_ip: IpAddr,
+    /// Our name (myhostname).
+    pub hostname: &'a str,
+    /// RFC 3848: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA.
+    pub protocol: &'a str,
+    pub queue_id: &'a str,
+    /// The recipient, only when the message has exactly one.
+    pub rcpt: Option<&'a str>,
+    /// RFC 5322 date-time, e.g. `Sat, 28 Nov 2026 10:00:00 +0000 (UTC)`.
+    pub date: &'a str,
+}
+
+/// Build the folded, LF-ended Received: header.
+pub fn received_header(r: &ReceivedInfo<'_>) -> String {
+    let ip = match r.client_ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        // RFC 5321 §4.1.3 IPv6-address-literal
+        IpAddr::V6(v6) => format!("IPv6:{v6}"),
+    };
+    let helo = if r.helo.is_empty() {
+        r.client_name
+    } else {
+        r.helo
+    };
+    let mut h = format!(
+        "Received: from {} ({} [{}])\n\tby {} (poshta) with {} id {}",
+        clean(helo),
+        clean(r.client_name),
+        ip,
+        clean(r.hostname),
+        clean(r.protocol),
+        clean(r.queue_id)
+    );
+    match r.rcpt {
+        Some(rcpt) => h.push_str(&format!("\n\tfor <{}>; {}\n", clean(rcpt), clean(r.date))),
+        None => h.push_str(&format!(";\n\t{}\n", clean(r.date))),
+    }
+    h
+}
+
+/// Client-supplied text must not break the header: control characters (CR, LF, TAB, ...)
+/// become "?", so the result is always one field with our folding only.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info<'a>(rcpt: Option<&'a str>, ip: IpAddr) -> ReceivedInfo<'a> {
+        ReceivedInfo {
+            helo: "client.example",
+            client_name: "unknown",
+            client_ip: ip,
+            hostname: "mx.example.org",
+            protocol: "ESMTP",
+            queue_id: "4AB12",
+            rcpt,
+            date: "Sat, 28 Nov 2026 10:00:00 +0000 (UTC)",
+        }
+    }
+
+    #[test]
+    fn one_recipient() {
+        let h = received_header(&info(
+            Some("alice@example.org"),
+            "192.0.2.1".parse().unwrap(),
+        ));
+        assert_eq!(
+            h,
+            "Received: from client.example (unknown [192.0.2.1])\n\tby mx.example.org (poshta) with ESMTP id 4AB12\n\tfor <alice@example.org>; Sat, 28 Nov 2026 10:00:00 +0000 (UTC)\n"
+        );
+    }
+
+    #[test]
+    fn many_recipients_ipv6() {
+        let h = received_header(&info(None, "2001:db8::1".parse().unwrap()));
+        assert_eq!(
+            h,
+            "Received: from client.example (unknown [IPv6:2001:db8::1])\n\tby mx.example.org (poshta) with ESMTP id 4AB12;\n\tSat, 28 Nov 2026 10:00:00 +0000 (UTC)\n"
+        );
+    }
+
+    #[test]
+    fn hostile_helo_cannot_add_lines() {
+        let mut i = info(None, "192.0.2.1".parse().unwrap());
+        i.helo = "x\r\nBcc: evil\n";
+        let h = received_header(&i);
+        assert_eq!(h.matches('\n').count(), 3);
+        assert!(h.starts_with("Received: from x??Bcc: evil? ("));
+    }
+}

@@ -1,0 +1,610 @@
+//! SMTP dialogue transcripts (tests/transcripts/*.txt, format in tests/transcripts/README.md)
+//! run against the server core in process.
+//!
+//! Each transcript runs once fed step by step (every `S:` block checked as it is reached),
+//! then once per byte offset with the whole client input cut into two pieces there; every
+//! run must give the same output, the same stored messages and the same aborts.
+//!
+//! The parsed [`Transcript`] and the fixed test-world [`Policy`] are kept apart from the
+//! in-process driver so a loopback runner (against the built binary, same world) can reuse
+//! them.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use poshta::limits::SESSION_READ_BYTES;
+use poshta::proto::reply::Reply;
+use poshta::proto::smtp::server::{
+    AbortReason, BareNewline, Event, HeaderFix, Server, SessionParams,
+};
+
+/// The test world (the loopback runner configures the binary the same way).
+pub const HOSTNAME: &str = "mx.example.org";
+pub const SIZE_LIMIT_DEFAULT: u64 = 10_240_000;
+pub const RCPT_LIMIT_DEFAULT: usize = 1000;
+pub const PREFIX: &[u8] = b"Received: test\r\n";
+pub const FIX_DATE: &str = "Date: Thu, 1 Jan 2026 00:00:00 +0000";
+pub const FIX_MESSAGE_ID: &str = "Message-ID: <TESTQID@mx.example.org>";
+pub const QUEUED: &str = "2.0.0 Ok: queued as TESTQID";
+
+/// One dialogue step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Client sends these bytes.
+    Send(Vec<u8>),
+    /// One server reply line (glob: `*` matches any run of characters).
+    Expect(String),
+    /// The server has closed the session.
+    ExpectClosed,
+    /// The client closes its side.
+    Eof,
+    /// The server's idle timer fires (not possible over loopback: skip there).
+    Timeout,
+}
+
+#[derive(Debug, Clone)]
+pub struct Directives {
+    pub client_ip: IpAddr,
+    pub mode: BareNewline,
+    pub size_limit: u64,
+    pub rcpt_limit: usize,
+    /// Stored messages, in order, exactly.
+    pub expect_bodies: Vec<Vec<u8>>,
+    pub expect_messages: Option<usize>,
+    pub expect_aborts: Option<Vec<AbortReason>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Transcript {
+    pub name: String,
+    /// The leading `#` comment: why this test exists.
+    pub why: String,
+    pub directives: Directives,
+    pub steps: Vec<Step>,
+}
+
+/// Decode `\r \n \t \0 \\ \xNN`.
+pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let e = *b.get(i + 1).ok_or("trailing backslash")?;
+        i += 2;
+        match e {
+            b'r' => out.push(b'\r'),
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'0' => out.push(0),
+            b'\\' => out.push(b'\\'),
+            b'x' => {
+                let hex = s.get(i..i + 2).ok_or("short \\x escape")?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|e| format!("bad \\x{hex}: {e}"))?);
+                i += 2;
+            }
+            other => return Err(format!("unknown escape \\{}", other as char)),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_abort(s: &str) -> Result<AbortReason, String> {
+    match s.trim() {
+        "too-big" => Ok(AbortReason::TooBig),
+        "bare-newline" => Ok(AbortReason::BareNewline),
+        "disconnected" => Ok(AbortReason::Disconnected),
+        "timeout" => Ok(AbortReason::Timeout),
+        other => Err(format!("unknown abort reason {other:?}")),
+    }
+}
+
+pub fn parse(name: &str, text: &str) -> Result<Transcript, String> {
+    let mut why = String::new();
+    let mut client_ip: IpAddr = "127.0.0.1".parse().map_err(|e| format!("{e}"))?;
+    let mut mode = None;
+    let mut d = Directives {
+        client_ip,
+        mode: BareNewline::Normalize,
+        size_limit: SIZE_LIMIT_DEFAULT,
+        rcpt_limit: RCPT_LIMIT_DEFAULT,
+        expect_bodies: Vec::new(),
+        expect_messages: None,
+        expect_aborts: None,
+    };
+    let mut steps = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let err = |m: String| format!("{name}:{}: {m}", n + 1);
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(dir) = line.strip_prefix("#!") {
+            let dir = dir.trim_start();
+            let (key, value) = dir.split_once(' ').unwrap_or((dir, ""));
+            match key {
+                "client" => client_ip = value.trim().parse().map_err(|e| err(format!("{e}")))?,
+                "mode" => {
+                    mode = Some(match value.trim() {
+                        "reject" => BareNewline::Reject,
+                        "normalize" => BareNewline::Normalize,
+                        v => return Err(err(format!("bad mode {v:?}"))),
+                    })
+                }
+                "size" => d.size_limit = value.trim().parse().map_err(|e| err(format!("{e}")))?,
+                "rcptlimit" => {
+                    d.rcpt_limit = value.trim().parse().map_err(|e| err(format!("{e}")))?
+                }
+                "expect-body" => d.expect_bodies.push(unescape(value).map_err(err)?),
+                "expect-messages" => {
+                    d.expect_messages = Some(value.trim().parse().map_err(|e| err(format!("{e}")))?)
+                }
+                "expect-aborts" => {
+                    d.expect_aborts = Some(if value.trim() == "none" {
+                        Vec::new()
+                    } else {
+                        value
+                            .split(',')
+                            .map(parse_abort)
+                            .collect::<Result<_, _>>()
+                            .map_err(err)?
+                    })
+                }
+                k => return Err(err(format!("unknown directive {k:?}"))),
+            }
+        } else if let Some(c) = line.strip_prefix('#') {
+            if steps.is_empty() {
+                why.push_str(c.trim());
+                why.push(' ');
+            }
+        } else if let Some(t) = line.strip_prefix("C:") {
+            let mut bytes = t.strip_prefix(' ').unwrap_or(t).as_bytes().to_vec();
+            bytes.extend_from_slice(b"\r\n");
+            steps.push(Step::Send(bytes));
+        } else if let Some(t) = line.strip_prefix("C!") {
+            steps.push(Step::Send(
+                unescape(t.strip_prefix(' ').unwrap_or(t)).map_err(err)?,
+            ));
+        } else if let Some(t) = line.strip_prefix("S:") {
+            let t = t.strip_prefix(' ').unwrap_or(t);
+            steps.push(if t == "<closed>" {
+                Step::ExpectClosed
+            } else {
+                Step::Expect(t.to_string())
+            });
+        } else if let Some(t) = line.strip_prefix("X:") {
+            steps.push(match t.trim() {
+                "eof" => Step::Eof,
+                "timeout" => Step::Timeout,
+                other => return Err(err(format!("unknown event {other:?}"))),
+            });
+        } else {
+            return Err(err(format!("unparsable line {line:?}")));
+        }
+    }
+    if why.trim().is_empty() {
+        return Err(format!(
+            "{name}: must start with a `# why this test exists` comment"
+        ));
+    }
+    d.client_ip = client_ip;
+    // mynetworks is 127.0.0.1/32 in the test world: normalize there, reject elsewhere.
+    d.mode = mode.unwrap_or(if client_ip == IpAddr::from([127, 0, 0, 1]) {
+        BareNewline::Normalize
+    } else {
+        BareNewline::Reject
+    });
+    Ok(Transcript {
+        name: name.to_string(),
+        why: why.trim().to_string(),
+        directives: d,
+        steps,
+    })
+}
+
+pub fn transcript_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts")
+}
+
+pub fn load_all() -> Result<Vec<Transcript>, String> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(transcript_dir())
+        .map_err(|e| format!("read_dir: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            parse(&name, &text)
+        })
+        .collect()
+}
+
+/// The test world's answers, shared with the loopback runner.
+pub struct Policy {
+    pub client_ip: IpAddr,
+}
+
+impl Policy {
+    /// None: accept. Local parts and domain compare case-insensitively.
+    pub fn rcpt(&self, to: &str) -> Option<Reply> {
+        let lower = to.to_ascii_lowercase();
+        if lower == "postmaster" {
+            return None;
+        }
+        let (local, domain) = lower.rsplit_once('@').unwrap_or((lower.as_str(), ""));
+        if domain == "example.org" {
+            if ["alice", "bob", "postmaster"].contains(&local) {
+                None
+            } else {
+                Some(Reply::owned(
+                    550,
+                    format!("5.1.1 <{to}>: Recipient address rejected: User unknown in local recipient table"),
+                ))
+            }
+        } else if self.client_ip == IpAddr::from([127, 0, 0, 1]) {
+            None
+        } else {
+            Some(Reply::owned(
+                554,
+                format!("5.7.1 <{to}>: Relay access denied"),
+            ))
+        }
+    }
+}
+
+/// What one run produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub output: Vec<u8>,
+    pub messages: Vec<Vec<u8>>,
+    pub aborts: Vec<AbortReason>,
+    pub closed: bool,
+}
+
+/// The server plus the policy answering its events.
+struct Harness {
+    server: Server,
+    policy: Policy,
+    current: Vec<u8>,
+    out: Outcome,
+}
+
+impl Harness {
+    fn new(d: &Directives) -> Harness {
+        let server = Server::new(SessionParams {
+            hostname: HOSTNAME.to_string(),
+            client_ip: d.client_ip,
+            client_name: "unknown".to_string(),
+            bare_newline: d.mode,
+            message_size_limit: d.size_limit,
+            recipient_limit: d.rcpt_limit,
+            extra_ehlo: Vec::new(),
+        });
+        let mut h = Harness {
+            server,
+            policy: Policy {
+                client_ip: d.client_ip,
+            },
+            current: Vec::new(),
+            out: Outcome {
+                output: Vec::new(),
+                messages: Vec::new(),
+                aborts: Vec::new(),
+                closed: false,
+            },
+        };
+        // The greeting.
+        h.out.output = h.server.take_output();
+        h
+    }
+
+    fn pump(&mut self) -> Result<(), String> {
+        for _ in 0..1_000_000 {
+            let Some(ev) = self.server.poll() else {
+                self.out.output.extend(self.server.take_output());
+                self.out.closed = self.server.is_closed();
+                return Ok(());
+            };
+            match ev {
+                Event::Helo { .. } | Event::Mail { .. } => self.server.accept(),
+                Event::Rcpt { to } => match self.policy.rcpt(&to) {
+                    None => self.server.accept(),
+                    Some(r) => self.server.reject(r),
+                },
+                Event::DataStart => {
+                    self.current.clear();
+                    self.server.accept_data(
+                        PREFIX.to_vec(),
+                        HeaderFix {
+                            date: Some(FIX_DATE.into()),
+                            message_id: Some(FIX_MESSAGE_ID.into()),
+                        },
+                    );
+                }
+                Event::Body(b) => self.current.extend_from_slice(&b),
+                Event::DataEnd { .. } => {
+                    self.out.messages.push(std::mem::take(&mut self.current));
+                    self.server.finish_data(Reply::new(250, QUEUED));
+                }
+                Event::DataAborted(r) => {
+                    self.out.aborts.push(r);
+                    self.current.clear();
+                }
+                Event::Reset | Event::Quit => self.current.clear(),
+            }
+        }
+        Err("more than 1e6 events".into())
+    }
+
+    /// Feed like a shell: reads of at most SESSION_READ_BYTES, only while wanted.
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while !data.is_empty() {
+            if self.server.is_closed() {
+                return Ok(());
+            }
+            if !self.server.wants_input() {
+                return Err("server stopped reading with nothing left to do".into());
+            }
+            let n = data.len().min(SESSION_READ_BYTES);
+            self.server.input(&data[..n]);
+            data = &data[n..];
+            self.pump()?;
+        }
+        Ok(())
+    }
+
+    fn act(&mut self, step: &Step) -> Result<(), String> {
+        match step {
+            Step::Send(b) => self.feed(b),
+            Step::Eof => {
+                self.server.eof();
+                self.pump()
+            }
+            Step::Timeout => {
+                self.server.timeout();
+                self.pump()
+            }
+            Step::Expect(_) | Step::ExpectClosed => Ok(()),
+        }
+    }
+}
+
+/// `*` matches any run of characters.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, p) in parts.iter().enumerate() {
+        if i == parts.len() - 1 {
+            return rest.ends_with(p);
+        }
+        match rest.find(p) {
+            Some(at) => rest = &rest[at + p.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+fn output_lines(out: &[u8]) -> Result<Vec<String>, String> {
+    let text = String::from_utf8(out.to_vec()).map_err(|e| format!("output not UTF-8: {e}"))?;
+    if !text.is_empty() && !text.ends_with("\r\n") {
+        return Err(format!("output does not end with CRLF: {text:?}"));
+    }
+    Ok(text.split_terminator("\r\n").map(str::to_string).collect())
+}
+
+fn check_lines(got: &[String], want: &[&str]) -> Result<(), String> {
+    for (i, w) in want.iter().enumerate() {
+        match got.get(i) {
+            Some(g) if glob(w, g) => {}
+            Some(g) => {
+                return Err(format!(
+                    "reply line {}: want {w:?}, got {g:?}\nall output: {got:#?}",
+                    i + 1
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "reply line {}: want {w:?}, got nothing\nall output: {got:#?}",
+                    i + 1
+                ))
+            }
+        }
+    }
+    if got.len() > want.len() {
+        return Err(format!("unexpected reply lines: {:#?}", &got[want.len()..]));
+    }
+    Ok(())
+}
+
+/// Step by step, checking each `S:` block when it is reached.
+fn run_stepwise(t: &Transcript) -> Result<Outcome, String> {
+    let mut h = Harness::new(&t.directives);
+    let mut want: Vec<&str> = Vec::new();
+    let mut closed_seen = false;
+    for (i, step) in t.steps.iter().enumerate() {
+        h.act(step).map_err(|e| format!("step {}: {e}", i + 1))?;
+        match step {
+            Step::Expect(s) => want.push(s),
+            Step::ExpectClosed => {
+                if !h.out.closed {
+                    return Err(format!("step {}: server not closed", i + 1));
+                }
+                closed_seen = true;
+            }
+            _ => {}
+        }
+        // Once the next step is not an expectation, everything so far must have arrived.
+        let next_is_expect = matches!(
+            t.steps.get(i + 1),
+            Some(Step::Expect(_) | Step::ExpectClosed)
+        );
+        if !next_is_expect && matches!(step, Step::Expect(_) | Step::ExpectClosed) {
+            check_lines(&output_lines(&h.out.output)?, &want)
+                .map_err(|e| format!("after step {}: {e}", i + 1))?;
+        }
+    }
+    check_lines(&output_lines(&h.out.output)?, &want)?;
+    if h.out.closed && !closed_seen {
+        return Err("server closed but the transcript has no `S: <closed>`".into());
+    }
+    let d = &t.directives;
+    if !d.expect_bodies.is_empty() {
+        if h.out.messages.len() != d.expect_bodies.len() {
+            return Err(format!(
+                "{} messages stored, want {}",
+                h.out.messages.len(),
+                d.expect_bodies.len()
+            ));
+        }
+        for (i, (got, want)) in h.out.messages.iter().zip(&d.expect_bodies).enumerate() {
+            if got != want {
+                return Err(format!(
+                    "message {}: got {:?}\nwant {:?}",
+                    i + 1,
+                    String::from_utf8_lossy(got),
+                    String::from_utf8_lossy(want)
+                ));
+            }
+        }
+    }
+    if let Some(n) = d.expect_messages {
+        if h.out.messages.len() != n {
+            return Err(format!(
+                "{} messages stored, want {n}",
+                h.out.messages.len()
+            ));
+        }
+    }
+    if let Some(a) = &d.expect_aborts {
+        if &h.out.aborts != a {
+            return Err(format!("aborts {:?}, want {a:?}", h.out.aborts));
+        }
+    }
+    Ok(h.out)
+}
+
+/// The client input as one stream cut at `cut` (eof/timeout stay where they are).
+fn run_split(t: &Transcript, cut: usize) -> Result<Outcome, String> {
+    let mut h = Harness::new(&t.directives);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut offset = 0usize;
+    let flush =
+        |h: &mut Harness, pending: &mut Vec<u8>, offset: &mut usize| -> Result<(), String> {
+            let start = *offset;
+            let end = start + pending.len();
+            if start < cut && cut < end {
+                let at = cut - start;
+                h.feed(&pending[..at])?;
+                h.feed(&pending[at..])?;
+            } else {
+                h.feed(pending)?;
+            }
+            *offset = end;
+            pending.clear();
+            Ok(())
+        };
+    for step in &t.steps {
+        match step {
+            Step::Send(b) => pending.extend_from_slice(b),
+            Step::Eof | Step::Timeout => {
+                flush(&mut h, &mut pending, &mut offset)?;
+                h.act(step)?;
+            }
+            _ => {}
+        }
+    }
+    flush(&mut h, &mut pending, &mut offset)?;
+    Ok(h.out)
+}
+
+/// The in-process mode: stepwise, then split at every byte offset.
+pub fn run_in_process(t: &Transcript) -> Result<(), String> {
+    let reference = run_stepwise(t)?;
+    let total: usize = t
+        .steps
+        .iter()
+        .map(|s| if let Step::Send(b) = s { b.len() } else { 0 })
+        .sum();
+    for cut in 0..=total {
+        let got = run_split(t, cut).map_err(|e| format!("split at {cut}: {e}"))?;
+        if got != reference {
+            return Err(format!(
+                "split at {cut} differs:\n got output {:?}\nwant output {:?}\n got messages {:?}\nwant messages {:?}\n got aborts {:?} want {:?}",
+                String::from_utf8_lossy(&got.output),
+                String::from_utf8_lossy(&reference.output),
+                got.messages,
+                reference.messages,
+                got.aborts,
+                reference.aborts
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn transcripts_in_process() {
+    let all = load_all().unwrap_or_else(|e| panic!("{e}"));
+    assert!(all.len() >= 25, "only {} transcripts", all.len());
+    let failures: Vec<String> = all
+        .iter()
+        .filter_map(|t| {
+            run_in_process(t)
+                .err()
+                .map(|e| format!("--- {} ({})\n{e}", t.name, t.why))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} transcripts failed:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn glob_matches() {
+    assert!(glob(
+        "250 2.0.0 Ok: queued as *",
+        "250 2.0.0 Ok: queued as TESTQID"
+    ));
+    assert!(glob("a*c*e", "abcde"));
+    assert!(!glob("a*c*e", "abcd"));
+    assert!(glob("abc", "abc"));
+    assert!(!glob("abc", "abcd"));
+    assert!(glob("*", ""));
+}
+
+#[test]
+fn parser_rejects_junk() {
+    assert!(parse("x", "C: HELO x\n").is_err(), "missing why comment");
+    assert!(parse("x", "# why\nQ: what\n").is_err());
+    assert!(parse("x", "# why\nC! \\q\n").is_err());
+    let t = parse(
+        "x",
+        "# why\n#! client 192.0.2.1\nC! a\\r\\n\\x00\nS: <closed>\n",
+    )
+    .unwrap();
+    assert_eq!(t.directives.mode, BareNewline::Reject);
+    assert_eq!(
+        t.steps,
+        vec![Step::Send(b"a\r\n\0".to_vec()), Step::ExpectClosed]
+    );
+}
