@@ -12,6 +12,7 @@ use super::{Ctx, Policy};
 use crate::mlog;
 use crate::policy::RcptClass;
 use crate::proto::reply::Reply;
+use crate::proto::smtp::received::{received_header, ReceivedInfo};
 use crate::proto::smtp::server::{BareNewline, Event, HeaderFix, Server, SessionParams};
 use crate::queue::{Envelope, Incoming};
 
@@ -60,34 +61,6 @@ impl Txn {
     }
 }
 
-/// Received: trace header (RFC 5321 §4.4), folded, LF-ended.
-#[allow(clippy::too_many_arguments)]
-fn received_header(
-    helo: &str,
-    client_name: &str,
-    ip: IpAddr,
-    by: &str,
-    proto_word: &str,
-    qid: &str,
-    rcpts: &[String],
-    date: &str,
-) -> String {
-    let from = if helo.is_empty() { client_name.to_string() } else { helo.to_string() };
-    let ip_lit = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("IPv6:{v6}"),
-    };
-    let mut h = format!("Received: from {from} ({client_name} [{ip_lit}])\n\tby {by} (poshta) with {proto_word} id {qid}\n");
-    // Only name the recipient when there is exactly one (Postfix does the same: naming
-    // several would disclose Bcc recipients to each other).
-    if rcpts.len() == 1 {
-        h.push_str(&format!("\tfor <{}>; {}\n", rcpts[0], date));
-    } else {
-        h.push_str(&format!("\t; {date}\n"));
-    }
-    h
-}
-
 /// Run one session to its end.
 pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr) {
     let policy: Rc<Policy> = ctx.policy();
@@ -109,6 +82,7 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr) {
         },
         message_size_limit: s.message_size_limit,
         recipient_limit: s.smtpd_recipient_limit,
+        extra_ehlo: Vec::new(),
     };
     let timeout = Duration::from_secs(s.smtpd_timeout_secs.max(1));
     let mut server = Server::new(params);
@@ -180,16 +154,18 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr) {
                             let qid = incoming.qid().to_string();
                             let now = crate::time::now_unix();
                             let date = crate::time::rfc5322(now);
-                            let received = received_header(
-                                &helo,
-                                &client_name,
-                                ip,
-                                &s.myhostname,
-                                if esmtp { "ESMTP" } else { "SMTP" },
-                                &qid,
-                                &txn.rcpts,
-                                &date,
-                            );
+                            // RFC 5321 §4.4 trace header; the recipient is named only when
+                            // there is one, so Bcc recipients stay hidden from each other.
+                            let received = received_header(&ReceivedInfo {
+                                helo: &helo,
+                                client_name: &client_name,
+                                client_ip: ip,
+                                hostname: &s.myhostname,
+                                protocol: if esmtp { "ESMTP" } else { "SMTP" },
+                                queue_id: &qid,
+                                rcpt: if txn.rcpts.len() == 1 { Some(txn.rcpts[0].as_str()) } else { None },
+                                date: &date,
+                            });
                             let fix = HeaderFix {
                                 date: Some(format!("Date: {date}")),
                                 message_id: Some(format!("Message-ID: <{}.{}@{}>", crate::time::compact(now), qid, s.myhostname)),
