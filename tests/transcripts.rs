@@ -608,3 +608,205 @@ fn parser_rejects_junk() {
         vec![Step::Send(b"a\r\n\0".to_vec()), Step::ExpectClosed]
     );
 }
+
+/// The same transcripts over loopback against the built binary (STYLE.md habit 3): one
+/// poshta instance per distinct test-world configuration, with mailbox users alice, bob and
+/// postmaster, mynetworks 127.0.0.1/32. Transcripts that need the idle timer are skipped
+/// (it would take smtpd_timeout of wall time). Stored bodies are not compared here: the
+/// real server writes a real Received: header; the in-process run checks bodies exactly.
+mod loopback {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    struct WorldKey {
+        size: u64,
+        rcpt_limit: usize,
+        exclusions: String,
+    }
+
+    struct Instance {
+        dir: PathBuf,
+        port: u16,
+        child: Child,
+    }
+
+    impl Drop for Instance {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    }
+
+    fn key_for(t: &Transcript) -> WorldKey {
+        let ip = t.directives.client_ip;
+        let default_mode = if ip == IpAddr::from([127, 0, 0, 1]) {
+            BareNewline::Normalize
+        } else {
+            BareNewline::Reject
+        };
+        let exclusions = if t.directives.mode == default_mode {
+            "127.0.0.1/32".to_string()
+        } else if t.directives.mode == BareNewline::Normalize {
+            format!("127.0.0.1/32 {ip}")
+        } else {
+            String::new()
+        };
+        WorldKey { size: t.directives.size_limit, rcpt_limit: t.directives.rcpt_limit, exclusions }
+    }
+
+    fn start(key: &WorldKey, n: usize) -> Instance {
+        let bin = env!("CARGO_BIN_EXE_poshta");
+        let dir = std::env::temp_dir().join(format!("poshta-transcripts-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port = free_port();
+        let cf = dir.join("main.cf");
+        std::fs::write(
+            &cf,
+            format!(
+                "myhostname = {HOSTNAME}\nmydestination = example.org\nmynetworks = 127.0.0.1/32\n\
+                 smtpd_forbid_bare_newline_exclusions = {}\nmessage_size_limit = {}\n\
+                 smtpd_recipient_limit = {}\nsmtpd_listen = 127.0.0.1:{port}\n\
+                 queue_directory = {d}/spool\nvirtual_mailbox_base = {d}/mail\n\
+                 mailbox_users_file = {d}/users\nmaillog_file = {d}/maillog\n",
+                key.exclusions,
+                key.size,
+                key.rcpt_limit,
+                d = dir.display()
+            ),
+        )
+        .expect("write main.cf");
+        for user in ["alice", "bob", "postmaster"] {
+            let mut c = Command::new(bin)
+                .args(["user", "add", user, "--password-stdin", "-c"])
+                .arg(&cf)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("poshta user add");
+            c.stdin.take().expect("stdin").write_all(b"pw\n").expect("password");
+            assert!(c.wait().expect("wait").success(), "user add {user}");
+        }
+        let child = Command::new(bin)
+            .args(["serve", "-c"])
+            .arg(&cf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("poshta serve");
+        let inst = Instance { dir, port, child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut b = [0u8; 64];
+                let _ = s.read(&mut b);
+                return inst;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("poshta did not listen on {port}");
+    }
+
+    /// Connect from the transcript's client address (any 127/8 address works on Linux).
+    fn connect(from: IpAddr, port: u16) -> std::io::Result<TcpStream> {
+        use rustix::net::{AddressFamily, SocketType};
+        let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None)?;
+        rustix::net::bind(&fd, &SocketAddr::new(from, 0))?;
+        rustix::net::connect(&fd, &SocketAddr::from(([127, 0, 0, 1], port)))?;
+        Ok(TcpStream::from(fd))
+    }
+
+    struct Reader {
+        s: TcpStream,
+        buf: Vec<u8>,
+        eof: bool,
+    }
+
+    impl Reader {
+        /// One CRLF-ended line, or None at EOF.
+        fn line(&mut self) -> Result<Option<String>, String> {
+            loop {
+                if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    let line: Vec<u8> = self.buf.drain(..at + 2).collect();
+                    return Ok(Some(String::from_utf8_lossy(&line[..at]).into_owned()));
+                }
+                if self.eof {
+                    return Ok(None);
+                }
+                let mut b = [0u8; 4096];
+                match self.s.read(&mut b) {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => self.eof = true,
+                    Err(e) => return Err(format!("read: {e} (buffered {:?})", String::from_utf8_lossy(&self.buf))),
+                }
+            }
+        }
+    }
+
+    fn run(t: &Transcript, port: u16) -> Result<(), String> {
+        let s = connect(t.directives.client_ip, port).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        let mut w = s.try_clone().map_err(|e| e.to_string())?;
+        let mut r = Reader { s, buf: Vec::new(), eof: false };
+        for (i, step) in t.steps.iter().enumerate() {
+            match step {
+                // The server may already have closed (after 521/421): later writes may fail.
+                Step::Send(bytes) => {
+                    let _ = w.write_all(bytes);
+                }
+                Step::Eof => {
+                    let _ = w.shutdown(std::net::Shutdown::Write);
+                }
+                Step::Expect(want) => match r.line()? {
+                    Some(got) if glob(want, &got) => {}
+                    Some(got) => return Err(format!("step {}: want {want:?}, got {got:?}", i + 1)),
+                    None => return Err(format!("step {}: want {want:?}, got end of connection", i + 1)),
+                },
+                Step::ExpectClosed => {
+                    if let Some(extra) = r.line()? {
+                        return Err(format!("step {}: want close, got {extra:?}", i + 1));
+                    }
+                }
+                Step::Timeout => return Err("timeout steps cannot run over loopback".into()),
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn transcripts_over_loopback() {
+        let all = load_all().unwrap_or_else(|e| panic!("{e}"));
+        let mut instances: HashMap<WorldKey, Instance> = HashMap::new();
+        let mut failures = Vec::new();
+        let mut ran = 0;
+        for t in &all {
+            if t.steps.contains(&Step::Timeout) {
+                continue;
+            }
+            let key = key_for(t);
+            let n = instances.len();
+            let inst = instances.entry(key.clone()).or_insert_with(|| start(&key, n));
+            ran += 1;
+            if let Err(e) = run(t, inst.port) {
+                let log = std::fs::read_to_string(inst.dir.join("maillog")).unwrap_or_default();
+                let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                failures.push(format!("--- {} ({})\n{e}\nlog tail:\n{tail}", t.name, t.why));
+            }
+        }
+        assert!(ran >= 25, "only {ran} transcripts ran over loopback");
+        assert!(failures.is_empty(), "{} of {ran} transcripts failed over loopback:\n{}", failures.len(), failures.join("\n"));
+    }
+}
