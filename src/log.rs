@@ -27,7 +27,11 @@ pub fn init(hostname: &str, maillog_file: Option<&Path>) -> std::io::Result<()> 
         None => None,
     };
     let short = hostname.split('.').next().unwrap_or(hostname).to_string();
-    let sink = Sink { hostname: short, journal: std::env::var_os("JOURNAL_STREAM").is_some(), file };
+    let sink = Sink {
+        hostname: short,
+        journal: std::env::var_os("JOURNAL_STREAM").is_some(),
+        file,
+    };
     if let Ok(mut g) = SINK.lock() {
         *g = Some(sink);
     }

@@ -29,7 +29,9 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
 
 struct Parts {
@@ -75,7 +77,14 @@ pub fn rfc5322(unix: u64) -> String {
 /// Syslog (RFC 3164) timestamp as in /var/log/mail.log: `Nov 28 00:52:32`.
 pub fn syslog(unix: u64) -> String {
     let p = parts(unix);
-    format!("{} {:>2} {:02}:{:02}:{:02}", MONTHS[(p.month - 1) as usize], p.day, p.hour, p.min, p.sec)
+    format!(
+        "{} {:>2} {:02}:{:02}:{:02}",
+        MONTHS[(p.month - 1) as usize],
+        p.day,
+        p.hour,
+        p.min,
+        p.sec
+    )
 }
 
 /// mailq's arrival time column: `Sat Nov 28 00:52:32`.
@@ -95,7 +104,10 @@ pub fn mailq(unix: u64) -> String {
 /// `20261128005232`: the date part of Message-IDs (as Postfix writes them).
 pub fn compact(unix: u64) -> String {
     let p = parts(unix);
-    format!("{}{:02}{:02}{:02}{:02}{:02}", p.year, p.month, p.day, p.hour, p.min, p.sec)
+    format!(
+        "{}{:02}{:02}{:02}{:02}{:02}",
+        p.year, p.month, p.day, p.hour, p.min, p.sec
+    )
 }
 
 #[cfg(test)]

@@ -7,8 +7,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        let p =
-            std::env::temp_dir().join(format!("poshta-config-cli-{tag}-{}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("poshta-config-cli-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -50,10 +49,7 @@ fn check_clean_file() {
     let o = poshta(&["check"], &cf);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(text(&o.stderr), "");
-    assert!(
-        !d.0.join("spool").exists(),
-        "check must not create the queue"
-    );
+    assert!(!d.0.join("spool").exists(), "check must not create the queue");
 }
 
 #[test]
@@ -75,10 +71,7 @@ fn check_unknown_key_warns_and_passes() {
 #[test]
 fn check_bad_value_fails_with_file_and_line() {
     let d = TempDir::new("bad");
-    let cf = d.write(
-        "main.cf",
-        "myhostname = mx.example.org\n\nmessage_size_limit = lots\n",
-    );
+    let cf = d.write("main.cf", "myhostname = mx.example.org\n\nmessage_size_limit = lots\n");
     let o = poshta(&["check"], &cf);
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -132,10 +125,7 @@ fn postconf_n_shows_only_set_values_unexpanded() {
 fn postconf_defaults_and_named_keys() {
     let d = TempDir::new("pd");
     let cf = d.write("main.cf", "message_size_limit = 2048\n");
-    let o = poshta(
-        &["postconf", "-d", "message_size_limit", "mydestination"],
-        &cf,
-    );
+    let o = poshta(&["postconf", "-d", "message_size_limit", "mydestination"], &cf);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(
         text(&o.stdout),
@@ -147,28 +137,20 @@ fn postconf_defaults_and_named_keys() {
     let o = poshta(&["postconf", "-d", "myhostname"], &cf);
     let out = text(&o.stdout);
     assert!(
-        out.starts_with("myhostname = ")
-            && out.ends_with('\n')
-            && out.len() > "myhostname = \n".len(),
+        out.starts_with("myhostname = ") && out.ends_with('\n') && out.len() > "myhostname = \n".len(),
         "{out}"
     );
 
     let o = poshta(&["postconf", "no_such_key", "message_size_limit"], &cf);
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(
-        text(&o.stderr),
-        "postconf: warning: no_such_key: unknown parameter\n"
-    );
+    assert_eq!(text(&o.stderr), "postconf: warning: no_such_key: unknown parameter\n");
     assert_eq!(text(&o.stdout), "message_size_limit = 2048\n");
 }
 
 #[test]
 fn postconf_all_is_sorted_and_complete() {
     let d = TempDir::new("pall");
-    let cf = d.write(
-        "main.cf",
-        "zz_custom = 1\nmydestination = $zz_custom.test\n",
-    );
+    let cf = d.write("main.cf", "zz_custom = 1\nmydestination = $zz_custom.test\n");
     let o = poshta(&["postconf"], &cf);
     assert_eq!(o.status.code(), Some(0));
     let out = text(&o.stdout);

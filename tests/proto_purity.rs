@@ -3,14 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-const FORBIDDEN: &[&str] = &[
-    "smol",
-    "std::net",
-    "std::fs",
-    "Instant::now",
-    "SystemTime",
-    "rand",
-];
+const FORBIDDEN: &[&str] = &["smol", "std::net", "std::fs", "Instant::now", "SystemTime", "rand"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
@@ -49,11 +42,7 @@ fn proto_is_sans_io() {
             }
         }
     }
-    assert!(
-        bad.is_empty(),
-        "src/proto must stay sans-IO:\n{}",
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "src/proto must stay sans-IO:\n{}", bad.join("\n"));
 }
 
 #[test]

@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 
 use poshta::limits::SESSION_READ_BYTES;
 use poshta::proto::reply::Reply;
-use poshta::proto::smtp::server::{
-    AbortReason, BareNewline, Event, HeaderFix, Server, SessionParams,
-};
+use poshta::proto::smtp::server::{AbortReason, BareNewline, Event, HeaderFix, Server, SessionParams};
 
 /// The test world (the loopback runner configures the binary the same way).
 pub const HOSTNAME: &str = "mx.example.org";
@@ -136,13 +134,9 @@ pub fn parse(name: &str, text: &str) -> Result<Transcript, String> {
                     })
                 }
                 "size" => d.size_limit = value.trim().parse().map_err(|e| err(format!("{e}")))?,
-                "rcptlimit" => {
-                    d.rcpt_limit = value.trim().parse().map_err(|e| err(format!("{e}")))?
-                }
+                "rcptlimit" => d.rcpt_limit = value.trim().parse().map_err(|e| err(format!("{e}")))?,
                 "expect-body" => d.expect_bodies.push(unescape(value).map_err(err)?),
-                "expect-messages" => {
-                    d.expect_messages = Some(value.trim().parse().map_err(|e| err(format!("{e}")))?)
-                }
+                "expect-messages" => d.expect_messages = Some(value.trim().parse().map_err(|e| err(format!("{e}")))?),
                 "expect-aborts" => {
                     d.expect_aborts = Some(if value.trim() == "none" {
                         Vec::new()
@@ -166,9 +160,7 @@ pub fn parse(name: &str, text: &str) -> Result<Transcript, String> {
             bytes.extend_from_slice(b"\r\n");
             steps.push(Step::Send(bytes));
         } else if let Some(t) = line.strip_prefix("C!") {
-            steps.push(Step::Send(
-                unescape(t.strip_prefix(' ').unwrap_or(t)).map_err(err)?,
-            ));
+            steps.push(Step::Send(unescape(t.strip_prefix(' ').unwrap_or(t)).map_err(err)?));
         } else if let Some(t) = line.strip_prefix("S:") {
             let t = t.strip_prefix(' ').unwrap_or(t);
             steps.push(if t == "<closed>" {
@@ -187,9 +179,7 @@ pub fn parse(name: &str, text: &str) -> Result<Transcript, String> {
         }
     }
     if why.trim().is_empty() {
-        return Err(format!(
-            "{name}: must start with a `# why this test exists` comment"
-        ));
+        return Err(format!("{name}: must start with a `# why this test exists` comment"));
     }
     d.client_ip = client_ip;
     // mynetworks is 127.0.0.1/32 in the test world: normalize there, reject elsewhere.
@@ -255,10 +245,7 @@ impl Policy {
         } else if self.client_ip == IpAddr::from([127, 0, 0, 1]) {
             None
         } else {
-            Some(Reply::owned(
-                554,
-                format!("5.7.1 <{to}>: Relay access denied"),
-            ))
+            Some(Reply::owned(554, format!("5.7.1 <{to}>: Relay access denied")))
         }
     }
 }
@@ -293,9 +280,7 @@ impl Harness {
         });
         let mut h = Harness {
             server,
-            policy: Policy {
-                client_ip: d.client_ip,
-            },
+            policy: Policy { client_ip: d.client_ip },
             current: Vec::new(),
             out: Outcome {
                 output: Vec::new(),
@@ -450,13 +435,9 @@ fn run_stepwise(t: &Transcript) -> Result<Outcome, String> {
             _ => {}
         }
         // Once the next step is not an expectation, everything so far must have arrived.
-        let next_is_expect = matches!(
-            t.steps.get(i + 1),
-            Some(Step::Expect(_) | Step::ExpectClosed)
-        );
+        let next_is_expect = matches!(t.steps.get(i + 1), Some(Step::Expect(_) | Step::ExpectClosed));
         if !next_is_expect && matches!(step, Step::Expect(_) | Step::ExpectClosed) {
-            check_lines(&output_lines(&h.out.output)?, &want)
-                .map_err(|e| format!("after step {}: {e}", i + 1))?;
+            check_lines(&output_lines(&h.out.output)?, &want).map_err(|e| format!("after step {}: {e}", i + 1))?;
         }
     }
     check_lines(&output_lines(&h.out.output)?, &want)?;
@@ -485,10 +466,7 @@ fn run_stepwise(t: &Transcript) -> Result<Outcome, String> {
     }
     if let Some(n) = d.expect_messages {
         if h.out.messages.len() != n {
-            return Err(format!(
-                "{} messages stored, want {n}",
-                h.out.messages.len()
-            ));
+            return Err(format!("{} messages stored, want {n}", h.out.messages.len()));
         }
     }
     if let Some(a) = &d.expect_aborts {
@@ -504,21 +482,20 @@ fn run_split(t: &Transcript, cut: usize) -> Result<Outcome, String> {
     let mut h = Harness::new(&t.directives);
     let mut pending: Vec<u8> = Vec::new();
     let mut offset = 0usize;
-    let flush =
-        |h: &mut Harness, pending: &mut Vec<u8>, offset: &mut usize| -> Result<(), String> {
-            let start = *offset;
-            let end = start + pending.len();
-            if start < cut && cut < end {
-                let at = cut - start;
-                h.feed(&pending[..at])?;
-                h.feed(&pending[at..])?;
-            } else {
-                h.feed(pending)?;
-            }
-            *offset = end;
-            pending.clear();
-            Ok(())
-        };
+    let flush = |h: &mut Harness, pending: &mut Vec<u8>, offset: &mut usize| -> Result<(), String> {
+        let start = *offset;
+        let end = start + pending.len();
+        if start < cut && cut < end {
+            let at = cut - start;
+            h.feed(&pending[..at])?;
+            h.feed(&pending[at..])?;
+        } else {
+            h.feed(pending)?;
+        }
+        *offset = end;
+        pending.clear();
+        Ok(())
+    };
     for step in &t.steps {
         match step {
             Step::Send(b) => pending.extend_from_slice(b),
@@ -581,10 +558,7 @@ fn transcripts_in_process() {
 
 #[test]
 fn glob_matches() {
-    assert!(glob(
-        "250 2.0.0 Ok: queued as *",
-        "250 2.0.0 Ok: queued as TESTQID"
-    ));
+    assert!(glob("250 2.0.0 Ok: queued as *", "250 2.0.0 Ok: queued as TESTQID"));
     assert!(glob("a*c*e", "abcde"));
     assert!(!glob("a*c*e", "abcd"));
     assert!(glob("abc", "abc"));
@@ -597,16 +571,9 @@ fn parser_rejects_junk() {
     assert!(parse("x", "C: HELO x\n").is_err(), "missing why comment");
     assert!(parse("x", "# why\nQ: what\n").is_err());
     assert!(parse("x", "# why\nC! \\q\n").is_err());
-    let t = parse(
-        "x",
-        "# why\n#! client 192.0.2.1\nC! a\\r\\n\\x00\nS: <closed>\n",
-    )
-    .unwrap();
+    let t = parse("x", "# why\n#! client 192.0.2.1\nC! a\\r\\n\\x00\nS: <closed>\n").unwrap();
     assert_eq!(t.directives.mode, BareNewline::Reject);
-    assert_eq!(
-        t.steps,
-        vec![Step::Send(b"a\r\n\0".to_vec()), Step::ExpectClosed]
-    );
+    assert_eq!(t.steps, vec![Step::Send(b"a\r\n\0".to_vec()), Step::ExpectClosed]);
 }
 
 /// The same transcripts over loopback against the built binary (STYLE.md habit 3): one
@@ -662,7 +629,11 @@ mod loopback {
         } else {
             String::new()
         };
-        WorldKey { size: t.directives.size_limit, rcpt_limit: t.directives.rcpt_limit, exclusions }
+        WorldKey {
+            size: t.directives.size_limit,
+            rcpt_limit: t.directives.rcpt_limit,
+            exclusions,
+        }
     }
 
     fn start(key: &WorldKey, n: usize) -> Instance {
@@ -758,9 +729,14 @@ mod loopback {
 
     fn run(t: &Transcript, port: u16) -> Result<(), String> {
         let s = connect(t.directives.client_ip, port).map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
         let mut w = s.try_clone().map_err(|e| e.to_string())?;
-        let mut r = Reader { s, buf: Vec::new(), eof: false };
+        let mut r = Reader {
+            s,
+            buf: Vec::new(),
+            eof: false,
+        };
         for (i, step) in t.steps.iter().enumerate() {
             match step {
                 // The server may already have closed (after 521/421): later writes may fail.
@@ -802,11 +778,24 @@ mod loopback {
             ran += 1;
             if let Err(e) = run(t, inst.port) {
                 let log = std::fs::read_to_string(inst.dir.join("maillog")).unwrap_or_default();
-                let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                let tail: String = log
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
                 failures.push(format!("--- {} ({})\n{e}\nlog tail:\n{tail}", t.name, t.why));
             }
         }
         assert!(ran >= 25, "only {ran} transcripts ran over loopback");
-        assert!(failures.is_empty(), "{} of {ran} transcripts failed over loopback:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} of {ran} transcripts failed over loopback:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 }

@@ -85,10 +85,7 @@ fn add_passwd_route_deliver_del() {
         "+".into(),
         Users::load(&users_file).unwrap(),
     );
-    assert_eq!(
-        router.classify("alice@example.org"),
-        RcptClass::UnknownLocal
-    );
+    assert_eq!(router.classify("alice@example.org"), RcptClass::UnknownLocal);
 }
 
 /// A users file edited by hand with a mistake is never rewritten by `poshta user`.

@@ -86,9 +86,7 @@ pub struct Users {
 impl std::fmt::Debug for Users {
     // Never print hashes (logs, panics).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Users")
-            .field("count", &self.hashes.len())
-            .finish()
+        f.debug_struct("Users").field("count", &self.hashes.len()).finish()
     }
 }
 
@@ -146,10 +144,7 @@ fn check_hash(hash: &str) -> Result<(), String> {
         ));
     }
     let params = Params::try_from(&parsed).map_err(|e| format!("bad argon2 parameters: {e}"))?;
-    if params.m_cost() > HASH_M_COST_KIB_MAX
-        || params.t_cost() > HASH_T_COST_MAX
-        || params.p_cost() > HASH_P_COST_MAX
-    {
+    if params.m_cost() > HASH_M_COST_KIB_MAX || params.t_cost() > HASH_T_COST_MAX || params.p_cost() > HASH_P_COST_MAX {
         return Err(format!(
             "argon2 cost too high (m<={HASH_M_COST_KIB_MAX}, t<={HASH_T_COST_MAX}, \
              p<={HASH_P_COST_MAX})"
@@ -213,19 +208,12 @@ fn parse_lines(reader: &mut dyn BufRead, origin: &Path) -> Result<Vec<Line>, Use
         if buf.last() == Some(&b'\n') {
             buf.pop();
         } else if n as u64 == cap {
-            return Err(at(format!(
-                "line longer than {} bytes",
-                limits::USERS_LINE_BYTES_MAX
-            )));
+            return Err(at(format!("line longer than {} bytes", limits::USERS_LINE_BYTES_MAX)));
         }
         if buf.len() > limits::USERS_LINE_BYTES_MAX {
-            return Err(at(format!(
-                "line longer than {} bytes",
-                limits::USERS_LINE_BYTES_MAX
-            )));
+            return Err(at(format!("line longer than {} bytes", limits::USERS_LINE_BYTES_MAX)));
         }
-        let raw = String::from_utf8(std::mem::take(&mut buf))
-            .map_err(|_| at("line is not UTF-8".into()))?;
+        let raw = String::from_utf8(std::mem::take(&mut buf)).map_err(|_| at("line is not UTF-8".into()))?;
         let text = raw.trim_end_matches('\r').trim_matches([' ', '\t']);
         let user = if text.is_empty() || text.starts_with('#') {
             None
@@ -269,10 +257,7 @@ impl Users {
     /// Parse users-file text (tests, and callers that read the file themselves);
     /// `origin` names it in messages.
     pub fn parse(text: &str, origin: &Path) -> Result<Users, UsersError> {
-        Ok(Users::from_lines(parse_lines(
-            &mut text.as_bytes(),
-            origin,
-        )?))
+        Ok(Users::from_lines(parse_lines(&mut text.as_bytes(), origin)?))
     }
 
     fn from_lines(lines: Vec<Line>) -> Users {
@@ -314,11 +299,7 @@ impl Users {
         };
         // The hash's own parameters are used (bounded at load by check_hash).
         let ok = PasswordHash::new(hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
+            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
             .unwrap_or(false);
         ok && known
     }
@@ -400,10 +381,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Lock, re-read, change, rewrite atomically (see the module doc).
-fn modify(
-    path: &Path,
-    change: impl FnOnce(&mut Vec<Line>) -> Result<(), String>,
-) -> Result<(), UsersError> {
+fn modify(path: &Path, change: impl FnOnce(&mut Vec<Line>) -> Result<(), String>) -> Result<(), UsersError> {
     let lock_path = sibling(path, ".lock");
     let lock = std::fs::OpenOptions::new()
         .read(true)
@@ -460,8 +438,7 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), UsersError> {
                 .map_err(|e| UsersError::io(&tmp, "chown", e.into()))?;
             }
         }
-        f.write_all(data)
-            .map_err(|e| UsersError::io(&tmp, "write", e))?;
+        f.write_all(data).map_err(|e| UsersError::io(&tmp, "write", e))?;
         f.sync_all().map_err(|e| UsersError::io(&tmp, "fsync", e))?;
         std::fs::rename(&tmp, path).map_err(|e| UsersError::io(path, "rename", e))?;
         Ok(())
@@ -500,8 +477,7 @@ mod tests {
         fn new(tag: &str) -> TmpDir {
             static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let p =
-                std::env::temp_dir().join(format!("poshta-users-{tag}-{}-{n}", std::process::id()));
+            let p = std::env::temp_dir().join(format!("poshta-users-{tag}-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
             TmpDir(p)
@@ -519,16 +495,7 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in [
-            "a",
-            "alice",
-            "a.b",
-            "a_b",
-            "a-b",
-            "0",
-            "x1.-_",
-            &"a".repeat(64),
-        ] {
+        for ok in ["a", "alice", "a.b", "a_b", "a-b", "0", "x1.-_", &"a".repeat(64)] {
             assert!(valid_name(ok), "{ok}");
         }
         for bad in [
@@ -558,10 +525,7 @@ mod tests {
         assert_eq!(u.names(), vec!["alice", "bob"]);
         assert!(u.contains("alice") && u.contains("bob") && !u.contains("carol"));
         assert!(!u.contains("ALICE"));
-        assert!(
-            !format!("{u:?}").contains("argon2"),
-            "Debug must not show hashes"
-        );
+        assert!(!format!("{u:?}").contains("argon2"), "Debug must not show hashes");
     }
 
     #[test]
@@ -591,10 +555,7 @@ mod tests {
         let e = parse_lines(&mut &b"# \xff\n"[..], origin()).unwrap_err();
         assert!(e.message.contains("users:1: line is not UTF-8"), "{e}");
         // Exactly at the limit is fine; a last line without newline too.
-        let text = format!(
-            "#{}\nalice:{h}",
-            "x".repeat(limits::USERS_LINE_BYTES_MAX - 1)
-        );
+        let text = format!("#{}\nalice:{h}", "x".repeat(limits::USERS_LINE_BYTES_MAX - 1));
         assert!(Users::parse(&text, origin()).unwrap().contains("alice"));
         // An over-long last line without newline.
         let text = "#".repeat(limits::USERS_LINE_BYTES_MAX + 5);
@@ -643,18 +604,11 @@ mod tests {
     fn add_set_remove_keep_other_lines() {
         let d = TmpDir::new("rw");
         let path = d.0.join("users");
-        assert!(
-            Users::load(&path).unwrap().is_empty(),
-            "missing file is empty"
-        );
+        assert!(Users::load(&path).unwrap().is_empty(), "missing file is empty");
         let h1 = cheap_hash("one");
         let h2 = cheap_hash("two");
         add_user(&path, "alice", &h1).unwrap();
-        std::fs::write(
-            &path,
-            format!("# top comment\nalice:{h1}:keep:me\r\n\n# bob below\n"),
-        )
-        .unwrap();
+        std::fs::write(&path, format!("# top comment\nalice:{h1}:keep:me\r\n\n# bob below\n")).unwrap();
         add_user(&path, "bob", &h1).unwrap();
         let e = add_user(&path, "bob", &h2).unwrap_err();
         assert!(e.message.contains("already exists"), "{e}");

@@ -75,12 +75,7 @@ pub fn check_files(loaded: &Loaded) -> Vec<Diagnostic> {
         ("virtual_mailbox_base", &s.virtual_mailbox_base),
     ] {
         if let Err(msg) = dir_usable(dir) {
-            out.push(diag(
-                loaded,
-                Some(key),
-                Severity::Error,
-                format!("{key}: {msg}"),
-            ));
+            out.push(diag(loaded, Some(key), Severity::Error, format!("{key}: {msg}")));
         }
     }
     if let Some(log) = &s.maillog_file {
@@ -190,9 +185,7 @@ mod tests {
         let file = base.join("f");
         std::fs::write(&file, "x").unwrap();
         assert!(dir_usable(&file).unwrap_err().contains("not a directory"));
-        assert!(dir_usable(&file.join("sub"))
-            .unwrap_err()
-            .contains("cannot be created"));
+        assert!(dir_usable(&file.join("sub")).unwrap_err().contains("cannot be created"));
         assert!(!base.join("a").exists(), "check must not create anything");
         std::fs::remove_dir_all(&base).unwrap();
     }

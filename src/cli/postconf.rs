@@ -55,10 +55,7 @@ pub fn run(args: super::PostconfArgs) -> i32 {
         }
     }
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout
-        .write_all(out.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
+    if let Err(e) = stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush()) {
         // A closed pipe (`postconf | head`) is not worth more than a note.
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             eprintln!("postconf: fatal: write: {e}");

@@ -30,11 +30,21 @@ pub fn format_mailq(msgs: &[MessageInfo]) -> String {
             out.push('\n');
         }
         total += m.size;
-        let sender = if m.sender.is_empty() { "MAILER-DAEMON" } else { m.sender.as_str() };
+        let sender = if m.sender.is_empty() {
+            "MAILER-DAEMON"
+        } else {
+            m.sender.as_str()
+        };
         // asctime() truncated to 20 characters, as showq prints it.
         let arrival = format!("{:<20.20}", crate::time::mailq(m.arrival_unix) + " ");
         // postqueue's showq_compat: "%-11s %7ld %20.20s %s" with the status mark after the id.
-        out.push_str(&format!("{:<11} {:>7} {} {}\n", m.qid.to_string(), m.size, arrival, sender));
+        out.push_str(&format!(
+            "{:<11} {:>7} {} {}\n",
+            m.qid.to_string(),
+            m.size,
+            arrival,
+            sender
+        ));
         let mut last_reason: Option<&str> = None;
         for (rcpt, state) in &m.recipients {
             if let RcptState::Deferred { reason, .. } = state {
@@ -48,7 +58,12 @@ pub fn format_mailq(msgs: &[MessageInfo]) -> String {
         }
     }
     let n = msgs.len();
-    out.push_str(&format!("\n-- {} Kbytes in {} Request{}.\n", total / 1024, n, if n == 1 { "" } else { "s" }));
+    out.push_str(&format!(
+        "\n-- {} Kbytes in {} Request{}.\n",
+        total / 1024,
+        n,
+        if n == 1 { "" } else { "s" }
+    ));
     out
 }
 
@@ -96,13 +111,28 @@ mod tests {
             arrival_unix: 1_795_827_152,
             sender: String::new(),
             recipients: vec![
-                ("a@remote.example".into(), RcptState::Deferred { reason: "no route".into(), next_try_unix: 0 }),
-                ("b@remote.example".into(), RcptState::Deferred { reason: "no route".into(), next_try_unix: 0 }),
+                (
+                    "a@remote.example".into(),
+                    RcptState::Deferred {
+                        reason: "no route".into(),
+                        next_try_unix: 0,
+                    },
+                ),
+                (
+                    "b@remote.example".into(),
+                    RcptState::Deferred {
+                        reason: "no route".into(),
+                        next_try_unix: 0,
+                    },
+                ),
             ],
         };
         let s = format_mailq(&[m]);
         let lines: Vec<&str> = s.lines().collect();
-        assert_eq!(lines[0], "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------");
+        assert_eq!(
+            lines[0],
+            "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
+        );
         assert_eq!(lines[1], "000000001234    2048 Sat Nov 28 00:52:32  MAILER-DAEMON");
         assert_eq!(lines[2].len(), 78);
         assert!(lines[2].ends_with("(no route)"));

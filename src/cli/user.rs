@@ -62,10 +62,7 @@ fn run_cmd(cmd: UserCmd) -> Result<Vec<String>, String> {
             let p = paths(a.config.as_deref())?;
             check_name(&a.name)?;
             // Fail before asking for a password (add checks again under the lock).
-            if users::list(&p.users_file)
-                .map_err(|e| e.to_string())?
-                .contains(&a.name)
-            {
+            if users::list(&p.users_file).map_err(|e| e.to_string())?.contains(&a.name) {
                 return Err(format!("user {} already exists", a.name));
             }
             let password = get_password(a.password_stdin)?;
@@ -75,10 +72,7 @@ fn run_cmd(cmd: UserCmd) -> Result<Vec<String>, String> {
         UserCmd::Passwd(a) => {
             let p = paths(a.config.as_deref())?;
             check_name(&a.name)?;
-            if !users::list(&p.users_file)
-                .map_err(|e| e.to_string())?
-                .contains(&a.name)
-            {
+            if !users::list(&p.users_file).map_err(|e| e.to_string())?.contains(&a.name) {
                 return Err(format!("no such user {}", a.name));
             }
             let password = get_password(a.password_stdin)?;
@@ -89,10 +83,7 @@ fn run_cmd(cmd: UserCmd) -> Result<Vec<String>, String> {
             let p = paths(a.config.as_deref())?;
             check_name(&a.name)?;
             del(&p.users_file, &a.name)?;
-            Ok(vec![format!(
-                "poshta: removed user {} (Maildir kept)",
-                a.name
-            )])
+            Ok(vec![format!("poshta: removed user {} (Maildir kept)", a.name)])
         }
         UserCmd::List(a) => {
             let p = paths(a.config.as_deref())?;
@@ -118,17 +109,11 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Add `name` with `password` to `users_file` and create its Maildir under `mailbox_base`.
-pub fn add(
-    users_file: &Path,
-    mailbox_base: &Path,
-    name: &str,
-    password: &str,
-) -> Result<(), String> {
+pub fn add(users_file: &Path, mailbox_base: &Path, name: &str, password: &str) -> Result<(), String> {
     check_name(name)?;
     let hash = users::hash_password(password).map_err(|e| e.to_string())?;
     users::add_user(users_file, name, &hash).map_err(|e| e.to_string())?;
-    let md = maildir::virtual_maildir(mailbox_base, name)
-        .ok_or_else(|| format!("bad user name {name:?}"))?;
+    let md = maildir::virtual_maildir(mailbox_base, name).ok_or_else(|| format!("bad user name {name:?}"))?;
     maildir::create_maildir(&md).map_err(|e| {
         format!(
             "added user {name}, but could not create the Maildir {}: {e}",
@@ -206,9 +191,7 @@ impl EchoOff {
         let mut quiet = saved.clone();
         quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
         // Still echo the newline so the next prompt starts on its own line.
-        quiet
-            .local_modes
-            .insert(rustix::termios::LocalModes::ECHONL);
+        quiet.local_modes.insert(rustix::termios::LocalModes::ECHONL);
         rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet)
             .map_err(|e| format!("terminal: {e}"))?;
         Ok(EchoOff { stdin, saved })
@@ -217,11 +200,7 @@ impl EchoOff {
 
 impl Drop for EchoOff {
     fn drop(&mut self) {
-        let _ = rustix::termios::tcsetattr(
-            &self.stdin,
-            rustix::termios::OptionalActions::Now,
-            &self.saved,
-        );
+        let _ = rustix::termios::tcsetattr(&self.stdin, rustix::termios::OptionalActions::Now, &self.saved);
     }
 }
 

@@ -80,10 +80,7 @@ impl<'a> Resolver<'a> {
             let host = self.expand_key("myhostname")?;
             return Ok(Some((domain_of(&host), 0)));
         }
-        Ok(Some((
-            default_text(key, self.env, self.config_directory),
-            0,
-        )))
+        Ok(Some((default_text(key, self.env, self.config_directory), 0)))
     }
 
     /// True when `name` has a value (set in the file or a known key).
@@ -99,10 +96,7 @@ impl<'a> Resolver<'a> {
         if self.stack.iter().any(|n| n == name) {
             let mut chain: Vec<&str> = self.stack.iter().map(String::as_str).collect();
             chain.push(name);
-            return Err(ExpandError(format!(
-                "parameter expansion loop: {}",
-                chain.join(" -> ")
-            )));
+            return Err(ExpandError(format!("parameter expansion loop: {}", chain.join(" -> "))));
         }
         if self.stack.len() >= CONFIG_EXPANSION_DEPTH_MAX {
             return Err(ExpandError(format!(
@@ -124,10 +118,8 @@ impl<'a> Resolver<'a> {
     fn reference(&mut self, name: &str, line: usize) -> Result<String, ExpandError> {
         self.referenced.insert(name.to_string());
         if !self.defined(name) {
-            self.warnings.push((
-                line,
-                format!("undefined parameter ${name} expands to an empty value"),
-            ));
+            self.warnings
+                .push((line, format!("undefined parameter ${name} expands to an empty value")));
             return Ok(String::new());
         }
         self.expand_key(name)
@@ -149,10 +141,7 @@ impl<'a> Resolver<'a> {
                 Some(open @ ('{' | '(')) => {
                     let close = if open == '{' { '}' } else { ')' };
                     let inner_len = matching(&after[1..], open, close).ok_or_else(|| {
-                        ExpandError(format!(
-                            "missing '{close}' after \"${open}\" in \"{}\"",
-                            short(text)
-                        ))
+                        ExpandError(format!("missing '{close}' after \"${open}\" in \"{}\"", short(text)))
                     })?;
                     let inner = &after[1..1 + inner_len];
                     let v = self.braced(inner, line, text)?;
@@ -207,22 +196,14 @@ impl<'a> Resolver<'a> {
         let non_empty = self.defined(name) && !self.expand_key(name)?.is_empty();
         let braced = split_braced(body);
         if braced.is_none() && body.trim_start().starts_with('{') {
-            return Err(ExpandError(format!(
-                "bad conditional \"${{{}}}\"",
-                short(inner)
-            )));
+            return Err(ExpandError(format!("bad conditional \"${{{}}}\"", short(inner))));
         }
         let (if_set, if_empty) = match (op, braced) {
             ('?', Some((a, b))) => (Some(a), b),
             (':', Some((a, None))) => (None, Some(a)),
             ('?', None) => (Some(body), None),
             (':', None) => (None, Some(body)),
-            _ => {
-                return Err(ExpandError(format!(
-                    "bad conditional \"${{{}}}\"",
-                    short(inner)
-                )))
-            }
+            _ => return Err(ExpandError(format!("bad conditional \"${{{}}}\"", short(inner)))),
         };
         let chosen = if non_empty { if_set } else { if_empty };
         match chosen {
@@ -233,9 +214,7 @@ impl<'a> Resolver<'a> {
 }
 
 fn too_long() -> ExpandError {
-    ExpandError(format!(
-        "expanded value longer than {CONFIG_LINE_BYTES_MAX} bytes"
-    ))
+    ExpandError(format!("expanded value longer than {CONFIG_LINE_BYTES_MAX} bytes"))
 }
 
 fn short(s: &str) -> String {
@@ -330,14 +309,8 @@ mod tests {
             ex(&[("myhostname", "h.lab.test")], "mydestination").unwrap(),
             "h.lab.test, localhost.lab.test, localhost"
         );
-        assert_eq!(
-            ex(&[("myhostname", "pi")], "mydomain").unwrap(),
-            "localdomain"
-        );
-        assert_eq!(
-            ex(&[("myhostname", "pi.lan")], "mydomain").unwrap(),
-            "localdomain"
-        );
+        assert_eq!(ex(&[("myhostname", "pi")], "mydomain").unwrap(), "localdomain");
+        assert_eq!(ex(&[("myhostname", "pi.lan")], "mydomain").unwrap(), "localdomain");
         assert_eq!(ex(&[], "queue_directory").unwrap(), "/etc/poshta/spool");
         assert_eq!(
             ex(&[("config_directory", "/nope")], "mailbox_users_file").unwrap(),
@@ -364,18 +337,10 @@ mod tests {
 
     #[test]
     fn depth_limit() {
-        let names: Vec<String> = (0..=CONFIG_EXPANSION_DEPTH_MAX)
-            .map(|i| format!("k{i}"))
-            .collect();
-        let mut pairs: Vec<(String, String)> = names
-            .windows(2)
-            .map(|w| (w[0].clone(), format!("${}", w[1])))
-            .collect();
+        let names: Vec<String> = (0..=CONFIG_EXPANSION_DEPTH_MAX).map(|i| format!("k{i}")).collect();
+        let mut pairs: Vec<(String, String)> = names.windows(2).map(|w| (w[0].clone(), format!("${}", w[1]))).collect();
         pairs.push((names[CONFIG_EXPANSION_DEPTH_MAX].clone(), "end".into()));
-        let p: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(a, b)| (a.as_str(), b.as_str()))
-            .collect();
+        let p: Vec<(&str, &str)> = pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         let e = ex(&p, "k0").unwrap_err();
         assert!(e.0.contains("deeper"), "{e:?}");
         // One level less is fine.
@@ -390,10 +355,7 @@ mod tests {
             .map(|i| (format!("k{i}"), format!("$k{}$k{}", i + 1, i + 1)))
             .collect();
         pairs.push(("k30".into(), String::new()));
-        let p: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(a, b)| (a.as_str(), b.as_str()))
-            .collect();
+        let p: Vec<(&str, &str)> = pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         assert_eq!(ex(&p, "k0").unwrap(), "");
         let pairs2: Vec<(String, String)> = pairs
             .iter()
@@ -405,10 +367,7 @@ mod tests {
                 }
             })
             .collect();
-        let p: Vec<(&str, &str)> = pairs2
-            .iter()
-            .map(|(a, b)| (a.as_str(), b.as_str()))
-            .collect();
+        let p: Vec<(&str, &str)> = pairs2.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         assert!(ex(&p, "k0").unwrap_err().0.contains("longer"));
     }
 

@@ -17,10 +17,7 @@ pub enum DefaultValue {
     /// when what is left still contains a dot, else uses `localdomain`.
     Domain,
     /// Differs between running as root (appliance) and as a normal user (first run, demo).
-    Root {
-        root: &'static str,
-        user: &'static str,
-    },
+    Root { root: &'static str, user: &'static str },
     /// The directory holding main.cf (config_directory; read-only).
     ConfigDirectory,
 }

@@ -88,14 +88,7 @@ impl std::fmt::Display for Diagnostic {
             Severity::Error => "error",
         };
         if self.line > 0 {
-            write!(
-                f,
-                "{}:{}: {}: {}",
-                self.file.display(),
-                self.line,
-                sev,
-                self.message
-            )
+            write!(f, "{}:{}: {}: {}", self.file.display(), self.line, sev, self.message)
         } else {
             write!(f, "{}: {}: {}", self.file.display(), sev, self.message)
         }
@@ -194,9 +187,7 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn has_errors(&self) -> bool {
-        self.diagnostics
-            .iter()
-            .any(|d| d.severity == Severity::Error)
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
     }
 
     pub fn param(&self, name: &str) -> Option<&Param> {
@@ -245,11 +236,7 @@ pub fn config_path(explicit: Option<&Path>) -> PathBuf {
     )
 }
 
-fn config_path_with(
-    explicit: Option<&Path>,
-    env_var: Option<std::ffi::OsString>,
-    is_root: bool,
-) -> PathBuf {
+fn config_path_with(explicit: Option<&Path>, env_var: Option<std::ffi::OsString>, is_root: bool) -> PathBuf {
     if let Some(p) = explicit {
         return p.to_path_buf();
     }
@@ -269,24 +256,18 @@ pub fn load(path: &Path) -> Result<Loaded, std::io::Error> {
 pub fn load_env(path: &Path, env: &Env) -> Result<Loaded, std::io::Error> {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(load_text(path, None, env))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(load_text(path, None, env)),
         Err(e) => return Err(e),
     };
     let mut buf = Vec::new();
-    (&mut f)
-        .take(CONFIG_FILE_BYTES_MAX + 1)
-        .read_to_end(&mut buf)?;
+    (&mut f).take(CONFIG_FILE_BYTES_MAX + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > CONFIG_FILE_BYTES_MAX {
         let mut l = load_text(path, None, env);
         l.diagnostics.push(Diagnostic {
             file: path.to_path_buf(),
             line: 0,
             severity: Severity::Error,
-            message: format!(
-                "file is larger than {CONFIG_FILE_BYTES_MAX} bytes; using the defaults"
-            ),
+            message: format!("file is larger than {CONFIG_FILE_BYTES_MAX} bytes; using the defaults"),
         });
         return Ok(l);
     }
@@ -356,15 +337,17 @@ fn validate(kind: Kind, v: &str) -> Result<Vec<String>, String> {
         Kind::Hostname => value::check_hostname(v)?,
         Kind::DomainList => {
             for d in value::split_list(v) {
-                value::check_hostname(&d)
-                    .map_err(|e| format!("{e} (poshta accepts only domain names here)"))?;
+                value::check_hostname(&d).map_err(|e| format!("{e} (poshta accepts only domain names here)"))?;
             }
         }
         Kind::Networks => {
             for n in value::split_list(v) {
                 let (ip, len) = value::parse_network(&n)?;
                 if value::has_host_bits(ip, len) {
-                    warnings.push(format!("non-null host address bits in \"{n}\", perhaps you should use \"{}\" instead", masked(ip, len)));
+                    warnings.push(format!(
+                        "non-null host address bits in \"{n}\", perhaps you should use \"{}\" instead",
+                        masked(ip, len)
+                    ));
                 }
             }
         }
@@ -382,10 +365,7 @@ fn validate(kind: Kind, v: &str) -> Result<Vec<String>, String> {
         Kind::OneOf(words) => {
             if !words.contains(&v) {
                 let shown: Vec<&str> = words.iter().copied().filter(|w| !w.is_empty()).collect();
-                return Err(format!(
-                    "bad value \"{v}\" (use one of: {})",
-                    shown.join(", ")
-                ));
+                return Err(format!("bad value \"{v}\" (use one of: {})", shown.join(", ")));
             }
         }
     }
@@ -428,11 +408,7 @@ fn protocols_of(v: &str) -> Result<InetProtocols, String> {
             }
             "ipv4" => v4 = true,
             "ipv6" => v6 = true,
-            _ => {
-                return Err(format!(
-                    "bad inet_protocols entry \"{p}\" (use all, ipv4, ipv6)"
-                ))
-            }
+            _ => return Err(format!("bad inet_protocols entry \"{p}\" (use all, ipv4, ipv6)")),
         }
     }
     match (v4, v6) {
@@ -460,10 +436,7 @@ fn interfaces_of(v: &str, protos: InetProtocols) -> Result<(Vec<IpAddr>, Vec<IpA
     };
     let t = v.trim();
     if t.eq_ignore_ascii_case("all") {
-        return Ok((
-            pick(Ipv4Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED),
-            Vec::new(),
-        ));
+        return Ok((pick(Ipv4Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED), Vec::new()));
     }
     if t.eq_ignore_ascii_case("loopback-only") {
         return Ok((pick(Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST), Vec::new()));
@@ -471,9 +444,8 @@ fn interfaces_of(v: &str, protos: InetProtocols) -> Result<(Vec<IpAddr>, Vec<IpA
     let mut out = Vec::new();
     let mut dropped = Vec::new();
     for e in value::split_list(t) {
-        let ip = value::parse_ip(&e).ok_or_else(|| {
-            format!("bad inet_interfaces entry \"{e}\" (use all, loopback-only or IP addresses)")
-        })?;
+        let ip = value::parse_ip(&e)
+            .ok_or_else(|| format!("bad inet_interfaces entry \"{e}\" (use all, loopback-only or IP addresses)"))?;
         if (ip.is_ipv4() && want4) || (ip.is_ipv6() && want6) {
             if !out.contains(&ip) {
                 out.push(ip);
@@ -518,10 +490,7 @@ pub(crate) fn load_text(path: &Path, text: Option<&[u8]>, env: &Env) -> Loaded {
         if let Some((_, prev)) = file.get(&e.name) {
             diags.warn(
                 e.line,
-                format!(
-                    "{} is also set on line {prev}; this later value wins",
-                    e.name
-                ),
+                format!("{} is also set on line {prev}; this later value wins", e.name),
             );
         }
         file.insert(e.name, (e.value, e.line));
@@ -565,10 +534,7 @@ pub(crate) fn load_text(path: &Path, text: Option<&[u8]>, env: &Env) -> Loaded {
     }
     for (name, (v, line)) in &by_line {
         if keys::find(name).is_none() && !referenced.contains(*name) && file.contains_key(*name) {
-            diags.warn(
-                *line,
-                format!("unknown parameter: {name}={}", parse::shorten(v)),
-            );
+            diags.warn(*line, format!("unknown parameter: {name}={}", parse::shorten(v)));
         }
     }
 
@@ -723,10 +689,7 @@ fn build_settings(
     let mut smtpd_listen: Vec<SocketAddr> = Vec::new();
     for entry in value::split_list(get("smtpd_listen")) {
         let addrs = match value::parse_listen(&entry) {
-            Ok(value::ListenEntry::Port(p)) => inet_interfaces
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, p))
-                .collect(),
+            Ok(value::ListenEntry::Port(p)) => inet_interfaces.iter().map(|ip| SocketAddr::new(*ip, p)).collect(),
             Ok(value::ListenEntry::Addr(a)) => vec![a],
             Err(_) => Vec::new(),
         };
@@ -755,9 +718,7 @@ fn build_settings(
         myorigin: get("myorigin").to_string(),
         mydestination: value::split_list(&get("mydestination").to_ascii_lowercase()),
         mynetworks: value::split_list(get("mynetworks")),
-        smtpd_forbid_bare_newline_exclusions: value::split_list(get(
-            "smtpd_forbid_bare_newline_exclusions",
-        )),
+        smtpd_forbid_bare_newline_exclusions: value::split_list(get("smtpd_forbid_bare_newline_exclusions")),
         inet_interfaces,
         inet_protocols,
         smtpd_listen,

@@ -169,10 +169,7 @@ mod tests {
     fn entries(text: &str) -> Vec<(String, String, usize)> {
         let p = parse(text.as_bytes());
         assert!(p.problems.is_empty(), "{:?}", p.problems);
-        p.entries
-            .into_iter()
-            .map(|e| (e.name, e.value, e.line))
-            .collect()
+        p.entries.into_iter().map(|e| (e.name, e.value, e.line)).collect()
     }
 
     fn e(n: &str, v: &str, l: usize) -> (String, String, usize) {
@@ -181,7 +178,8 @@ mod tests {
 
     #[test]
     fn simple_assignments_comments_blank() {
-        let t = "# comment\n\nmyhostname = mail.example.org\n   # indented comment\nmydomain=example.org\n\t\n  \nx =\n";
+        let t =
+            "# comment\n\nmyhostname = mail.example.org\n   # indented comment\nmydomain=example.org\n\t\n  \nx =\n";
         assert_eq!(
             entries(t),
             vec![
@@ -194,17 +192,12 @@ mod tests {
 
     #[test]
     fn continuation_joins_with_single_space_and_keeps_start_line() {
-        let t =
-            "a = 1\nmydestination = $myhostname,\n    localhost.$mydomain,\n\tlocalhost   \nb = 2";
+        let t = "a = 1\nmydestination = $myhostname,\n    localhost.$mydomain,\n\tlocalhost   \nb = 2";
         assert_eq!(
             entries(t),
             vec![
                 e("a", "1", 1),
-                e(
-                    "mydestination",
-                    "$myhostname, localhost.$mydomain, localhost",
-                    2
-                ),
+                e("mydestination", "$myhostname, localhost.$mydomain, localhost", 2),
                 e("b", "2", 5)
             ]
         );
@@ -219,18 +212,12 @@ mod tests {
     #[test]
     fn trailing_hash_is_part_of_value() {
         // Postfix has no trailing comments.
-        assert_eq!(
-            entries("a = b # not a comment"),
-            vec![e("a", "b # not a comment", 1)]
-        );
+        assert_eq!(entries("a = b # not a comment"), vec![e("a", "b # not a comment", 1)]);
     }
 
     #[test]
     fn crlf_and_equals_in_value() {
-        assert_eq!(
-            entries("a = b=c\r\nd = e\r\n"),
-            vec![e("a", "b=c", 1), e("d", "e", 2)]
-        );
+        assert_eq!(entries("a = b=c\r\nd = e\r\n"), vec![e("a", "b=c", 1), e("d", "e", 2)]);
     }
 
     #[test]
@@ -254,10 +241,7 @@ mod tests {
     #[test]
     fn bad_utf8_drops_the_logical_line() {
         let p = parse(b"a = \xff\xfe\n  more\nb = 1\nc = 2\n  \xc3\n");
-        assert_eq!(
-            p.problems.iter().map(|p| p.0).collect::<Vec<_>>(),
-            vec![1, 5]
-        );
+        assert_eq!(p.problems.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 5]);
         assert_eq!(p.entries.len(), 1);
         assert_eq!(p.entries[0].name, "b");
     }

@@ -35,12 +35,7 @@ fn every_default_is_valid_for_root_and_user() {
         assert!(l.diagnostics.is_empty(), "{:?}", msgs(&l));
         for key in keys::KEYS {
             let p = l.param(key.name).unwrap();
-            assert!(
-                validate(key.kind, &p.expanded).is_ok(),
-                "{} = {}",
-                key.name,
-                p.expanded
-            );
+            assert!(validate(key.kind, &p.expanded).is_ok(), "{} = {}", key.name, p.expanded);
             assert_eq!(p.expanded, p.default_expanded);
             assert!(p.set.is_none());
         }
@@ -61,18 +56,12 @@ fn user_defaults() {
         s.mydestination,
         vec!["mail.example.org", "localhost.example.org", "localhost"]
     );
-    assert_eq!(
-        s.mynetworks,
-        vec!["127.0.0.0/8", "[::ffff:127.0.0.0]/104", "[::1]/128"]
-    );
+    assert_eq!(s.mynetworks, vec!["127.0.0.0/8", "[::ffff:127.0.0.0]/104", "[::1]/128"]);
     assert_eq!(s.smtpd_forbid_bare_newline_exclusions, s.mynetworks);
     assert_eq!(s.inet_protocols, InetProtocols::All);
     assert_eq!(
         s.inet_interfaces,
-        vec![
-            IpAddr::from([127, 0, 0, 1]),
-            IpAddr::V6(Ipv6Addr::LOCALHOST)
-        ]
+        vec![IpAddr::from([127, 0, 0, 1]), IpAddr::V6(Ipv6Addr::LOCALHOST)]
     );
     assert_eq!(s.smtpd_listen, vec![sa("127.0.0.1:2525"), sa("[::1]:2525")]);
     assert_eq!(s.message_size_limit, 10_240_000);
@@ -92,10 +81,7 @@ fn user_defaults() {
     let q = l.param("queue_directory").unwrap();
     assert_eq!(q.default, "$config_directory/spool");
     assert_eq!(q.value(), "$config_directory/spool");
-    assert_eq!(
-        l.param("config_directory").unwrap().value(),
-        "/home/u/poshta"
-    );
+    assert_eq!(l.param("config_directory").unwrap().value(), "/home/u/poshta");
 }
 
 #[test]
@@ -104,23 +90,14 @@ fn root_defaults() {
     let s = &l.settings;
     assert_eq!(s.myhostname, "pi");
     assert_eq!(s.mydomain, "localdomain");
-    assert_eq!(
-        s.mydestination,
-        vec!["pi", "localhost.localdomain", "localhost"]
-    );
+    assert_eq!(s.mydestination, vec!["pi", "localhost.localdomain", "localhost"]);
     assert_eq!(
         s.inet_interfaces,
-        vec![
-            IpAddr::from([0, 0, 0, 0]),
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-        ]
+        vec![IpAddr::from([0, 0, 0, 0]), IpAddr::V6(Ipv6Addr::UNSPECIFIED)]
     );
     assert_eq!(s.smtpd_listen, vec![sa("0.0.0.0:25"), sa("[::]:25")]);
     assert_eq!(s.queue_directory, PathBuf::from("/var/spool/poshta"));
-    assert_eq!(
-        s.virtual_mailbox_base,
-        PathBuf::from("/var/lib/poshta/mail")
-    );
+    assert_eq!(s.virtual_mailbox_base, PathBuf::from("/var/lib/poshta/mail"));
     assert_eq!(s.mailbox_users_file, PathBuf::from("/etc/poshta/users"));
     assert_eq!(l.param("inet_interfaces").unwrap().default, "all");
     assert_eq!(l.param("smtpd_listen").unwrap().default, "25");
@@ -131,10 +108,7 @@ fn relative_config_path_becomes_absolute() {
     let l = load_text(Path::new("poshta/main.cf"), None, &user());
     assert!(l.settings.config_directory.is_absolute());
     assert!(l.settings.config_directory.ends_with("poshta"));
-    assert!(l
-        .settings
-        .queue_directory
-        .starts_with(&l.settings.config_directory));
+    assert!(l.settings.queue_directory.starts_with(&l.settings.config_directory));
     let l = load_text(Path::new("main.cf"), None, &user());
     assert!(l.settings.config_directory.is_absolute());
 }
@@ -166,17 +140,9 @@ home_mailbox = Maildir/
     assert_eq!(s.mydomain, "lab.test");
     assert_eq!(
         s.mydestination,
-        vec![
-            "mx.lab.test",
-            "localhost.lab.test",
-            "localhost",
-            "other.test"
-        ]
+        vec!["mx.lab.test", "localhost.lab.test", "localhost", "other.test"]
     );
-    assert_eq!(
-        s.mynetworks,
-        vec!["10.0.0.0/8", "[fd00::]/8", "192.168.1.7"]
-    );
+    assert_eq!(s.mynetworks, vec!["10.0.0.0/8", "[fd00::]/8", "192.168.1.7"]);
     assert_eq!(s.smtpd_forbid_bare_newline_exclusions, s.mynetworks);
     assert_eq!(s.inet_protocols, InetProtocols::Ipv4);
     assert_eq!(s.inet_interfaces, vec![IpAddr::from([0, 0, 0, 0])]);
@@ -187,10 +153,7 @@ home_mailbox = Maildir/
     assert_eq!(s.message_size_limit, 1000);
     assert_eq!(s.queue_directory, PathBuf::from("/etc/poshta/q"));
     assert_eq!(s.virtual_mailbox_base, PathBuf::from("/srv/mail"));
-    assert_eq!(
-        s.maillog_file,
-        Some(PathBuf::from("/etc/poshta/log/poshta.log"))
-    );
+    assert_eq!(s.maillog_file, Some(PathBuf::from("/etc/poshta/log/poshta.log")));
     assert_eq!(s.smtpd_timeout_secs, 120);
     assert_eq!(s.maximal_queue_lifetime_secs, 2 * 86_400);
     assert!(s.delivery_paused);
@@ -199,20 +162,11 @@ home_mailbox = Maildir/
     let p = l.param("mydestination").unwrap();
     assert_eq!(
         p.set,
-        Some((
-            "$myhostname, localhost.$mydomain, LOCALHOST, Other.Test".into(),
-            3
-        ))
+        Some(("$myhostname, localhost.$mydomain, LOCALHOST, Other.Test".into(), 3))
     );
-    assert_eq!(
-        p.expanded,
-        "mx.lab.test, localhost.lab.test, LOCALHOST, Other.Test"
-    );
+    assert_eq!(p.expanded, "mx.lab.test, localhost.lab.test, LOCALHOST, Other.Test");
     assert_eq!(p.default, "$myhostname, localhost.$mydomain, localhost");
-    assert_eq!(
-        p.default_expanded,
-        "mail.example.org, localhost.example.org, localhost"
-    );
+    assert_eq!(p.default_expanded, "mail.example.org, localhost.example.org, localhost");
 }
 
 #[test]
@@ -236,9 +190,7 @@ smtpd_tls_security_level = always
     assert_eq!(lines, vec![2, 4, 5, 7, 8, 9, 10], "{m:?}");
     assert!(l.diagnostics.iter().all(|d| d.severity == Severity::Error));
     assert!(
-        m[0].starts_with(
-            "/etc/poshta/main.cf:2: error: message_size_limit: bad numerical value \"lots\""
-        ),
+        m[0].starts_with("/etc/poshta/main.cf:2: error: message_size_limit: bad numerical value \"lots\""),
         "{m:?}"
     );
     assert!(m[1].contains("\"smtp\""), "{m:?}");
@@ -282,10 +234,7 @@ ref = $undefined_one
         m[2],
         "/etc/poshta/main.cf:4: warning: unknown parameter: ref=$undefined_one"
     );
-    assert_eq!(
-        l.settings.mydestination,
-        vec!["a.test", "b.test", "localhost"]
-    );
+    assert_eq!(l.settings.mydestination, vec!["a.test", "b.test", "localhost"]);
     let p = l.param("my_domains").unwrap();
     assert!(!p.known);
     assert_eq!(p.expanded, "a.test b.test");
@@ -295,11 +244,11 @@ ref = $undefined_one
 fn duplicates_warn_and_last_wins() {
     let l = load_str("message_size_limit = 1\nmessage_size_limit = 2\n", &user());
     assert_eq!(l.settings.message_size_limit, 2);
-    assert_eq!(msgs(&l), vec!["/etc/poshta/main.cf:2: warning: message_size_limit is also set on line 1; this later value wins"]);
     assert_eq!(
-        l.param("message_size_limit").unwrap().set,
-        Some(("2".into(), 2))
+        msgs(&l),
+        vec!["/etc/poshta/main.cf:2: warning: message_size_limit is also set on line 1; this later value wins"]
     );
+    assert_eq!(l.param("message_size_limit").unwrap().set, Some(("2".into(), 2)));
 }
 
 #[test]
@@ -325,10 +274,7 @@ fn expansion_errors_fall_back_everywhere() {
 #[test]
 fn lexer_errors_reach_diagnostics() {
     let l = load_str("  indented\nbad line\nmessage_size_limit = 5\n", &user());
-    assert_eq!(
-        l.diagnostics.iter().map(|d| d.line).collect::<Vec<_>>(),
-        vec![1, 2]
-    );
+    assert_eq!(l.diagnostics.iter().map(|d| d.line).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(l.settings.message_size_limit, 5);
 }
 
@@ -347,10 +293,7 @@ fn config_directory_is_read_only() {
 #[test]
 fn recipient_limit_floor() {
     let l = load_str("smtpd_recipient_limit = 10\n", &user());
-    assert_eq!(
-        l.settings.smtpd_recipient_limit,
-        crate::limits::SMTP_RECIPIENTS_MIN
-    );
+    assert_eq!(l.settings.smtpd_recipient_limit, crate::limits::SMTP_RECIPIENTS_MIN);
     assert_eq!(l.diagnostics.len(), 1);
     assert_eq!(
         (l.diagnostics[0].line, l.diagnostics[0].severity),
@@ -376,14 +319,8 @@ fn interfaces_and_protocols() {
     assert_eq!(l.settings.inet_interfaces, want);
     assert_eq!(l.settings.smtpd_listen.len(), 3);
 
-    let l = load_str(
-        "inet_interfaces = 192.168.1.2 ::1\ninet_protocols = ipv4\n",
-        &user(),
-    );
-    assert_eq!(
-        l.settings.inet_interfaces,
-        vec![IpAddr::from([192, 168, 1, 2])]
-    );
+    let l = load_str("inet_interfaces = 192.168.1.2 ::1\ninet_protocols = ipv4\n", &user());
+    assert_eq!(l.settings.inet_interfaces, vec![IpAddr::from([192, 168, 1, 2])]);
     assert_eq!(l.diagnostics.len(), 1);
     assert_eq!(
         (l.diagnostics[0].line, l.diagnostics[0].severity),
@@ -393,19 +330,10 @@ fn interfaces_and_protocols() {
     let l = load_str("inet_interfaces = ::1\ninet_protocols = ipv4\n", &user());
     assert!(l.has_errors());
     assert_eq!(l.diagnostics[0].line, 1);
-    assert_eq!(
-        l.settings.inet_interfaces,
-        vec![IpAddr::from([127, 0, 0, 1])]
-    );
+    assert_eq!(l.settings.inet_interfaces, vec![IpAddr::from([127, 0, 0, 1])]);
 
-    let l = load_str(
-        "inet_protocols = ipv6\ninet_interfaces = loopback-only\n",
-        &user(),
-    );
-    assert_eq!(
-        l.settings.inet_interfaces,
-        vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]
-    );
+    let l = load_str("inet_protocols = ipv6\ninet_interfaces = loopback-only\n", &user());
+    assert_eq!(l.settings.inet_interfaces, vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]);
     let l = load_str("inet_protocols = ipv4, ipv6\n", &root());
     assert_eq!(l.settings.inet_protocols, InetProtocols::All);
 
@@ -421,25 +349,16 @@ fn host_bits_warn() {
     let l = load_str("mynetworks = 10.1.2.3/8 [fd00::1]/8\n", &user());
     let m = msgs(&l);
     assert_eq!(m.len(), 2, "{m:?}");
-    assert!(
-        m[0].contains("perhaps you should use \"10.0.0.0/8\""),
-        "{m:?}"
-    );
+    assert!(m[0].contains("perhaps you should use \"10.0.0.0/8\""), "{m:?}");
     assert!(m[1].contains("\"[fd00::]/8\""), "{m:?}");
     assert!(!l.has_errors());
 }
 
 #[test]
 fn int_bounds() {
-    let l = load_str(
-        "smtpd_sessions_max = 0\nhopcount_limit = 99999999999\n",
-        &user(),
-    );
+    let l = load_str("smtpd_sessions_max = 0\nhopcount_limit = 99999999999\n", &user());
     assert_eq!(
-        l.diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .count(),
+        l.diagnostics.iter().filter(|d| d.severity == Severity::Error).count(),
         2
     );
     assert_eq!(l.settings.smtpd_sessions_max, 100);
@@ -447,11 +366,7 @@ fn int_bounds() {
 
 #[test]
 fn config_path_order() {
-    let p = config_path_with(
-        Some(Path::new("/x/main.cf")),
-        Some("/env/main.cf".into()),
-        true,
-    );
+    let p = config_path_with(Some(Path::new("/x/main.cf")), Some("/env/main.cf".into()), true);
     assert_eq!(p, PathBuf::from("/x/main.cf"));
     assert_eq!(
         config_path_with(None, Some("/env/main.cf".into()), true),
@@ -461,14 +376,8 @@ fn config_path_order() {
         config_path_with(None, Some("".into()), true),
         PathBuf::from("/etc/poshta/main.cf")
     );
-    assert_eq!(
-        config_path_with(None, None, true),
-        PathBuf::from("/etc/poshta/main.cf")
-    );
-    assert_eq!(
-        config_path_with(None, None, false),
-        PathBuf::from("poshta/main.cf")
-    );
+    assert_eq!(config_path_with(None, None, true), PathBuf::from("/etc/poshta/main.cf"));
+    assert_eq!(config_path_with(None, None, false), PathBuf::from("poshta/main.cf"));
 }
 
 #[test]
@@ -488,10 +397,7 @@ fn files_on_disk() {
 
     let ok = dir.join("main.cf");
     std::fs::write(&ok, "message_size_limit = 7\n").unwrap();
-    assert_eq!(
-        load_env(&ok, &user()).unwrap().settings.message_size_limit,
-        7
-    );
+    assert_eq!(load_env(&ok, &user()).unwrap().settings.message_size_limit, 7);
     // A directory is not a config file.
     assert!(load_env(&dir, &user()).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -541,18 +447,13 @@ fn random_garbage_never_panics_and_always_gives_settings() {
     for _ in 0..1000 {
         let mut t = String::new();
         for _ in 0..40 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             t.push_str(PIECES[(seed >> 33) as usize % PIECES.len()]);
         }
         let l = load_str(&t, &user());
         assert!(!l.settings.myhostname.is_empty());
         assert!(l.settings.smtpd_recipient_limit >= crate::limits::SMTP_RECIPIENTS_MIN);
-        assert!(
-            value::check_hostname(&l.settings.myhostname).is_ok(),
-            "{t:?}"
-        );
+        assert!(value::check_hostname(&l.settings.myhostname).is_ok(), "{t:?}");
         assert!(l.settings.queue_directory.is_absolute());
     }
 }

@@ -26,9 +26,7 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
 /// A plain decimal number (no sign, no suffix), as Postfix reads integers and sizes.
 pub fn parse_u64(s: &str) -> Result<u64, String> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "bad numerical value \"{s}\" (use a plain decimal number)"
-        ));
+        return Err(format!("bad numerical value \"{s}\" (use a plain decimal number)"));
     }
     s.parse::<u64>()
         .map_err(|_| format!("numerical value \"{s}\" is too large"))
@@ -41,10 +39,7 @@ pub const TIME_SECS_MAX: u64 = i32::MAX as u64;
 /// without one. Returns seconds.
 pub fn parse_time(s: &str, default_unit: char) -> Result<u64, String> {
     let bad = || format!("bad time value \"{s}\" (use a number with unit s, m, h, d or w)");
-    let digits_end = s
-        .bytes()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(s.len());
+    let digits_end = s.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(digits_end);
     if num.is_empty() {
         return Err(bad());
@@ -83,8 +78,7 @@ pub fn parse_ip(s: &str) -> Option<IpAddr> {
 /// the length outside (`[::1]/128`, Postfix style) or bare (`::1/128`). Returns the
 /// address and the prefix length (full length when none is given).
 pub fn parse_network(s: &str) -> Result<(IpAddr, u8), String> {
-    let bad =
-        || format!("bad network \"{s}\" (use address or address/length; IPv6 as [addr]/length)");
+    let bad = || format!("bad network \"{s}\" (use address or address/length; IPv6 as [addr]/length)");
     let (addr, len) = match s.rsplit_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
@@ -99,9 +93,7 @@ pub fn parse_network(s: &str) -> Result<(IpAddr, u8), String> {
         Some(_) => return Err(bad()),
     };
     if len > max {
-        return Err(format!(
-            "bad network \"{s}\": prefix length {len} is larger than {max}"
-        ));
+        return Err(format!("bad network \"{s}\": prefix length {len} is larger than {max}"));
     }
     Ok((ip, len))
 }
@@ -117,11 +109,7 @@ pub fn has_host_bits(ip: IpAddr, len: u8) -> bool {
     if host == 0 {
         return false;
     }
-    let mask = if host >= 128 {
-        u128::MAX
-    } else {
-        (1u128 << host) - 1
-    };
+    let mask = if host >= 128 { u128::MAX } else { (1u128 << host) - 1 };
     bits & mask != 0
 }
 
@@ -137,8 +125,7 @@ pub enum ListenEntry {
 /// `port`, `ipv4:port` or `[ipv6]:port`. Port 0 is accepted (the kernel picks one;
 /// useful in tests).
 pub fn parse_listen(s: &str) -> Result<ListenEntry, String> {
-    let bad =
-        || format!("bad listen entry \"{s}\" (use port, address:port or [ipv6-address]:port)");
+    let bad = || format!("bad listen entry \"{s}\" (use port, address:port or [ipv6-address]:port)");
     let port = |p: &str| -> Result<u16, String> {
         if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
@@ -169,8 +156,7 @@ pub fn check_hostname(s: &str) -> Result<(), String> {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if ok {
         Ok(())
@@ -204,15 +190,7 @@ mod tests {
     fn numbers() {
         assert_eq!(parse_u64("10240000"), Ok(10_240_000));
         assert_eq!(parse_u64("0"), Ok(0));
-        for b in [
-            "",
-            "lots",
-            "-1",
-            "+1",
-            "10M",
-            "1 0",
-            "99999999999999999999999",
-        ] {
+        for b in ["", "lots", "-1", "+1", "10M", "1 0", "99999999999999999999999"] {
             assert!(parse_u64(b).is_err(), "{b}");
         }
     }
@@ -253,10 +231,7 @@ mod tests {
         assert_eq!(v4("127.0.0.0/8"), Ok(("127.0.0.0".into(), 8)));
         assert_eq!(v4("10.1.2.3"), Ok(("10.1.2.3".into(), 32)));
         assert_eq!(v4("[::1]/128"), Ok(("::1".into(), 128)));
-        assert_eq!(
-            v4("[::ffff:127.0.0.0]/104"),
-            Ok(("::ffff:127.0.0.0".into(), 104))
-        );
+        assert_eq!(v4("[::ffff:127.0.0.0]/104"), Ok(("::ffff:127.0.0.0".into(), 104)));
         assert_eq!(v4("::1/128"), Ok(("::1".into(), 128)));
         assert_eq!(v4("[fe80::]"), Ok(("fe80::".into(), 128)));
         assert_eq!(v4("0.0.0.0/0"), Ok(("0.0.0.0".into(), 0)));

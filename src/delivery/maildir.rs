@@ -122,10 +122,7 @@ struct Dirs {
 /// directory that gained an entry, and open `tmp/` and `new/` without following links.
 fn open_maildir(maildir: &Path) -> std::io::Result<Dirs> {
     if std::fs::symlink_metadata(maildir).is_err() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(maildir)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(maildir)?;
         if let Some(parent) = maildir.parent().filter(|p| !p.as_os_str().is_empty()) {
             File::open(parent)?.sync_all()?;
         }
@@ -218,11 +215,7 @@ pub fn deliver(d: &MaildirDelivery<'_>, body: &mut dyn Read) -> Result<PathBuf, 
 }
 
 /// Write prepend + body, fsync; returns the bytes written.
-fn write_and_sync(
-    file: &mut File,
-    prepend: &[u8],
-    body: &mut dyn Read,
-) -> Result<u64, (&'static str, std::io::Error)> {
+fn write_and_sync(file: &mut File, prepend: &[u8], body: &mut dyn Read) -> Result<u64, (&'static str, std::io::Error)> {
     file.write_all(prepend).map_err(|e| ("write", e))?;
     let mut written = prepend.len() as u64;
     let mut buf = vec![0u8; COPY_BUFFER_BYTES];
@@ -250,8 +243,7 @@ mod tests {
         fn new(tag: &str) -> TmpDir {
             static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let p = std::env::temp_dir()
-                .join(format!("poshta-maildir-{tag}-{}-{n}", std::process::id()));
+            let p = std::env::temp_dir().join(format!("poshta-maildir-{tag}-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
             TmpDir(p)
@@ -265,10 +257,7 @@ mod tests {
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.map(|e| e.unwrap().file_name().into_string().unwrap())
-                    .collect()
-            })
+            .map(|rd| rd.map(|e| e.unwrap().file_name().into_string().unwrap()).collect())
             .unwrap_or_default();
         v.sort();
         v
@@ -310,10 +299,7 @@ mod tests {
             let m = std::fs::metadata(md.join(sub)).unwrap();
             assert_eq!(m.permissions().mode() & 0o777, 0o700, "{sub}");
         }
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]
@@ -379,10 +365,7 @@ mod tests {
             std::os::unix::fs::symlink(&elsewhere, md.join(sub)).unwrap();
             let e = deliver(&delivery(&md, b"", 1), &mut &b"x\n"[..]).unwrap_err();
             assert!(!e.permanent, "{e}");
-            assert!(
-                entries(&elsewhere).is_empty(),
-                "{sub}: wrote through the link"
-            );
+            assert!(entries(&elsewhere).is_empty(), "{sub}: wrote through the link");
             assert!(create_maildir(&md).is_err());
         }
     }

@@ -82,16 +82,28 @@ async fn deliver_job(ctx: &Rc<Ctx>, job: Job) {
                         seq,
                     })
                 }
-                Err(e) => outcomes.push((*idx, Outcome::Deferred { reason: format!("queue read: {e}") }, "local".into())),
+                Err(e) => outcomes.push((
+                    *idx,
+                    Outcome::Deferred {
+                        reason: format!("queue read: {e}"),
+                    },
+                    "local".into(),
+                )),
             },
             RcptClass::UnknownLocal => outcomes.push((
                 *idx,
-                Outcome::Bounced { reason: "unknown user (no such mailbox user)".into() },
+                Outcome::Bounced {
+                    reason: "unknown user (no such mailbox user)".into(),
+                },
                 "local".into(),
             )),
-            RcptClass::Remote => {
-                outcomes.push((*idx, Outcome::Deferred { reason: NO_RELAY_YET.into() }, "none".into()))
-            }
+            RcptClass::Remote => outcomes.push((
+                *idx,
+                Outcome::Deferred {
+                    reason: NO_RELAY_YET.into(),
+                },
+                "none".into(),
+            )),
         }
     }
     if !locals.is_empty() {
@@ -130,7 +142,12 @@ async fn deliver_job(ctx: &Rc<Ctx>, job: Job) {
     }
     let delay = started.elapsed().as_secs_f64() + crate::time::now_unix().saturating_sub(job.arrival_unix) as f64;
     for (idx, outcome, relay) in &outcomes {
-        let addr = job.recipients.iter().find(|(i, _)| i == idx).map(|(_, a)| a.as_str()).unwrap_or("");
+        let addr = job
+            .recipients
+            .iter()
+            .find(|(i, _)| i == idx)
+            .map(|(_, a)| a.as_str())
+            .unwrap_or("");
         let (status, detail) = match outcome {
             Outcome::Delivered => ("sent", "delivered to maildir".to_string()),
             Outcome::Deferred { reason } => ("deferred", reason.clone()),
@@ -139,7 +156,10 @@ async fn deliver_job(ctx: &Rc<Ctx>, job: Job) {
         let service = if *relay == "local" { "virtual" } else { "qmgr" };
         crate::log::line(
             service,
-            format_args!("qid={} to=<{}>, relay={}, delay={:.2}, status={} ({})", job.qid, addr, relay, delay, status, detail),
+            format_args!(
+                "qid={} to=<{}>, relay={}, delay={:.2}, status={} ({})",
+                job.qid, addr, relay, delay, status, detail
+            ),
         );
     }
     let done: Vec<(usize, Outcome)> = outcomes.into_iter().map(|(i, o, _)| (i, o)).collect();

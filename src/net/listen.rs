@@ -8,7 +8,11 @@ use std::net::{SocketAddr, TcpListener};
 use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
 
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
     let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
     sockopt::set_socket_reuseaddr(&fd, true)?;
     if addr.is_ipv6() {

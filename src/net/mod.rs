@@ -34,11 +34,20 @@ pub struct Policy {
 impl Policy {
     pub fn build(settings: Settings) -> Result<Policy, String> {
         let users = Users::load(&settings.mailbox_users_file).map_err(|e| e.to_string())?;
-        let router = Router::new(settings.mydestination.clone(), settings.recipient_delimiter.clone(), users);
+        let router = Router::new(
+            settings.mydestination.clone(),
+            settings.recipient_delimiter.clone(),
+            users,
+        );
         let mynetworks = Networks::parse(&settings.mynetworks).map_err(|e| format!("mynetworks: {e}"))?;
         let bare_newline_exclusions = Networks::parse(&settings.smtpd_forbid_bare_newline_exclusions)
             .map_err(|e| format!("smtpd_forbid_bare_newline_exclusions: {e}"))?;
-        Ok(Policy { settings, router, mynetworks, bare_newline_exclusions })
+        Ok(Policy {
+            settings,
+            router,
+            mynetworks,
+            bare_newline_exclusions,
+        })
     }
 }
 
@@ -97,10 +106,23 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         return 1;
     }
     for d in &loaded.diagnostics {
-        mlog!("master", "{}: {}", if d.severity == crate::config::Severity::Error { "fatal" } else { "warning" }, d);
+        mlog!(
+            "master",
+            "{}: {}",
+            if d.severity == crate::config::Severity::Error {
+                "fatal"
+            } else {
+                "warning"
+            },
+            d
+        );
     }
     if loaded.has_errors() {
-        mlog!("master", "fatal: {}: configuration errors; run `poshta check`", config_file.display());
+        mlog!(
+            "master",
+            "fatal: {}: configuration errors; run `poshta check`",
+            config_file.display()
+        );
         return 1;
     }
     for dir in [&s.queue_directory, &s.virtual_mailbox_base] {
@@ -175,7 +197,12 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         stop: event_listener::Event::new(),
         idle: event_listener::Event::new(),
     });
-    mlog!("master", "daemon started -- version {}, configuration {}", env!("CARGO_PKG_VERSION"), config_file.display());
+    mlog!(
+        "master",
+        "daemon started -- version {}, configuration {}",
+        env!("CARGO_PKG_VERSION"),
+        config_file.display()
+    );
     smol::block_on(ex.run(run(ctx, listeners, config_file.to_path_buf())))
 }
 
@@ -226,17 +253,28 @@ fn reload(ctx: &Rc<Ctx>, config_file: &std::path::Path) {
         mlog!("master", "warning: reload: {d}");
     }
     if loaded.has_errors() {
-        mlog!("master", "warning: reload: configuration errors; keeping the running configuration");
+        mlog!(
+            "master",
+            "warning: reload: configuration errors; keeping the running configuration"
+        );
         return;
     }
     let old = ctx.policy();
     if old.settings.smtpd_listen != loaded.settings.smtpd_listen {
-        mlog!("master", "warning: reload: smtpd_listen changed; restart poshta to apply it");
+        mlog!(
+            "master",
+            "warning: reload: smtpd_listen changed; restart poshta to apply it"
+        );
     }
     match Policy::build(loaded.settings) {
         Ok(p) => {
             *ctx.policy.borrow_mut() = Rc::new(p);
-            mlog!("master", "reload -- version {}, configuration {}", env!("CARGO_PKG_VERSION"), config_file.display());
+            mlog!(
+                "master",
+                "reload -- version {}, configuration {}",
+                env!("CARGO_PKG_VERSION"),
+                config_file.display()
+            );
             // A change of delivery_paused must wake the runner.
             ctx.queue.poke();
         }
@@ -264,7 +302,10 @@ async fn shutdown(ctx: &Rc<Ctx>) -> i32 {
             );
             break;
         }
-        smol::future::or(async { l.await }, async { Timer::after(left).await; }).await;
+        smol::future::or(async { l.await }, async {
+            Timer::after(left).await;
+        })
+        .await;
     }
     match ctx.queue.sync().await {
         Ok(()) => {

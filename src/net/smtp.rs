@@ -33,7 +33,11 @@ fn client_ip(peer: &SocketAddr) -> IpAddr {
 /// Over the session cap: say so (421, RFC 5321 §3.8) instead of leaving the client hanging.
 pub async fn refuse(ctx: Rc<Ctx>, mut stream: Async<TcpStream>, peer: SocketAddr) {
     let host = ctx.policy().settings.myhostname.clone();
-    mlog!("smtpd", "warning: too many sessions: refusing unknown[{}]", client_ip(&peer));
+    mlog!(
+        "smtpd",
+        "warning: too many sessions: refusing unknown[{}]",
+        client_ip(&peer)
+    );
     let msg = format!("421 4.7.0 {host} Error: too many connections\r\n");
     let _ = smol::future::or(async { stream.write_all(msg.as_bytes()).await }, async {
         Timer::after(Duration::from_secs(5)).await;
@@ -163,12 +167,21 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr) {
                                 hostname: &s.myhostname,
                                 protocol: if esmtp { "ESMTP" } else { "SMTP" },
                                 queue_id: &qid,
-                                rcpt: if txn.rcpts.len() == 1 { Some(txn.rcpts[0].as_str()) } else { None },
+                                rcpt: if txn.rcpts.len() == 1 {
+                                    Some(txn.rcpts[0].as_str())
+                                } else {
+                                    None
+                                },
                                 date: &date,
                             });
                             let fix = HeaderFix {
                                 date: Some(format!("Date: {date}")),
-                                message_id: Some(format!("Message-ID: <{}.{}@{}>", crate::time::compact(now), qid, s.myhostname)),
+                                message_id: Some(format!(
+                                    "Message-ID: <{}.{}@{}>",
+                                    crate::time::compact(now),
+                                    qid,
+                                    s.myhostname
+                                )),
                             };
                             mlog!("smtpd", "sid={sid} qid={qid} client={client_name}[{ip}]");
                             txn.incoming = Some(incoming);
@@ -281,12 +294,19 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr) {
             Got::Data(n) => server.input(&buf[..n]),
             Got::Eof => server.eof(),
             Got::Timeout => {
-                mlog!("smtpd", "sid={sid} timeout after {} from {client_name}[{ip}]", "command");
+                mlog!(
+                    "smtpd",
+                    "sid={sid} timeout after {} from {client_name}[{ip}]",
+                    "command"
+                );
                 server.timeout();
             }
             Got::Stop => {
                 // Shutting down: a session between commands gets 421 (RFC 5321 §3.8).
-                server.reject(Reply::owned(421, format!("4.3.2 {} Service shutting down", s.myhostname)));
+                server.reject(Reply::owned(
+                    421,
+                    format!("4.3.2 {} Service shutting down", s.myhostname),
+                ));
                 let _ = stream.write_all(&server.take_output()).await;
                 txn.reset();
                 break 'session;
@@ -337,4 +357,3 @@ async fn linger(stream: &mut Async<TcpStream>) {
     })
     .await;
 }
-

@@ -48,9 +48,7 @@ impl Net {
     fn contains(self, ip: IpAddr) -> bool {
         match (self, ip) {
             (Net::V4 { addr, len }, IpAddr::V4(a)) => u32::from(a) & mask32(len) == addr,
-            (Net::V4 { .. }, IpAddr::V6(a)) => a
-                .to_ipv4_mapped()
-                .is_some_and(|v4| self.contains(IpAddr::V4(v4))),
+            (Net::V4 { .. }, IpAddr::V6(a)) => a.to_ipv4_mapped().is_some_and(|v4| self.contains(IpAddr::V4(v4))),
             (Net::V6 { addr, len }, IpAddr::V6(a)) => u128::from(a) & mask128(len) == addr,
             (Net::V6 { .. }, IpAddr::V4(a)) => self.contains(IpAddr::V6(a.to_ipv6_mapped())),
         }
@@ -251,12 +249,9 @@ mod tests {
 
     #[test]
     fn host_bits_warn() {
-        let (n, w) = Networks::parse_with_warnings(&[
-            "10.1.2.3/8".into(),
-            "[2001:db8::1]/32".into(),
-            "127.0.0.0/8".into(),
-        ])
-        .unwrap();
+        let (n, w) =
+            Networks::parse_with_warnings(&["10.1.2.3/8".into(), "[2001:db8::1]/32".into(), "127.0.0.0/8".into()])
+                .unwrap();
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("perhaps you should use 10.0.0.0/8"), "{w:?}");
         assert!(w[1].contains("[2001:db8::]/32"), "{w:?}");

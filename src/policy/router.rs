@@ -114,9 +114,7 @@ impl Router {
                 let base = &local[..i];
                 // Postfix does not strip to an empty name (`+tag` stays `+tag`).
                 if !base.is_empty() && self.users.contains(base) {
-                    return RcptClass::Local {
-                        user: base.to_string(),
-                    };
+                    return RcptClass::Local { user: base.to_string() };
                 }
             }
         }
@@ -141,11 +139,7 @@ mod tests {
         let text = format!("alice:{H}\npostmaster:{H}\nmary-jane:{H}\nmary:{H}\n");
         let users = Users::parse(&text, Path::new("users")).unwrap();
         Router::new(
-            vec![
-                "example.org".into(),
-                "Mail.Example.ORG.".into(),
-                "[192.0.2.1]".into(),
-            ],
+            vec!["example.org".into(), "Mail.Example.ORG.".into(), "[192.0.2.1]".into()],
             delim.into(),
             users,
         )
@@ -208,14 +202,8 @@ mod tests {
         let r = router("+");
         assert_eq!(r.classify("\"alice\"@example.org"), local("alice"));
         assert_eq!(r.classify("\"Al\\ice\"@example.org"), local("alice"));
-        assert_eq!(
-            r.classify("\"alice@x\"@example.org"),
-            RcptClass::UnknownLocal
-        );
-        assert_eq!(
-            r.classify("\"alice@example.com\"@example.org"),
-            RcptClass::UnknownLocal
-        );
+        assert_eq!(r.classify("\"alice@x\"@example.org"), RcptClass::UnknownLocal);
+        assert_eq!(r.classify("\"alice@example.com\"@example.org"), RcptClass::UnknownLocal);
         assert_eq!(r.classify("\"alice\"@example.com"), RcptClass::Remote);
         assert_eq!(r.classify("\"\"@example.org"), RcptClass::UnknownLocal);
         assert_eq!(r.classify("\"@example.org"), RcptClass::UnknownLocal);
@@ -241,14 +229,8 @@ mod tests {
             assert_eq!(r.classify(a), RcptClass::UnknownLocal, "{a:?}");
         }
         // The last '@' decides the domain.
-        assert_eq!(
-            r.classify("alice@example.org@example.com"),
-            RcptClass::Remote
-        );
-        assert_eq!(
-            r.classify("alice@example.com@example.org"),
-            RcptClass::UnknownLocal
-        );
+        assert_eq!(r.classify("alice@example.org@example.com"), RcptClass::Remote);
+        assert_eq!(r.classify("alice@example.com@example.org"), RcptClass::UnknownLocal);
     }
 
     #[test]

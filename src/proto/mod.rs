@@ -6,4 +6,5 @@
 pub mod dot;
 pub mod line;
 pub mod reply;
+pub mod sasl;
 pub mod smtp;

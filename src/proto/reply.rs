@@ -58,11 +58,7 @@ impl Reply {
 
     /// The first line as it would be logged: `550 5.1.1 <x@y>: Recipient address rejected`.
     pub fn first_line(&self) -> String {
-        format!(
-            "{} {}",
-            self.code,
-            self.text.split('\n').next().unwrap_or("")
-        )
+        format!("{} {}", self.code, self.text.split('\n').next().unwrap_or(""))
     }
 }
 
@@ -80,10 +76,7 @@ mod tests {
     fn multiline_uses_dash_on_all_but_last() {
         let mut out = Vec::new();
         Reply::new(250, "mx.example\nPIPELINING\nSIZE 10240000").encode(&mut out);
-        assert_eq!(
-            out,
-            b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 10240000\r\n"
-        );
+        assert_eq!(out, b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 10240000\r\n");
     }
 
     #[test]

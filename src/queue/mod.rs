@@ -49,8 +49,12 @@ pub enum RcptState {
 pub enum Outcome {
     Delivered,
     /// Try again later; the queue computes the next try from the backoff settings.
-    Deferred { reason: String },
-    Bounced { reason: String },
+    Deferred {
+        reason: String,
+    },
+    Bounced {
+        reason: String,
+    },
 }
 
 /// Settings the queue takes from main.cf.
@@ -78,11 +82,20 @@ pub struct RecoveryReport {
 /// Errors, with the path and offset where they apply.
 #[derive(Debug)]
 pub enum QueueError {
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The disk is full (ENOSPC / EDQUOT): answer 452 4.3.1.
-    Full { path: PathBuf },
+    Full {
+        path: PathBuf,
+    },
     /// A bad record before the tail: start-up must stop with this message.
-    Corrupt { path: PathBuf, offset: u64, what: String },
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
     UnknownId(QueueId),
 }
 
@@ -92,7 +105,13 @@ impl fmt::Display for QueueError {
             QueueError::Io { path, source } => write!(f, "{}: {}", path.display(), source),
             QueueError::Full { path } => write!(f, "{}: no space left on device", path.display()),
             QueueError::Corrupt { path, offset, what } => {
-                write!(f, "{}: corrupt queue log at offset {}: {}", path.display(), offset, what)
+                write!(
+                    f,
+                    "{}: corrupt queue log at offset {}: {}",
+                    path.display(),
+                    offset,
+                    what
+                )
             }
             QueueError::UnknownId(id) => write!(f, "{}: no such message", id),
         }

@@ -97,11 +97,7 @@ enum Role {
 fn parse_path(path: &str, utf8: bool, role: Role) -> Result<String, AddrError> {
     let bracketed = path.starts_with('<');
     // RFC 5321 §4.5.3.1.3: 256 octets including the punctuation.
-    let wire_len = if bracketed {
-        path.len()
-    } else {
-        path.len() + 2
-    };
+    let wire_len = if bracketed { path.len() } else { path.len() + 2 };
     if wire_len > SMTP_PATH_BYTES_MAX {
         return Err(AddrError::TooLong);
     }
@@ -136,9 +132,7 @@ fn parse_path(path: &str, utf8: bool, role: Role) -> Result<String, AddrError> {
             Ok(format!("{local}@{d}"))
         }
         // RFC 5321 §4.5.1: <postmaster> without a domain must be accepted.
-        None if role == Role::Forward && local.eq_ignore_ascii_case("postmaster") => {
-            Ok("postmaster".to_string())
-        }
+        None if role == Role::Forward && local.eq_ignore_ascii_case("postmaster") => Ok("postmaster".to_string()),
         None if role == Role::Reverse => Ok(local),
         None => Err(AddrError::Syntax),
     }
@@ -157,9 +151,7 @@ fn strip_source_route(s: &str, utf8: bool) -> Result<&str, AddrError> {
         // An IPv6 literal contains ':'; find its ']' first.
         let end = if rest.starts_with('[') {
             let close = rest.find(']').ok_or(AddrError::Syntax)?;
-            let after = rest[close + 1..]
-                .find([',', ':'])
-                .ok_or(AddrError::Syntax)?;
+            let after = rest[close + 1..].find([',', ':']).ok_or(AddrError::Syntax)?;
             close + 1 + after
         } else {
             end
@@ -255,19 +247,10 @@ fn check_domain_or_literal(d: &str, utf8: bool) -> Result<(), AddrError> {
     if let Some(lit) = d.strip_prefix('[') {
         let lit = lit.strip_suffix(']').ok_or(AddrError::Syntax)?;
         // RFC 5321 §4.1.3 address literals.
-        if let Some(v6) = lit
-            .strip_prefix("IPv6:")
-            .or_else(|| lit.strip_prefix("ipv6:"))
-        {
-            return v6
-                .parse::<Ipv6Addr>()
-                .map(|_| ())
-                .map_err(|_| AddrError::Syntax);
+        if let Some(v6) = lit.strip_prefix("IPv6:").or_else(|| lit.strip_prefix("ipv6:")) {
+            return v6.parse::<Ipv6Addr>().map(|_| ()).map_err(|_| AddrError::Syntax);
         }
-        return lit
-            .parse::<Ipv4Addr>()
-            .map(|_| ())
-            .map_err(|_| AddrError::Syntax);
+        return lit.parse::<Ipv4Addr>().map(|_| ()).map_err(|_| AddrError::Syntax);
     }
     if is_domain(d, utf8) {
         Ok(())
@@ -285,9 +268,9 @@ fn is_domain(d: &str, utf8: bool) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.chars().all(|c| {
-                    c.is_ascii_alphanumeric() || c == '-' || c == '_' || (utf8 && !c.is_ascii())
-                })
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || (utf8 && !c.is_ascii()))
         })
 }
 
@@ -303,10 +286,7 @@ mod tests {
     fn plain_addresses() {
         assert_eq!(rcpt("<alice@example.org>"), Ok("alice@example.org".into()));
         assert_eq!(rcpt("alice@example.org"), Ok("alice@example.org".into()));
-        assert_eq!(
-            rcpt("<a.b+c@sub.example-x.org>"),
-            Ok("a.b+c@sub.example-x.org".into())
-        );
+        assert_eq!(rcpt("<a.b+c@sub.example-x.org>"), Ok("a.b+c@sub.example-x.org".into()));
     }
 
     #[test]
@@ -352,10 +332,7 @@ mod tests {
     fn address_literals() {
         assert_eq!(rcpt("<a@[127.0.0.1]>"), Ok("a@[127.0.0.1]".into()));
         assert_eq!(rcpt("<a@[IPv6:::1]>"), Ok("a@[IPv6:::1]".into()));
-        assert_eq!(
-            rcpt("<a@[IPv6:2001:db8::1]>"),
-            Ok("a@[IPv6:2001:db8::1]".into())
-        );
+        assert_eq!(rcpt("<a@[IPv6:2001:db8::1]>"), Ok("a@[IPv6:2001:db8::1]".into()));
         assert_eq!(rcpt("<a@[300.0.0.1]>"), Err(AddrError::Syntax));
         assert_eq!(rcpt("<a@[::1]>"), Err(AddrError::Syntax));
         assert_eq!(rcpt("<a@[IPv6:zz]>"), Err(AddrError::Syntax));
@@ -418,10 +395,7 @@ mod tests {
             parse_forward_path("<jörg@exämple.org>", true),
             Ok("jörg@exämple.org".into())
         );
-        assert_eq!(
-            parse_forward_path("<\"j ö\"@x>", true),
-            Ok("\"j ö\"@x".into())
-        );
+        assert_eq!(parse_forward_path("<\"j ö\"@x>", true), Ok("\"j ö\"@x".into()));
     }
 
     #[test]

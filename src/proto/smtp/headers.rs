@@ -126,10 +126,7 @@ impl HeaderFixer {
                             self.held.push(b);
                             self.st = St::Name { space_seen: true };
                         }
-                        b if !space_seen
-                            && is_name_byte(b)
-                            && self.held.len() < NAME_HOLD_BYTES_MAX =>
-                        {
+                        b if !space_seen && is_name_byte(b) && self.held.len() < NAME_HOLD_BYTES_MAX => {
                             self.held.push(b);
                         }
                         // Not a field: the header section ended before this line.
@@ -181,10 +178,7 @@ impl HeaderFixer {
 
     /// Emit the lines still missing (each once).
     fn insert(&mut self, out: &mut Vec<u8>) {
-        for l in [self.date.take(), self.message_id.take()]
-            .into_iter()
-            .flatten()
-        {
+        for l in [self.date.take(), self.message_id.take()].into_iter().flatten() {
             out.extend_from_slice(l.as_bytes());
         }
     }
@@ -243,10 +237,7 @@ mod tests {
     #[test]
     fn adds_both_before_empty_line() {
         let out = run(b"Subject: hi\n\nbody\nDate: no\n", fix());
-        assert_eq!(
-            s(out),
-            "Subject: hi\nDate: D\nMessage-ID: <m@x>\n\nbody\nDate: no\n"
-        );
+        assert_eq!(s(out), "Subject: hi\nDate: D\nMessage-ID: <m@x>\n\nbody\nDate: no\n");
     }
 
     #[test]
@@ -260,19 +251,13 @@ mod tests {
     #[test]
     fn folded_fields() {
         let out = run(b"Subject: a\n b\n\tc\nDate: x\n\nbody\n", fix());
-        assert_eq!(
-            s(out),
-            "Subject: a\n b\n\tc\nDate: x\nMessage-ID: <m@x>\n\nbody\n"
-        );
+        assert_eq!(s(out), "Subject: a\n b\n\tc\nDate: x\nMessage-ID: <m@x>\n\nbody\n");
     }
 
     #[test]
     fn non_header_line_ends_section() {
         let out = run(b"Subject: a\nhello world\n", fix());
-        assert_eq!(
-            s(out),
-            "Subject: a\nDate: D\nMessage-ID: <m@x>\nhello world\n"
-        );
+        assert_eq!(s(out), "Subject: a\nDate: D\nMessage-ID: <m@x>\nhello world\n");
         let out = run(b"hello\n", fix());
         assert_eq!(s(out), "Date: D\nMessage-ID: <m@x>\nhello\n");
         let out = run(b" leading space\n", fix());
@@ -287,10 +272,7 @@ mod tests {
             s(run(b"Subject: a\n", fix())),
             "Subject: a\nDate: D\nMessage-ID: <m@x>\n"
         );
-        assert_eq!(
-            s(run(b"Subject: a", fix())),
-            "Subject: a\nDate: D\nMessage-ID: <m@x>\n"
-        );
+        assert_eq!(s(run(b"Subject: a", fix())), "Subject: a\nDate: D\nMessage-ID: <m@x>\n");
         assert_eq!(s(run(b"Subj", fix())), "Date: D\nMessage-ID: <m@x>\nSubj");
         assert_eq!(s(run(b"", fix())), "Date: D\nMessage-ID: <m@x>\n");
         assert_eq!(s(run(b"Subject: a", HeaderFix::default())), "Subject: a");

@@ -38,11 +38,7 @@ pub fn received_header(r: &ReceivedInfo<'_>) -> String {
         // RFC 5321 §4.1.3 IPv6-address-literal
         IpAddr::V6(v6) => format!("IPv6:{v6}"),
     };
-    let helo = if r.helo.is_empty() {
-        r.client_name
-    } else {
-        r.helo
-    };
+    let helo = if r.helo.is_empty() { r.client_name } else { r.helo };
     let mut h = format!(
         "Received: from {} ({} [{}])\n\tby {} (poshta) with {} id {}",
         clean(helo),
@@ -62,9 +58,7 @@ pub fn received_header(r: &ReceivedInfo<'_>) -> String {
 /// Client-supplied text must not break the header: control characters (CR, LF, TAB, ...)
 /// become "?", so the result is always one field with our folding only.
 fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 #[cfg(test)]
@@ -86,10 +80,7 @@ mod tests {
 
     #[test]
     fn one_recipient() {
-        let h = received_header(&info(
-            Some("alice@example.org"),
-            "192.0.2.1".parse().unwrap(),
-        ));
+        let h = received_header(&info(Some("alice@example.org"), "192.0.2.1".parse().unwrap()));
         assert_eq!(
             h,
             "Received: from client.example (unknown [192.0.2.1])\n\tby mx.example.org (poshta) with ESMTP id 4AB12\n\tfor <alice@example.org>; Sat, 28 Nov 2026 10:00:00 +0000 (UTC)\n"

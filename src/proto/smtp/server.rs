@@ -136,11 +136,7 @@ impl Event {
     pub fn needs_answer(&self) -> bool {
         matches!(
             self,
-            Event::Helo { .. }
-                | Event::Mail { .. }
-                | Event::Rcpt { .. }
-                | Event::DataStart
-                | Event::DataEnd { .. }
+            Event::Helo { .. } | Event::Mail { .. } | Event::Rcpt { .. } | Event::DataStart | Event::DataEnd { .. }
         )
     }
 }
@@ -427,10 +423,7 @@ impl Server {
     /// and closes; `poll` then reports `DataAborted(Timeout)` if data was in progress.
     pub fn timeout(&mut self) {
         if !self.closed {
-            let r = Reply::owned(
-                421,
-                format!("4.4.2 {} Error: timeout exceeded", self.params.hostname),
-            );
+            let r = Reply::owned(421, format!("4.4.2 {} Error: timeout exceeded", self.params.hostname));
             self.reply(r);
             self.close_reason = AbortReason::Timeout;
             self.close();
@@ -502,10 +495,7 @@ impl Server {
         match w {
             // RFC 3030 §2: the chunk of a refused BDAT is read before the reply.
             Wait::DataStart(Via::Bdat { size, .. }) if !closing && size > 0 => {
-                self.skip = Some(Skip {
-                    remaining: size,
-                    reply,
-                });
+                self.skip = Some(Skip { remaining: size, reply });
             }
             _ => self.reply(reply),
         }
@@ -590,10 +580,7 @@ impl Server {
     fn bare_newline_close(&mut self, what: &str) {
         let r = Reply::owned(
             521,
-            format!(
-                "5.5.2 {} Error: bare <{}> received",
-                self.params.hostname, what
-            ),
+            format!("5.5.2 {} Error: bare <{}> received", self.params.hostname, what),
         );
         self.reply(r);
         self.close();
@@ -602,9 +589,7 @@ impl Server {
     /// After close: an open message is reported aborted, once.
     fn abort_open_message(&mut self) -> Option<Event> {
         match std::mem::replace(&mut self.state, State::Idle) {
-            State::Data { msg, .. } | State::Chunk { msg, .. } | State::Bdat(msg)
-                if !msg.aborted =>
-            {
+            State::Data { msg, .. } | State::Chunk { msg, .. } | State::Bdat(msg) if !msg.aborted => {
                 Some(Event::DataAborted(self.close_reason))
             }
             _ => None,
@@ -649,8 +634,7 @@ impl Server {
         if self.buffered() == 0 {
             return false;
         }
-        let State::Data { mut msg, mut dec } = std::mem::replace(&mut self.state, State::Idle)
-        else {
+        let State::Data { mut msg, mut dec } = std::mem::replace(&mut self.state, State::Idle) else {
             return false;
         };
         let input = &self.inbuf[self.pos..];
@@ -663,8 +647,7 @@ impl Server {
         if !msg.aborted {
             if limit > 0 && size > limit {
                 msg.aborted = true;
-                self.events
-                    .push_back(Event::DataAborted(AbortReason::TooBig));
+                self.events.push_back(Event::DataAborted(AbortReason::TooBig));
             } else {
                 msg.pass(&decoded, &mut body);
             }
@@ -683,8 +666,7 @@ impl Server {
             }
             Some(stop @ (Stop::BareLf | Stop::BareCr)) => {
                 if !msg.aborted {
-                    self.events
-                        .push_back(Event::DataAborted(AbortReason::BareNewline));
+                    self.events.push_back(Event::DataAborted(AbortReason::BareNewline));
                 }
                 self.bare_newline_close(if stop == Stop::BareLf { "LF" } else { "CR" });
             }
@@ -721,8 +703,7 @@ impl Server {
         if !msg.aborted {
             if limit > 0 && msg.size_bytes > limit {
                 msg.aborted = true;
-                self.events
-                    .push_back(Event::DataAborted(AbortReason::TooBig));
+                self.events.push_back(Event::DataAborted(AbortReason::TooBig));
             } else {
                 let mut decoded = Vec::with_capacity(n + 1);
                 msg.crlf.feed(data, &mut decoded);
@@ -746,9 +727,7 @@ impl Server {
             // RFC 3030 §2: BDAT LAST ends the message.
             msg.finish(&mut body);
             push_body(&mut self.events, body);
-            self.events.push_back(Event::DataEnd {
-                size: msg.size_bytes,
-            });
+            self.events.push_back(Event::DataEnd { size: msg.size_bytes });
             self.wait = Some(Wait::DataEnd);
         } else {
             push_body(&mut self.events, body);
@@ -808,10 +787,7 @@ impl Server {
         if verb.is_empty() {
             return self.reply(BAD_SYNTAX);
         }
-        let Some((_, check)) = COMMANDS
-            .iter()
-            .find(|(name, _)| verb.eq_ignore_ascii_case(name))
-        else {
+        let Some((_, check)) = COMMANDS.iter().find(|(name, _)| verb.eq_ignore_ascii_case(name)) else {
             return self.reply(UNKNOWN);
         };
         match check(self, arg) {
@@ -834,10 +810,7 @@ impl Server {
                 if n == 0 {
                     self.reply(reply);
                 } else {
-                    self.skip = Some(Skip {
-                        remaining: n,
-                        reply,
-                    });
+                    self.skip = Some(Skip { remaining: n, reply });
                 }
             }
         }
@@ -1133,8 +1106,7 @@ fn unsupported(key: &str) -> Refuse {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
 }
 
 /// RFC 5321 §4.1.2 Mail-parameters: `esmtp-keyword ["=" esmtp-value]`, space separated.
@@ -1147,13 +1119,9 @@ fn esmtp_params(params: &str, syntax: Reply) -> Result<Vec<(&str, Option<&str>)>
             Some((k, v)) => (k, Some(v)),
             None => (p, None),
         };
-        let key_ok = key
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
+        let key_ok = key.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
             && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        let value_ok =
-            value.is_none_or(|v| !v.is_empty() && v.chars().all(|c| c != '=' && !c.is_control()));
+        let value_ok = value.is_none_or(|v| !v.is_empty() && v.chars().all(|c| c != '=' && !c.is_control()));
         if !key_ok || !value_ok {
             return Err(syntax.into());
         }
@@ -1229,7 +1197,10 @@ mod tests {
         assert!(s.wants_input());
         s.accept();
         assert_eq!(s.poll(), None);
-        assert_eq!(out(&mut s), "220 mx.example.org ESMTP poshta\r\n250 mx.example.org\r\n250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n");
+        assert_eq!(
+            out(&mut s),
+            "220 mx.example.org ESMTP poshta\r\n250 mx.example.org\r\n250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n"
+        );
     }
 
     #[test]
@@ -1290,11 +1261,7 @@ mod tests {
                 }
                 body_bytes += b.len();
             }
-            assert!(
-                s.inbuf.len() <= chunk.len(),
-                "input buffer grew to {}",
-                s.inbuf.len()
-            );
+            assert!(s.inbuf.len() <= chunk.len(), "input buffer grew to {}", s.inbuf.len());
         }
         s.input(b".\r\n");
         let mut end = None;
@@ -1324,7 +1291,10 @@ mod tests {
         assert_eq!(s.poll(), None);
         s.input(b"more\r\nmore\r\n.\r\nNOOP\r\n");
         assert_eq!(s.poll(), None);
-        assert_eq!(out(&mut s), "354 End data with <CR><LF>.<CR><LF>\r\n552 5.3.4 Error: message file too big\r\n250 2.0.0 Ok\r\n");
+        assert_eq!(
+            out(&mut s),
+            "354 End data with <CR><LF>.<CR><LF>\r\n552 5.3.4 Error: message file too big\r\n250 2.0.0 Ok\r\n"
+        );
     }
 
     #[test]
@@ -1356,10 +1326,7 @@ mod tests {
         assert!(s.is_closed());
         assert_eq!(s.poll(), None);
         s.accept_data(Vec::new(), HeaderFix::default());
-        assert_eq!(
-            s.poll(),
-            Some(Event::DataAborted(AbortReason::Disconnected))
-        );
+        assert_eq!(s.poll(), Some(Event::DataAborted(AbortReason::Disconnected)));
         assert_eq!(s.poll(), None);
         assert_eq!(out(&mut s), "");
     }
@@ -1375,7 +1342,10 @@ mod tests {
         s.timeout();
         s.finish_data(Reply::new(250, "2.0.0 Ok"));
         assert_eq!(s.poll(), None);
-        assert_eq!(out(&mut s), "354 End data with <CR><LF>.<CR><LF>\r\n421 4.4.2 mx.example.org Error: timeout exceeded\r\n");
+        assert_eq!(
+            out(&mut s),
+            "354 End data with <CR><LF>.<CR><LF>\r\n421 4.4.2 mx.example.org Error: timeout exceeded\r\n"
+        );
     }
 
     #[test]
@@ -1383,10 +1353,7 @@ mod tests {
         let mut s = Server::new(params());
         s.input(b"EHLO c\r\nNOOP\r\n");
         s.poll();
-        s.reject(Reply::new(
-            421,
-            "4.7.0 mx.example.org Error: too many connections",
-        ));
+        s.reject(Reply::new(421, "4.7.0 mx.example.org Error: too many connections"));
         assert!(s.is_closed());
         assert_eq!(s.poll(), None);
         assert!(out(&mut s).ends_with("421 4.7.0 mx.example.org Error: too many connections\r\n"));
@@ -1450,9 +1417,6 @@ mod tests {
             assert!(s.inbuf.len() <= chunk.len());
         }
         s.eof();
-        assert_eq!(
-            s.poll(),
-            Some(Event::DataAborted(AbortReason::Disconnected))
-        );
+        assert_eq!(s.poll(), Some(Event::DataAborted(AbortReason::Disconnected)));
     }
 }
