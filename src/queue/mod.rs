@@ -1,4 +1,4 @@
-//! The append-only log queue. Format and rules: see `record` (on-disk format) and `log`.
+//! The append-only log queue. On-disk format and recovery rules: see [`record`].
 //!
 //! Public surface used by the rest of poshta (the I/O shell and the delivery runner):
 //! - [`Queue::open`] recovers the index from the segments (blocking; called once at start).
@@ -6,6 +6,33 @@
 //! - [`Queue::begin`] / [`Incoming`] take a message in; `commit` returns only once durable.
 //! - [`Queue::ready`], [`Queue::finish`], [`Queue::body`] feed delivery.
 //! - [`Queue::list`] and [`scan`] feed `poshta queue` / mailq.
+//!
+//! Files: `record` (format), `log` (segment writer over `embedded_io::Write`, body reader),
+//! `recover` (streaming recovery), `schedule` (index and backoff), `tests`.
+//!
+//! # Writing
+//!
+//! Appenders encode records into one pending buffer; every record has a log position (lsn:
+//! bytes appended since the oldest segment, headers not counted). The writer task swaps the
+//! buffer out and, in one `smol::unblock` call, writes it and fdatasyncs it (a group commit),
+//! then wakes every waiter whose records end at or below the batch end. More than
+//! limits::QUEUE_PENDING_BYTES_MAX pending bytes make `Incoming::write` wait.
+//!
+//! Within a segment, file offset = header + (lsn - segment start), which is how body chunks
+//! are found. A failed batch (ENOSPC: `QueueError::Full`) is truncated off the segment; every
+//! waiter whose first record is before the failed batch's end fails (its message is aborted,
+//! its commit returns the error); the next batch starts a new segment, so offsets and lsns
+//! stay in step. Later batches succeed once space is back.
+//!
+//! # Deleting
+//!
+//! A segment goes only when it is not the current one, every older segment is gone, and no
+//! live message (received, committed-not-done, or with its Done/Aborted not yet written) has
+//! its first record in it or before it: a message's first record pins every segment from
+//! there on. Otherwise a Done record could vanish while the envelope of the same message
+//! survives, and the message would be delivered again. The directory is fsynced after each
+//! deletion. Long-deferred messages pin old segments (compaction, copying them forward, is
+//! not done yet).
 
 pub mod log;
 pub mod record;
@@ -314,6 +341,9 @@ struct Inner {
     disk: Option<Disk>,
     /// Held for the life of the queue: one writer per directory.
     _lock: std::fs::File,
+    /// The writer task was dropped in the middle of a batch: the segment writer went with it,
+    /// so nothing more can be written.
+    writer_lost: bool,
 }
 
 impl Inner {
@@ -324,6 +354,13 @@ impl Inner {
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
         })?;
         Ok((lsn, lsn + n as u64))
+    }
+
+    fn writer_lost_error(&self) -> QueueError {
+        QueueError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::other("queue writer stopped"),
+        }
     }
 
     fn appended_lsn(&self) -> u64 {
@@ -341,8 +378,11 @@ impl Inner {
         self.retire.push_back((end, first_lsn));
     }
 
-    /// Has a batch failed since `lsn`?
+    /// Has a batch failed since `lsn` (or can nothing be written any more)?
     fn failed_since(&self, lsn: u64) -> Option<QueueError> {
+        if self.writer_lost {
+            return Some(self.writer_lost_error());
+        }
         if self.failure_end_lsn > lsn {
             return Some(
                 self.failure
@@ -394,6 +434,21 @@ fn remove_prefix(dir: &Path, paths: &[PathBuf]) -> usize {
         n += 1;
     }
     n
+}
+
+/// Notices a writer dropped mid-batch, and fails the waiters instead of leaving them hanging.
+struct WriterGuard<'a>(&'a Shared);
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.0.inner.try_borrow_mut() {
+            if inner.disk.is_none() {
+                inner.writer_lost = true;
+                // Dropping the senders wakes every waiter with an error.
+                inner.waiters.clear();
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -551,6 +606,7 @@ impl Queue {
             segments,
             disk: Some(disk),
             _lock: lock,
+            writer_lost: false,
         };
         // Segments left fully done by the last run can go right away.
         let doomed = inner.deletable_prefix();
@@ -566,7 +622,10 @@ impl Queue {
     }
 
     /// The writer task: run it on the LocalExecutor for the life of the process.
+    /// Call `sync` before dropping it at shutdown: dropped in the middle of a batch, it takes
+    /// the segment writer with it, and every later write fails with an I/O error.
     pub async fn run_writer(&self) {
+        let _guard = WriterGuard(&self.shared);
         // Runs for the life of the process; each turn writes one batch or sleeps.
         loop {
             let listener = self.shared.work.listen();
@@ -649,23 +708,22 @@ impl Queue {
         inner.waiters = waiting;
         let mut committed = false;
         for w in done {
-            let failed = if w.start_lsn < inner.failure_end_lsn {
-                inner.failure.clone()
-            } else {
-                None
+            // A failed batch anywhere from the waiter's first record on fails it: a commit
+            // must never stand on a lost envelope or body chunk.
+            let result = match &inner.failure {
+                Some(f) if w.start_lsn < inner.failure_end_lsn => Err(f.clone()),
+                _ => Ok(()),
             };
-            match (w.msg, failed) {
-                (Some(m), None) => {
+            match (w.msg, result.is_ok()) {
+                (Some(m), true) => {
                     inner.index.insert(m.qid, m);
                     committed = true;
                 }
-                (Some(m), Some(_)) => inner.abort(m.qid, m.first_lsn),
+                (Some(m), false) => inner.abort(m.qid, m.first_lsn),
                 (None, _) => {}
             }
-            let _ = w.tx.try_send(match inner.failure.clone() {
-                Some(f) if w.start_lsn < inner.failure_end_lsn => Err(f),
-                _ => Ok(()),
-            });
+            // The session may have gone away; the outcome above stands either way.
+            let _ = w.tx.try_send(result);
         }
         // Records that made messages finished are written: their segments may go.
         while let Some(&(e, first)) = inner.retire.front() {
@@ -687,6 +745,9 @@ impl Queue {
     /// Start receiving a message (allocates its id, appends its envelope record).
     pub fn begin(&self, env: Envelope) -> Result<Incoming, QueueError> {
         let mut inner = self.shared.inner.borrow_mut();
+        if inner.writer_lost {
+            return Err(inner.writer_lost_error());
+        }
         // Ids grow with arrival time and never repeat: (arrival << 20 | counter), monotonic.
         let qid = QueueId(inner.next_qid.max(env.arrival_unix.saturating_mul(1 << 20)));
         let rcpts: Vec<&str> = env.recipients.iter().map(String::as_str).collect();
@@ -818,6 +879,9 @@ impl Queue {
     pub async fn sync(&self) -> Result<(), QueueError> {
         let rx = {
             let mut inner = self.shared.inner.borrow_mut();
+            if inner.writer_lost {
+                return Err(inner.writer_lost_error());
+            }
             let end = inner.appended_lsn();
             if end == inner.resolved_lsn {
                 return Ok(());
@@ -848,6 +912,13 @@ impl Queue {
                 source: std::io::Error::other("queue writer stopped"),
             }),
         }
+    }
+
+    /// Test hook: the writer holds no batch and nothing waits to be written.
+    #[cfg(test)]
+    pub(crate) fn writer_idle(&self) -> bool {
+        let inner = self.shared.inner.borrow();
+        inner.disk.is_some() && inner.pending.is_empty()
     }
 
     /// Test hook: the directory's segment numbers as the writer sees them.

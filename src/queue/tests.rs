@@ -56,12 +56,23 @@ fn env(tag: &str, rcpts: usize) -> Envelope {
     }
 }
 
-/// Run `f` on a LocalExecutor with the writer task, as the shell does.
+/// Run `f` on a LocalExecutor with the writer task, as the shell does; then let the writer
+/// finish its batch (records appended on the way out, like Aborted) before dropping it.
 fn run<T>(q: &Queue, f: impl Future<Output = T>) -> T {
     let ex = smol::LocalExecutor::new();
     let w = q.clone();
     ex.spawn(async move { w.run_writer().await }).detach();
-    smol::block_on(ex.run(f))
+    smol::block_on(ex.run(async {
+        let out = f.await;
+        for _ in 0..1000 {
+            if q.writer_idle() {
+                break;
+            }
+            smol::Timer::after(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(q.writer_idle(), "writer still busy");
+        out
+    }))
 }
 
 fn open(dir: &Path, target: u64) -> (Queue, RecoveryReport) {
@@ -1001,4 +1012,76 @@ fn golden_flipped_byte_segment() {
         Err(e) => panic!("wrong error: {}", e),
         Ok(_) => panic!("opened a corrupt segment"),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rotation and cancellation
+
+#[test]
+fn body_spanning_segments_reads_back_across_restart() {
+    let dir = TempDir::new("span");
+    // Every batch starts a new segment; a sync after each piece spreads the body out.
+    let (q, _) = open(dir.path(), 1);
+    let body = big_body(250 * 1024);
+    let a = run(&q, async {
+        let mut inc = q.begin(env("span", 1)).expect("begin");
+        for piece in body.chunks(50_000) {
+            inc.write(piece).await.expect("write");
+            q.sync().await.expect("sync");
+        }
+        let a = inc.qid();
+        inc.commit().await.expect("commit");
+        a
+    });
+    assert!(
+        segment_files(dir.path()).len() >= 5,
+        "{:?}",
+        segment_files(dir.path())
+    );
+    assert_eq!(body_of(&q, a), body);
+    drop(q);
+    let (q, rep) = open(dir.path(), 1);
+    assert_eq!(rep.messages, 1);
+    assert_eq!(body_of(&q, a), body);
+}
+
+#[test]
+fn dropped_commit_future_still_indexes_the_message() {
+    let dir = TempDir::new("cancel");
+    let (q, _) = open(dir.path(), 1 << 30);
+    let mut inc = q.begin(env("cancel", 1)).expect("begin");
+    let qid = inc.qid();
+    assert!(smol::block_on(smol::future::poll_once(inc.write(b"body"))).is_some());
+    // The session is cancelled while waiting for the fsync: the commit still happens.
+    assert!(smol::block_on(smol::future::poll_once(inc.commit())).is_none());
+    run(&q, async { q.sync().await.expect("sync") });
+    assert_eq!(q.list().len(), 1);
+    assert_eq!(body_of(&q, qid), b"body");
+}
+
+#[test]
+fn a_writer_dropped_mid_batch_fails_loudly() {
+    let dir = TempDir::new("lost-writer");
+    let (q, _) = open(dir.path(), 1 << 30);
+    let ex = smol::LocalExecutor::new();
+    let w = q.clone();
+    let task = ex.spawn(async move { w.run_writer().await });
+    let mut inc = q.begin(env("x", 1)).expect("begin");
+    assert!(smol::block_on(smol::future::poll_once(inc.write(b"x"))).is_some());
+    // Let the writer take the batch into its blocking call, then drop it there.
+    smol::block_on(ex.run(async {
+        for _ in 0..1000 {
+            if q.shared.inner.borrow().disk.is_none() {
+                break;
+            }
+            smol::future::yield_now().await;
+        }
+    }));
+    drop(task);
+    drop(ex);
+    assert!(matches!(q.begin(env("y", 1)), Err(QueueError::Io { .. })));
+    assert!(matches!(
+        smol::block_on(inc.commit()),
+        Err(QueueError::Io { .. })
+    ));
 }
