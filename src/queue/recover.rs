@@ -288,7 +288,14 @@ pub fn recover(dir: &Path, mode: Mode) -> Result<Recovered, QueueError> {
             record::check_segment_header(&h, number).err()
         };
         if let Some(what) = header_problem {
-            if !last {
+            // Only the header of a segment being created can be torn: what is there must be a
+            // prefix of the right header, the rest unwritten (zeros). Anything else is not ours.
+            let expected = record::segment_header(number);
+            let torn_header = file_len < SEGMENT_HEADER_BYTES
+                || h.iter()
+                    .zip(expected.iter())
+                    .all(|(a, b)| *a == 0 || a == b);
+            if !last || !torn_header {
                 return Err(QueueError::Corrupt {
                     path,
                     offset: 0,
