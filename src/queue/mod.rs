@@ -446,6 +446,9 @@ impl Drop for WriterGuard<'_> {
                 inner.writer_lost = true;
                 // Dropping the senders wakes every waiter with an error.
                 inner.waiters.clear();
+                drop(inner);
+                // Sessions held back by backpressure must not wait for a writer that is gone.
+                self.0.drained.notify(usize::MAX);
             }
         }
     }
@@ -659,7 +662,10 @@ impl Queue {
             if !doomed.is_empty() {
                 let dir = self.shared.inner.borrow().dir.clone();
                 let n = smol::unblock(move || remove_prefix(&dir, &doomed)).await;
-                self.shared.inner.borrow_mut().segments.drain(..n);
+                let mut inner = self.shared.inner.borrow_mut();
+                // Only this task changes the front of `segments`, so the prefix is unchanged.
+                let n = n.min(inner.segments.len().saturating_sub(1));
+                inner.segments.drain(..n);
             }
         }
     }
@@ -944,8 +950,12 @@ impl Incoming {
         // Each wake-up follows a batch being taken, so this ends as the writer progresses.
         loop {
             let listener = self.shared.drained.listen();
-            if self.shared.inner.borrow().pending.len() < limits::QUEUE_PENDING_BYTES_MAX {
-                return;
+            {
+                let inner = self.shared.inner.borrow();
+                // A lost writer is reported by the caller's failure check.
+                if inner.pending.len() < limits::QUEUE_PENDING_BYTES_MAX || inner.writer_lost {
+                    return;
+                }
             }
             self.shared.work.notify(1);
             listener.await;
