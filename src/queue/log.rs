@@ -1,0 +1,309 @@
+//! Segment files: the low-level writer (generic over `embedded_io::Write`, so tests inject
+//! faults), the real file sink, and the body reader. The format is in `record`.
+//!
+//! Write discipline (okaywal / TigerBeetle): a batch of framed records is written with one
+//! `write_all` and made durable with one `flush` (fdatasync for real files). If either fails,
+//! the segment is truncated back to the last durable length, so nothing half-written ever
+//! follows a good record; if even that fails, the tail is a torn write that recovery cuts.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::record::{self, Record, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use super::QueueId;
+use crate::limits;
+
+/// An I/O error carried through `embedded_io` (whose own error kinds cannot say "disk full").
+#[derive(Debug)]
+pub struct SinkError(pub io::Error);
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SinkError {}
+
+impl embedded_io::Error for SinkError {
+    fn kind(&self) -> embedded_io::ErrorKind {
+        match self.0.kind() {
+            io::ErrorKind::NotFound => embedded_io::ErrorKind::NotFound,
+            io::ErrorKind::PermissionDenied => embedded_io::ErrorKind::PermissionDenied,
+            io::ErrorKind::InvalidData => embedded_io::ErrorKind::InvalidData,
+            io::ErrorKind::InvalidInput => embedded_io::ErrorKind::InvalidInput,
+            io::ErrorKind::Interrupted => embedded_io::ErrorKind::Interrupted,
+            io::ErrorKind::WriteZero => embedded_io::ErrorKind::WriteZero,
+            io::ErrorKind::OutOfMemory => embedded_io::ErrorKind::OutOfMemory,
+            _ => embedded_io::ErrorKind::Other,
+        }
+    }
+}
+
+impl From<io::Error> for SinkError {
+    fn from(e: io::Error) -> Self {
+        SinkError(e)
+    }
+}
+
+/// Durable truncation (the rollback after a failed batch).
+pub trait Truncate: embedded_io::ErrorType {
+    fn truncate(&mut self, len: u64) -> Result<(), Self::Error>;
+}
+
+/// Appends batches of framed records to one segment. `flush()` of `W` must mean durable.
+pub struct SegmentWriter<W: embedded_io::Write> {
+    sink: W,
+    number: u32,
+    path: PathBuf,
+    /// Bytes known durable (header included).
+    len: u64,
+}
+
+impl<W: embedded_io::Write> SegmentWriter<W> {
+    /// Write and flush the header of a fresh segment.
+    pub fn create(mut sink: W, number: u32, path: PathBuf) -> Result<Self, W::Error> {
+        sink.write_all(&record::segment_header(number))?;
+        sink.flush()?;
+        Ok(SegmentWriter {
+            sink,
+            number,
+            path,
+            len: SEGMENT_HEADER_BYTES,
+        })
+    }
+
+    /// Write a batch of framed records and make it durable. On error the durable length is
+    /// unchanged (the caller rolls back).
+    pub fn append(&mut self, batch: &[u8]) -> Result<(), W::Error> {
+        self.sink.write_all(batch)?;
+        self.sink.flush()?;
+        self.len += batch.len() as u64;
+        Ok(())
+    }
+
+    pub fn durable_len(&self) -> u64 {
+        self.len
+    }
+
+    /// The sink (tests look at what reached it).
+    pub fn get_ref(&self) -> &W {
+        &self.sink
+    }
+
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl<W: embedded_io::Write + Truncate> SegmentWriter<W> {
+    /// Cut anything after the last durable batch.
+    pub fn rollback(&mut self) -> Result<(), W::Error> {
+        self.sink.truncate(self.len)
+    }
+}
+
+/// A segment file; `flush` is fdatasync. Opened with O_APPEND so a write after a
+/// truncation lands at the new end.
+pub struct FileSink(pub File);
+
+impl embedded_io::ErrorType for FileSink {
+    type Error = SinkError;
+}
+
+impl embedded_io::Write for FileSink {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, SinkError> {
+        loop {
+            match io::Write::write(&mut self.0, buf) {
+                Ok(0) if !buf.is_empty() => return Err(SinkError(io::ErrorKind::WriteZero.into())),
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(SinkError(e)),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.0.sync_data().map_err(SinkError)
+    }
+}
+
+impl Truncate for FileSink {
+    fn truncate(&mut self, len: u64) -> Result<(), SinkError> {
+        self.0.set_len(len)?;
+        self.0.sync_data().map_err(SinkError)
+    }
+}
+
+/// What the queue writes segments through: real files, or a fault injector in tests.
+pub trait Sink: embedded_io::Write<Error = SinkError> + Truncate + Send {}
+impl<T: embedded_io::Write<Error = SinkError> + Truncate + Send> Sink for T {}
+
+/// A boxed sink (the queue's writer is not generic).
+pub struct DynSink(pub Box<dyn Sink>);
+
+impl embedded_io::ErrorType for DynSink {
+    type Error = SinkError;
+}
+
+impl embedded_io::Write for DynSink {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, SinkError> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.0.flush()
+    }
+}
+
+impl Truncate for DynSink {
+    fn truncate(&mut self, len: u64) -> Result<(), SinkError> {
+        self.0.truncate(len)
+    }
+}
+
+/// Creates segment files. Real: [`FsStorage`]; tests wrap it to inject faults.
+pub trait Storage: Send {
+    /// Create a new, empty segment file (O_EXCL).
+    fn create(&mut self, path: &Path) -> io::Result<DynSink>;
+}
+
+/// Real files.
+pub struct FsStorage;
+
+impl Storage for FsStorage {
+    fn create(&mut self, path: &Path) -> io::Result<DynSink> {
+        let f = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(DynSink(Box::new(FileSink(f))))
+    }
+}
+
+/// fsync a directory (after creating or deleting a file in it).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// True for "disk full" and "quota exceeded".
+pub fn is_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Where one body record lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLoc {
+    /// Index into `BodyReader::paths`.
+    pub seg: u32,
+    /// File offset of the record header.
+    pub offset: u64,
+    /// Framed record length (header + payload).
+    pub framed_len: u32,
+}
+
+/// Reads a committed message's body, record by record, checking each.
+pub struct BodyReaderInner {
+    qid: QueueId,
+    paths: Vec<PathBuf>,
+    chunks: std::vec::IntoIter<ChunkLoc>,
+    open: Option<(u32, File)>,
+    /// The current record's payload, and the unread range of its data in it.
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+fn invalid(path: &Path, offset: u64, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: offset {}: {}", path.display(), offset, what),
+    )
+}
+
+impl BodyReaderInner {
+    pub fn new(qid: QueueId, paths: Vec<PathBuf>, chunks: Vec<ChunkLoc>) -> Self {
+        BodyReaderInner {
+            qid,
+            paths,
+            chunks: chunks.into_iter(),
+            open: None,
+            buf: Vec::new(),
+            pos: 0,
+            end: 0,
+        }
+    }
+
+    /// Load the next chunk; false at the end of the body.
+    fn next_chunk(&mut self) -> io::Result<bool> {
+        let Some(loc) = self.chunks.next() else {
+            return Ok(false);
+        };
+        let path = self
+            .paths
+            .get(loc.seg as usize)
+            .ok_or_else(|| io::Error::other("body chunk names no segment"))?
+            .clone();
+        if self.open.as_ref().map(|(n, _)| *n) != Some(loc.seg) {
+            self.open = Some((loc.seg, File::open(&path)?));
+        }
+        let Some((_, file)) = self.open.as_mut() else {
+            return Err(io::Error::other("no segment open"));
+        };
+        file.seek(SeekFrom::Start(loc.offset))?;
+        let mut h = [0u8; RECORD_HEADER_BYTES];
+        file.read_exact(&mut h)?;
+        let (len, crc) = record::parse_record_header(&h);
+        let framed = len as u64 + RECORD_HEADER_BYTES as u64;
+        if len as usize > limits::QUEUE_RECORD_BYTES_MAX || framed != loc.framed_len as u64 {
+            return Err(invalid(&path, loc.offset, "body record length changed"));
+        }
+        self.buf.resize(len as usize, 0);
+        file.read_exact(&mut self.buf)?;
+        let (start, dlen) = match record::check_and_decode(&self.buf, crc) {
+            Ok(Record::Body { qid, data }) if qid == self.qid => {
+                // `data` borrows from `buf`; keep only its position so `buf` can be reused.
+                (
+                    data.as_ptr() as usize - self.buf.as_ptr() as usize,
+                    data.len(),
+                )
+            }
+            Ok(_) => {
+                return Err(invalid(
+                    &path,
+                    loc.offset,
+                    "not a body record of this message",
+                ))
+            }
+            Err(what) => return Err(invalid(&path, loc.offset, &what)),
+        };
+        self.pos = start;
+        self.end = start + dlen;
+        Ok(true)
+    }
+}
+
+impl Read for BodyReaderInner {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        // Bounded: chunks are never empty, but skip any without looping forever.
+        while self.pos >= self.end {
+            if !self.next_chunk()? {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.end - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
