@@ -798,7 +798,7 @@ impl Queue {
 
     /// Wake whoever waits in `changed` (e.g. after a reload un-pauses delivery).
     pub fn poke(&self) {
-        todo!()
+        self.shared.changed.notify(usize::MAX);
     }
 
     /// Record the outcomes of a job; the message is done when every recipient is final.
