@@ -625,7 +625,7 @@ mod loopback {
         let exclusions = if t.directives.mode == default_mode {
             "127.0.0.1/32".to_string()
         } else if t.directives.mode == BareNewline::Normalize {
-            format!("127.0.0.1/32 {ip}")
+            format!("127.0.0.1/32 {}", loopback_ip(ip))
         } else {
             String::new()
         };
@@ -727,8 +727,18 @@ mod loopback {
         }
     }
 
+    /// Addresses outside 127/8 stand for "some client outside mynetworks": over loopback
+    /// that is 127.0.0.2 (the test may only use loopback).
+    fn loopback_ip(ip: IpAddr) -> IpAddr {
+        if ip.is_loopback() {
+            ip
+        } else {
+            IpAddr::from([127, 0, 0, 2])
+        }
+    }
+
     fn run(t: &Transcript, port: u16) -> Result<(), String> {
-        let s = connect(t.directives.client_ip, port).map_err(|e| format!("connect: {e}"))?;
+        let s = connect(loopback_ip(t.directives.client_ip), port).map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
         let mut w = s.try_clone().map_err(|e| e.to_string())?;
@@ -769,7 +779,9 @@ mod loopback {
         let mut failures = Vec::new();
         let mut ran = 0;
         for t in &all {
-            if t.steps.contains(&Step::Timeout) {
+            // The idle timer would take smtpd_timeout of wall time; a recipient limit under
+            // RFC 5321's floor of 100 is raised to 100 by the real configuration.
+            if t.steps.contains(&Step::Timeout) || t.directives.rcpt_limit < 100 {
                 continue;
             }
             let key = key_for(t);

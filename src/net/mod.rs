@@ -87,6 +87,26 @@ impl Ctx {
     }
 }
 
+/// One counted session (the smtpd_sessions_max cap). Dropping it frees the place and wakes
+/// a shutdown waiting for sessions to end; a session drops it before lingering.
+pub struct SessionSlot {
+    ctx: Rc<Ctx>,
+}
+
+impl SessionSlot {
+    pub fn take(ctx: &Rc<Ctx>) -> SessionSlot {
+        ctx.sessions.set(ctx.sessions.get() + 1);
+        SessionSlot { ctx: ctx.clone() }
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.ctx.sessions.set(self.ctx.sessions.get().saturating_sub(1));
+        self.ctx.idle.notify(usize::MAX);
+    }
+}
+
 fn load_config(path: &std::path::Path) -> Result<Loaded, String> {
     crate::config::load(path).map_err(|e| format!("{}: {}", path.display(), e))
 }
@@ -106,16 +126,7 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         return 1;
     }
     for d in &loaded.diagnostics {
-        mlog!(
-            "master",
-            "{}: {}",
-            if d.severity == crate::config::Severity::Error {
-                "fatal"
-            } else {
-                "warning"
-            },
-            d
-        );
+        mlog!("master", "{d}");
     }
     if loaded.has_errors() {
         mlog!(
@@ -333,15 +344,8 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: Async<TcpListener>) {
                 if ctx.sessions.get() >= max {
                     ctx.ex.spawn(smtp::refuse(ctx.clone(), stream, peer)).detach();
                 } else {
-                    ctx.sessions.set(ctx.sessions.get() + 1);
-                    let c = ctx.clone();
-                    ctx.ex
-                        .spawn(async move {
-                            smtp::session(c.clone(), stream, peer).await;
-                            c.sessions.set(c.sessions.get() - 1);
-                            c.idle.notify(usize::MAX);
-                        })
-                        .detach();
+                    let slot = SessionSlot::take(&ctx);
+                    ctx.ex.spawn(smtp::session(ctx.clone(), stream, peer, slot)).detach();
                 }
             }
             Err(e) => {

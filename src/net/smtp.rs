@@ -66,7 +66,7 @@ impl Txn {
 }
 
 /// Run one session to its end.
-pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr) {
+pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, slot: super::SessionSlot) {
     let policy: Rc<Policy> = ctx.policy();
     let s = &policy.settings;
     let sid = ctx.next_sid.get();
@@ -314,7 +314,7 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr) {
         }
     }
     txn.reset();
-    linger(&mut stream).await;
+    drop(slot);
     mlog!(
         "smtpd",
         "sid={sid} disconnect from {client_name}[{ip}] ehlo={} mail={} rcpt={}/{} data={} quit={}",
@@ -325,6 +325,7 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr) {
         counts.data,
         counts.quit
     );
+    linger(&mut stream).await;
 }
 
 #[derive(Default)]

@@ -177,10 +177,7 @@ pub struct FsStorage;
 
 impl Storage for FsStorage {
     fn create(&mut self, path: &Path) -> io::Result<DynSink> {
-        let f = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(path)?;
+        let f = OpenOptions::new().append(true).create_new(true).open(path)?;
         Ok(DynSink(Box::new(FileSink(f))))
     }
 }
@@ -192,10 +189,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// True for "disk full" and "quota exceeded".
 pub fn is_full(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    )
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
 }
 
 /// Where one body record lives.
@@ -270,18 +264,9 @@ impl BodyReaderInner {
         let (start, dlen) = match record::check_and_decode(&self.buf, crc) {
             Ok(Record::Body { qid, data }) if qid == self.qid => {
                 // `data` borrows from `buf`; keep only its position so `buf` can be reused.
-                (
-                    data.as_ptr() as usize - self.buf.as_ptr() as usize,
-                    data.len(),
-                )
+                (data.as_ptr() as usize - self.buf.as_ptr() as usize, data.len())
             }
-            Ok(_) => {
-                return Err(invalid(
-                    &path,
-                    loc.offset,
-                    "not a body record of this message",
-                ))
-            }
+            Ok(_) => return Err(invalid(&path, loc.offset, "not a body record of this message")),
             Err(what) => return Err(invalid(&path, loc.offset, &what)),
         };
         self.pos = start;

@@ -54,9 +54,7 @@ use recover::{recover, Mode, SegMeta};
 use schedule::Msg;
 
 /// A queue id: unique in this queue for its lifetime. Shown as uppercase hex (mailq, logs).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct QueueId(pub u64);
 
 impl fmt::Display for QueueId {
@@ -278,10 +276,7 @@ impl Disk {
         &mut self,
         batch: &[u8],
         target: u64,
-    ) -> (
-        Option<(u32, PathBuf)>,
-        Result<(), (PathBuf, std::io::Error)>,
-    ) {
+    ) -> (Option<(u32, PathBuf)>, Result<(), (PathBuf, std::io::Error)>) {
         if self.needs_rollback {
             if let Err(SinkError(e)) = self.seg.rollback() {
                 return (None, Err((self.seg.path().to_path_buf(), e)));
@@ -384,15 +379,10 @@ impl Inner {
             return Some(self.writer_lost_error());
         }
         if self.failure_end_lsn > lsn {
-            return Some(
-                self.failure
-                    .as_ref()
-                    .map(Failure::to_error)
-                    .unwrap_or(QueueError::Io {
-                        path: self.dir.clone(),
-                        source: std::io::Error::other("queue write failed"),
-                    }),
-            );
+            return Some(self.failure.as_ref().map(Failure::to_error).unwrap_or(QueueError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other("queue write failed"),
+            }));
         }
         None
     }
@@ -410,10 +400,7 @@ impl Inner {
     }
 
     fn locate(&self, lsn: u64) -> Option<&SegMeta> {
-        let i = self
-            .segments
-            .partition_point(|s| s.start_lsn <= lsn)
-            .checked_sub(1)?;
+        let i = self.segments.partition_point(|s| s.start_lsn <= lsn).checked_sub(1)?;
         self.segments.get(i).filter(|s| lsn < s.end_lsn)
     }
 }
@@ -520,25 +507,19 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, QueueError> {
             path: path.clone(),
             source: e,
         })?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
-        QueueError::Io {
-            path: path.clone(),
-            source: std::io::Error::new(
-                std::io::Error::from(e).kind(),
-                "queue directory is in use by another poshta process",
-            ),
-        }
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| QueueError::Io {
+        path: path.clone(),
+        source: std::io::Error::new(
+            std::io::Error::from(e).kind(),
+            "queue directory is in use by another poshta process",
+        ),
     })?;
     Ok(f)
 }
 
 impl Queue {
     /// Open (creating the directory if needed) and recover. Blocking: call before the loop.
-    pub fn open(
-        dir: &Path,
-        opts: QueueOptions,
-        now_unix: u64,
-    ) -> Result<(Queue, RecoveryReport), QueueError> {
+    pub fn open(dir: &Path, opts: QueueOptions, now_unix: u64) -> Result<(Queue, RecoveryReport), QueueError> {
         Queue::open_with(dir, opts, now_unix, Box::new(FsStorage))
     }
 
@@ -556,11 +537,7 @@ impl Queue {
         let lock = lock_dir(dir)?;
         let rec = recover(dir, Mode::Repair)?;
         // Every start writes to a fresh segment; the recovered ones are only read from now on.
-        let number = rec
-            .segments
-            .last()
-            .map(|s| s.number.saturating_add(1))
-            .unwrap_or(1);
+        let number = rec.segments.last().map(|s| s.number.saturating_add(1)).unwrap_or(1);
         let seg = Disk::create_segment(dir, storage.as_mut(), number).map_err(|(path, e)| {
             if log::is_full(&e) {
                 QueueError::Full { path }
@@ -581,10 +558,7 @@ impl Queue {
             live.insert(m.first_lsn, m.qid);
             index.insert(m.qid, m);
         }
-        let next_qid = rec
-            .max_qid
-            .saturating_add(1)
-            .max(now_unix.saturating_mul(1 << 20));
+        let next_qid = rec.max_qid.saturating_add(1).max(now_unix.saturating_mul(1 << 20));
         let disk = Disk {
             dir: dir.to_path_buf(),
             storage,
@@ -820,10 +794,7 @@ impl Queue {
                     rcpt: *rcpt,
                     reason: bounded(reason),
                 },
-                RcptState::Deferred {
-                    reason,
-                    next_try_unix,
-                } => Record::Deferred {
+                RcptState::Deferred { reason, next_try_unix } => Record::Deferred {
                     qid,
                     rcpt: *rcpt,
                     next_try_unix: *next_try_unix,
@@ -877,13 +848,7 @@ impl Queue {
 
     /// Every message in the queue, oldest first.
     pub fn list(&self) -> Vec<MessageInfo> {
-        self.shared
-            .inner
-            .borrow()
-            .index
-            .values()
-            .map(Msg::info)
-            .collect()
+        self.shared.inner.borrow().index.values().map(Msg::info).collect()
     }
 
     /// Write and fsync everything pending (shutdown).
@@ -911,10 +876,7 @@ impl Queue {
         self.wait(rx).await
     }
 
-    async fn wait(
-        &self,
-        rx: smol::channel::Receiver<Result<(), Failure>>,
-    ) -> Result<(), QueueError> {
+    async fn wait(&self, rx: smol::channel::Receiver<Result<(), Failure>>) -> Result<(), QueueError> {
         match rx.recv().await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(f)) => Err(f.to_error()),
@@ -935,13 +897,7 @@ impl Queue {
     /// Test hook: the directory's segment numbers as the writer sees them.
     #[cfg(test)]
     pub(crate) fn segment_numbers(&self) -> Vec<u32> {
-        self.shared
-            .inner
-            .borrow()
-            .segments
-            .iter()
-            .map(|s| s.number)
-            .collect()
+        self.shared.inner.borrow().segments.iter().map(|s| s.number).collect()
     }
 }
 

@@ -217,10 +217,7 @@ pub fn segment_header(number: u32) -> [u8; SEGMENT_HEADER_BYTES as usize] {
 }
 
 /// Validate a segment header; the error says what is wrong.
-pub fn check_segment_header(
-    h: &[u8; SEGMENT_HEADER_BYTES as usize],
-    number: u32,
-) -> Result<(), String> {
+pub fn check_segment_header(h: &[u8; SEGMENT_HEADER_BYTES as usize], number: u32) -> Result<(), String> {
     if h[..8] != MAGIC {
         return Err("bad segment magic (not a poshta queue segment)".to_string());
     }
@@ -230,10 +227,7 @@ pub fn check_segment_header(
     }
     let n = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
     if n != number {
-        return Err(format!(
-            "segment header says number {}, file name says {}",
-            n, number
-        ));
+        return Err(format!("segment header says number {}, file name says {}", n, number));
     }
     Ok(())
 }
@@ -308,10 +302,7 @@ mod tests {
             qid: QueueId(1),
             data: &big,
         };
-        assert!(matches!(
-            encode(&r, &mut out),
-            Err(EncodeError::TooLarge(_))
-        ));
+        assert!(matches!(encode(&r, &mut out), Err(EncodeError::TooLarge(_))));
         assert_eq!(out, vec![1, 2, 3]);
     }
 

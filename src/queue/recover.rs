@@ -114,13 +114,7 @@ fn valid_record_after(bytes: &[u8]) -> Option<usize> {
 
 /// Decide whether the damage at `offset` of the last segment is a torn tail.
 /// Ok(()) = torn; Err = corruption.
-fn check_torn(
-    file: &mut File,
-    path: &Path,
-    offset: u64,
-    file_len: u64,
-    what: &str,
-) -> Result<(), QueueError> {
+fn check_torn(file: &mut File, path: &Path, offset: u64, file_len: u64, what: &str) -> Result<(), QueueError> {
     let corrupt = |what: String| QueueError::Corrupt {
         path: path.to_path_buf(),
         offset,
@@ -134,11 +128,8 @@ fn check_torn(
         )));
     }
     let mut bytes = Vec::with_capacity(rest as usize);
-    file.seek(SeekFrom::Start(offset))
-        .map_err(|e| io_err(path, e))?;
-    file.take(rest)
-        .read_to_end(&mut bytes)
-        .map_err(|e| io_err(path, e))?;
+    file.seek(SeekFrom::Start(offset)).map_err(|e| io_err(path, e))?;
+    file.take(rest).read_to_end(&mut bytes).map_err(|e| io_err(path, e))?;
     if let Some(i) = valid_record_after(&bytes) {
         return Err(corrupt(format!(
             "{} (a valid record follows at offset {})",
@@ -150,12 +141,7 @@ fn check_torn(
 }
 
 /// Apply one record to the messages being rebuilt.
-fn apply(
-    parts: &mut HashMap<QueueId, Partial>,
-    rec: Record<'_>,
-    lsn: u64,
-    framed_len: u32,
-) -> Result<(), String> {
+fn apply(parts: &mut HashMap<QueueId, Partial>, rec: Record<'_>, lsn: u64, framed_len: u32) -> Result<(), String> {
     match rec {
         Record::Accepted {
             qid,
@@ -291,16 +277,10 @@ pub fn recover(dir: &Path, mode: Mode) -> Result<Recovered, QueueError> {
             // Only the header of a segment being created can be torn: what is there must be a
             // prefix of the right header, the rest unwritten (zeros). Anything else is not ours.
             let expected = record::segment_header(number);
-            let torn_header = file_len < SEGMENT_HEADER_BYTES
-                || h.iter()
-                    .zip(expected.iter())
-                    .all(|(a, b)| *a == 0 || a == b);
+            let torn_header =
+                file_len < SEGMENT_HEADER_BYTES || h.iter().zip(expected.iter()).all(|(a, b)| *a == 0 || a == b);
             if !last || !torn_header {
-                return Err(QueueError::Corrupt {
-                    path,
-                    offset: 0,
-                    what,
-                });
+                return Err(QueueError::Corrupt { path, offset: 0, what });
             }
             // A segment whose creation was interrupted (header not yet durable).
             check_torn(file, &path, 0, file_len, &what)?;
@@ -336,9 +316,7 @@ pub fn recover(dir: &Path, mode: Mode) -> Result<Recovered, QueueError> {
                     break;
                 }
                 payload.resize(len as usize, 0);
-                reader
-                    .read_exact(&mut payload)
-                    .map_err(|e| io_err(&path, e))?;
+                reader.read_exact(&mut payload).map_err(|e| io_err(&path, e))?;
                 let actual = crc32fast::hash(&payload);
                 if actual != crc {
                     damage = Some(format!(

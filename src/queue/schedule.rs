@@ -115,11 +115,7 @@ pub fn take_ready(index: &mut BTreeMap<QueueId, Msg>, now_unix: u64, max: usize)
 
 /// Earliest due time among messages not in flight.
 pub fn next_due(index: &BTreeMap<QueueId, Msg>) -> Option<u64> {
-    index
-        .values()
-        .filter(|m| !m.in_flight)
-        .filter_map(Msg::due_at)
-        .min()
+    index.values().filter(|m| !m.in_flight).filter_map(Msg::due_at).min()
 }
 
 /// A state change to log: (recipient index, new state).
@@ -127,16 +123,11 @@ pub type Change = (u32, RcptState);
 
 /// Apply a job's outcomes to `m`; returns the changes to log. Outcomes for unknown or already
 /// final recipients are ignored. Clears in-flight.
-pub fn apply_outcomes(
-    opts: &QueueOptions,
-    m: &mut Msg,
-    outcomes: &[(usize, Outcome)],
-    now_unix: u64,
-) -> Vec<Change> {
+pub fn apply_outcomes(opts: &QueueOptions, m: &mut Msg, outcomes: &[(usize, Outcome)], now_unix: u64) -> Vec<Change> {
     m.in_flight = false;
-    let deferred_any = outcomes.iter().any(|(i, o)| {
-        matches!(o, Outcome::Deferred { .. }) && m.states.get(*i).is_some_and(|s| !is_final(s))
-    });
+    let deferred_any = outcomes
+        .iter()
+        .any(|(i, o)| matches!(o, Outcome::Deferred { .. }) && m.states.get(*i).is_some_and(|s| !is_final(s)));
     let next_try_unix = if deferred_any {
         m.deferrals = m.deferrals.saturating_add(1);
         now_unix.saturating_add(backoff_secs(opts, m.deferrals))
@@ -153,9 +144,7 @@ pub fn apply_outcomes(
         }
         let new = match o {
             Outcome::Delivered => RcptState::Delivered,
-            Outcome::Bounced { reason } => RcptState::Bounced {
-                reason: reason.clone(),
-            },
+            Outcome::Bounced { reason } => RcptState::Bounced { reason: reason.clone() },
             Outcome::Deferred { reason } => RcptState::Deferred {
                 reason: reason.clone(),
                 next_try_unix,
@@ -219,17 +208,7 @@ mod tests {
             let Some(m) = index.get_mut(&QueueId(1)) else {
                 panic!("gone")
             };
-            apply_outcomes(
-                &o,
-                m,
-                &[(
-                    0,
-                    Outcome::Deferred {
-                        reason: "busy".into(),
-                    },
-                )],
-                now,
-            );
+            apply_outcomes(&o, m, &[(0, Outcome::Deferred { reason: "busy".into() })], now);
             let due = next_due(&index).expect("due");
             tries.push(due - now);
             // Not due a second early.
@@ -255,13 +234,7 @@ mod tests {
         );
         assert_eq!(ch.len(), 2);
         assert!(m.all_final());
-        assert!(apply_outcomes(
-            &o,
-            &mut m,
-            &[(0, Outcome::Deferred { reason: "y".into() })],
-            20
-        )
-        .is_empty());
+        assert!(apply_outcomes(&o, &mut m, &[(0, Outcome::Deferred { reason: "y".into() })], 20).is_empty());
         assert_eq!(m.states[0], RcptState::Delivered);
         assert_eq!(m.deferrals, 0);
     }

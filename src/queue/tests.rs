@@ -107,12 +107,7 @@ fn big_body(n: usize) -> Vec<u8> {
 fn segment_files(dir: &Path) -> Vec<u32> {
     let mut v: Vec<u32> = std::fs::read_dir(dir)
         .expect("readdir")
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()
-                .and_then(record::parse_segment_file_name)
-        })
+        .filter_map(|e| e.ok()?.file_name().to_str().and_then(record::parse_segment_file_name))
         .collect();
     v.sort();
     v
@@ -125,8 +120,7 @@ fn record_offsets(path: &Path) -> Vec<u64> {
     let mut v = Vec::new();
     while off + 8 <= bytes.len() {
         v.push(off as u64);
-        let len = u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]])
-            as usize;
+        let len = u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]]) as usize;
         off += 8 + len;
     }
     v
@@ -185,9 +179,7 @@ impl<W: embedded_io::Write<Error = SinkError>> embedded_io::Write for FaultSink<
         }
         let n = buf.len().min(budget as usize);
         let n = self.inner.write(&buf[..n])?;
-        self.faults
-            .budget
-            .store(budget - n as u64, Ordering::SeqCst);
+        self.faults.budget.store(budget - n as u64, Ordering::SeqCst);
         Ok(n)
     }
     fn flush(&mut self) -> Result<(), SinkError> {
@@ -209,10 +201,7 @@ impl Storage for FaultStorage {
         if self.0.budget.load(Ordering::SeqCst) == 0 {
             return Err(std::io::Error::from_raw_os_error(28));
         }
-        let f = std::fs::OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(path)?;
+        let f = std::fs::OpenOptions::new().append(true).create_new(true).open(path)?;
         Ok(DynSink(Box::new(FaultSink {
             inner: FileSink(f),
             faults: self.0.clone(),
@@ -221,12 +210,7 @@ impl Storage for FaultStorage {
 }
 
 fn open_faulty(dir: &Path, faults: &Arc<Faults>) -> Queue {
-    match Queue::open_with(
-        dir,
-        opts(1 << 30),
-        NOW,
-        Box::new(FaultStorage(faults.clone())),
-    ) {
+    match Queue::open_with(dir, opts(1 << 30), NOW, Box::new(FaultStorage(faults.clone()))) {
         Ok((q, _)) => q,
         Err(e) => panic!("open failed: {}", e),
     }
@@ -411,29 +395,16 @@ fn torn_tail_at_every_offset_of_the_last_record() {
         let dir = TempDir::new("torn");
         copy_dir(pristine.path(), dir.path());
         let path = dir.path().join("00000001.log");
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open");
+        let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
         f.set_len(cut).expect("cut");
         drop(f);
         let (q, rep) = open(dir.path(), 1 << 30);
         if cut == last {
             assert!(rep.truncated_tail.is_none(), "cut {}", cut);
         } else {
-            assert_eq!(
-                rep.truncated_tail,
-                Some((path.clone(), last)),
-                "cut {}",
-                cut
-            );
+            assert_eq!(rep.truncated_tail, Some((path.clone(), last)), "cut {}", cut);
         }
-        assert_eq!(
-            std::fs::metadata(&path).expect("meta").len(),
-            last,
-            "cut {}",
-            cut
-        );
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), last, "cut {}", cut);
         // The first message is intact; the second lost its Commit, so it is discarded.
         assert_eq!(rep.messages, 1, "cut {}", cut);
         assert_eq!(rep.discarded_uncommitted, 1, "cut {}", cut);
@@ -484,10 +455,7 @@ fn damage_in_an_older_segment_is_corruption_even_at_its_end() {
     drop(open(dir.path(), 1 << 30));
     let seg1 = dir.path().join("00000001.log");
     let len = std::fs::metadata(&seg1).expect("meta").len();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&seg1)
-        .expect("open");
+    let f = std::fs::OpenOptions::new().write(true).open(&seg1).expect("open");
     f.set_len(len - 1).expect("cut");
     drop(f);
     assert!(matches!(
@@ -513,16 +481,9 @@ fn missing_segment_is_corruption() {
 fn torn_segment_header_is_removed() {
     let (dir, a, _) = two_messages("torn-header");
     // A crash right after creating segment 2: only part of its header made it.
-    std::fs::write(
-        dir.path().join("00000002.log"),
-        &record::segment_header(2)[..5],
-    )
-    .expect("write");
+    std::fs::write(dir.path().join("00000002.log"), &record::segment_header(2)[..5]).expect("write");
     let (q, rep) = open(dir.path(), 1 << 30);
-    assert_eq!(
-        rep.truncated_tail,
-        Some((dir.path().join("00000002.log"), 0))
-    );
+    assert_eq!(rep.truncated_tail, Some((dir.path().join("00000002.log"), 0)));
     assert_eq!(rep.messages, 2);
     assert_eq!(body_of(&q, a), b"first message\r\n");
 }
@@ -614,16 +575,7 @@ fn states_survive_reopen_and_done_messages_are_gone() {
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].recipients, vec![(1, "r1@example.net".to_string())]);
     // The deferral count survived: the next wait doubles.
-    q.finish(
-        a,
-        &[(
-            1,
-            Outcome::Deferred {
-                reason: "again".into(),
-            },
-        )],
-        NOW + 300,
-    );
+    q.finish(a, &[(1, Outcome::Deferred { reason: "again".into() })], NOW + 300);
     assert_eq!(q.next_due(), Some(NOW + 300 + 600));
 }
 
@@ -645,27 +597,13 @@ fn segments_are_deleted_only_in_prefix_order() {
         q.finish(b, &[(0, Outcome::Delivered)], NOW);
         q.sync().await.expect("sync");
         // One more batch so the writer looks at deletion again.
-        q.finish(
-            a,
-            &[(
-                0,
-                Outcome::Deferred {
-                    reason: "later".into(),
-                },
-            )],
-            NOW,
-        );
+        q.finish(a, &[(0, Outcome::Deferred { reason: "later".into() })], NOW);
         q.sync().await.expect("sync");
     });
     let mid = segment_files(dir.path());
     assert_eq!(mid[0], before[0], "oldest segment must stay: {:?}", mid);
     for n in &before {
-        assert!(
-            mid.contains(n),
-            "segment {} deleted out of order: {:?}",
-            n,
-            mid
-        );
+        assert!(mid.contains(n), "segment {} deleted out of order: {:?}", n, mid);
     }
     drop(q);
     // After a restart the done message stays done and the other stays queued.
@@ -686,12 +624,7 @@ fn segments_are_deleted_only_in_prefix_order() {
     });
     let after = segment_files(dir.path());
     assert_eq!(after, q.segment_numbers());
-    assert_eq!(
-        after.len(),
-        1,
-        "only the current segment stays: {:?}",
-        after
-    );
+    assert_eq!(after.len(), 1, "only the current segment stays: {:?}", after);
     assert!(after[0] > *before.last().unwrap_or(&0));
     drop(q);
     let (q, rep) = open(dir.path(), 1);
@@ -710,16 +643,7 @@ fn deferred_message_backoff_on_fake_clock() {
         let jobs = q.ready(now, 10);
         assert_eq!(jobs.len(), 1);
         assert!(q.ready(now, 10).is_empty(), "in flight");
-        q.finish(
-            a,
-            &[(
-                0,
-                Outcome::Deferred {
-                    reason: "busy".into(),
-                },
-            )],
-            now,
-        );
+        q.finish(a, &[(0, Outcome::Deferred { reason: "busy".into() })], now);
         let due = q.next_due().expect("due");
         assert!(q.ready(due - 1, 10).is_empty());
         waits.push(due - now);
@@ -926,11 +850,7 @@ fn generate_golden_segments() {
     let mut flipped = clean.clone();
     // A byte inside the first body record's payload.
     flipped[offsets[1] as usize + 12] ^= 0x01;
-    for (name, bytes) in [
-        ("clean", &clean),
-        ("torn-tail", &torn),
-        ("flipped-byte", &flipped),
-    ] {
+    for (name, bytes) in [("clean", &clean), ("torn-tail", &torn), ("flipped-byte", &flipped)] {
         let d = fixtures().join(name);
         std::fs::create_dir_all(&d).expect("mkdir");
         std::fs::write(d.join("00000001.log"), bytes).expect("write");
@@ -992,10 +912,7 @@ fn golden_torn_tail_segment() {
     let clean_len = std::fs::metadata(fixtures().join("clean/00000001.log"))
         .expect("meta")
         .len();
-    assert_eq!(
-        rep.truncated_tail,
-        Some((d.path().join("00000001.log"), clean_len))
-    );
+    assert_eq!(rep.truncated_tail, Some((d.path().join("00000001.log"), clean_len)));
     check_golden_contents(&q);
 }
 
@@ -1033,11 +950,7 @@ fn body_spanning_segments_reads_back_across_restart() {
         inc.commit().await.expect("commit");
         a
     });
-    assert!(
-        segment_files(dir.path()).len() >= 5,
-        "{:?}",
-        segment_files(dir.path())
-    );
+    assert!(segment_files(dir.path()).len() >= 5, "{:?}", segment_files(dir.path()));
     assert_eq!(body_of(&q, a), body);
     drop(q);
     let (q, rep) = open(dir.path(), 1);
@@ -1080,10 +993,7 @@ fn a_writer_dropped_mid_batch_fails_loudly() {
     drop(task);
     drop(ex);
     assert!(matches!(q.begin(env("y", 1)), Err(QueueError::Io { .. })));
-    assert!(matches!(
-        smol::block_on(inc.commit()),
-        Err(QueueError::Io { .. })
-    ));
+    assert!(matches!(smol::block_on(inc.commit()), Err(QueueError::Io { .. })));
 }
 
 /// Hostile input: every single-byte change to a segment is either caught as corruption or,
@@ -1115,17 +1025,10 @@ fn a_zeroed_header_of_the_last_segment_is_a_torn_creation_but_a_foreign_one_is_n
     std::fs::write(dir.path().join("00000002.log"), [0u8; 16]).expect("write");
     let (q, rep) = open(dir.path(), 1 << 30);
     assert_eq!(rep.messages, 2);
-    assert_eq!(
-        rep.truncated_tail,
-        Some((dir.path().join("00000002.log"), 0))
-    );
+    assert_eq!(rep.truncated_tail, Some((dir.path().join("00000002.log"), 0)));
     drop(q);
     let (dir, _, _) = two_messages("foreign-header");
-    std::fs::write(
-        dir.path().join("00000002.log"),
-        b"not a queue segment at all",
-    )
-    .expect("write");
+    std::fs::write(dir.path().join("00000002.log"), b"not a queue segment at all").expect("write");
     assert!(matches!(
         Queue::open(dir.path(), opts(1 << 30), NOW),
         Err(QueueError::Corrupt { .. })
