@@ -28,6 +28,11 @@ fuzz_target!(|data: &[u8]| {
         message_size_limit: if flags & 2 != 0 { 64 } else { 0 },
         recipient_limit: 100,
         extra_ehlo: Vec::new(),
+        tls_active: false,
+        starttls_offered: false,
+        auth_offered: false,
+        auth_requires_tls: true,
+        auth_required: false,
     });
     let mut out_bytes = s.take_output().len();
     let mut body_bytes = 0usize;
