@@ -666,6 +666,35 @@ fn parser_rejects_junk() {
     assert_eq!(t.steps, vec![Step::Send(b"a\r\n\0".to_vec()), Step::ExpectClosed]);
 }
 
+#[test]
+fn tls_auth_directives() {
+    let plain = parse("x", "# why\nC: NOOP\n").unwrap();
+    assert!(!plain.directives.uses_tls_or_auth());
+    for dir in ["tls", "starttls", "auth", "auth-any", "submission"] {
+        let t = parse("x", &format!("# why\n#! {dir}\n")).unwrap();
+        assert!(t.directives.uses_tls_or_auth(), "{dir}");
+    }
+    let d = parse("x", "# why\n#! submission\n").unwrap().directives;
+    assert!(d.auth_required && d.auth_offered && d.starttls_offered && d.auth_requires_tls && !d.tls_active);
+    let d = parse("x", "# why\n#! auth-any\n").unwrap().directives;
+    assert!(d.auth_offered && !d.auth_requires_tls);
+    // The world's SASL users: exact match only, acting as themselves.
+    let p = Policy {
+        client_ip: IpAddr::from([127, 0, 0, 1]),
+    };
+    let c = |z: &str, u: &str, pw: &str| Credentials {
+        authzid: z.into(),
+        authcid: u.into(),
+        password: pw.into(),
+    };
+    assert!(p.auth(&c("", "alice", "alice-pw")));
+    assert!(p.auth(&c("bob", "bob", "bob-pw")));
+    assert!(!p.auth(&c("", "alice", "bob-pw")));
+    assert!(!p.auth(&c("", "Alice", "alice-pw")));
+    assert!(!p.auth(&c("bob", "alice", "alice-pw")));
+    assert!(!p.auth(&c("", "mallory", "")));
+}
+
 /// The same transcripts over loopback against the built binary (STYLE.md habit 3): one
 /// poshta instance per distinct test-world configuration, with mailbox users alice, bob and
 /// postmaster, mynetworks 127.0.0.1/32. Transcripts that need the idle timer are skipped

@@ -504,6 +504,10 @@ impl Server {
     /// The idle timer (smtpd_timeout) fired: queues `421 4.4.2 <host> Error: timeout exceeded`
     /// and closes; `poll` then reports `DataAborted(Timeout)` if data was in progress.
     pub fn timeout(&mut self) {
+        // Mid-handshake the client expects TLS records, not a plaintext reply.
+        if matches!(self.wait, Some(Wait::Tls)) {
+            return self.tls_failed();
+        }
         if !self.closed {
             let r = Reply::owned(421, format!("4.4.2 {} Error: timeout exceeded", self.params.hostname));
             self.reply(r);
@@ -1751,6 +1755,14 @@ mod tests {
         assert!(s.is_closed());
         assert_eq!(s.poll(), None);
         assert_eq!(out(&mut s), "220 2.0.0 Ready to start TLS\r\n");
+        // The idle timer during a handshake closes without a plaintext 421.
+        let mut s = Server::new(tls_auth_params());
+        s.input(b"STARTTLS\r\n");
+        assert_eq!(s.poll(), Some(Event::StartTls));
+        s.take_output();
+        s.timeout();
+        assert!(s.is_closed());
+        assert_eq!(out(&mut s), "");
     }
 
     #[test]
