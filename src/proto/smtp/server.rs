@@ -5,7 +5,8 @@
 //! let mut s = Server::new(params);          // queues the 220 greeting
 //! loop {
 //!     while let Some(ev) = s.poll() {       // consumes buffered input, one command at a time
-//!         match ev { ... answer with accept()/reject()/accept_data()/finish_data() ... }
+//!         match ev { ... answer with accept()/reject()/accept_data()/finish_data(),
+//!                    auth_ok()/auth_failed(), tls_started()/tls_failed() ... }
 //!     }
 //!     write(s.take_output());               // replies to a pipelined batch go out in one write
 //!     if s.is_closed() { break }
