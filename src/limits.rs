@@ -42,3 +42,5 @@ pub const USERS_LINE_BYTES_MAX: usize = 4096;
 pub const CONFIG_LINE_BYTES_MAX: usize = 64 * 1024;
 /// main.cf: at most this many levels of $name expansion (Postfix stops loops the same way).
 pub const CONFIG_EXPANSION_DEPTH_MAX: usize = 32;
+/// Client networks the login throttle (auth::throttle) tracks at once (~100 bytes each).
+pub const AUTH_THROTTLE_ENTRIES_MAX: usize = 10_000;

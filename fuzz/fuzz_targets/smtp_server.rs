@@ -3,7 +3,9 @@
 //! on, and output, message bytes and event counts stay proportional to the input.
 //!
 //! Input layout: byte 0 = flags (bit 0: reject bare newlines; bit 1: 64-octet size limit;
-//! bit 2: time out at the end; bit 3: answer MAIL with 421; bit 4: reject DataStart),
+//! bit 2: time out at the end; bit 3: answer MAIL with 421; bit 4: reject DataStart;
+//! bit 5: offer STARTTLS and AUTH (also without TLS); bit 6: answer AUTH with auth_ok, else
+//! auth_failed; bit 7: submission, TLS from the start),
 //! byte 1 = read-size seed, the rest = what the client sends.
 #![no_main]
 
@@ -28,6 +30,11 @@ fuzz_target!(|data: &[u8]| {
         message_size_limit: if flags & 2 != 0 { 64 } else { 0 },
         recipient_limit: 100,
         extra_ehlo: Vec::new(),
+        tls_active: flags & 128 != 0,
+        starttls_offered: flags & 32 != 0,
+        auth_offered: flags & (32 | 128) != 0,
+        auth_requires_tls: flags & 32 == 0,
+        auth_required: flags & 128 != 0,
     });
     let mut out_bytes = s.take_output().len();
     let mut body_bytes = 0usize;
@@ -37,10 +44,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = input;
     let mut i = 0usize;
     while !rest.is_empty() && !s.is_closed() {
-        assert!(
-            s.wants_input(),
-            "core stopped reading with nothing to answer"
-        );
+        assert!(s.wants_input(), "core stopped reading with nothing to answer");
         // Arbitrary read sizes: 1 to 257 octets, varying with the seed.
         let n = (1 + (usize::from(seed) * 31 + i * 17) % 257).min(rest.len());
         i += 1;
@@ -51,10 +55,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(events <= 4 * input.len() + 16, "event storm");
             match ev {
                 Event::Helo { .. } => s.accept(),
-                Event::Mail { .. } if flags & 8 != 0 => s.reject(Reply::new(
-                    421,
-                    "4.3.2 mx.example.org Service shutting down",
-                )),
+                Event::Mail { .. } if flags & 8 != 0 => {
+                    s.reject(Reply::new(421, "4.3.2 mx.example.org Service shutting down"))
+                }
                 Event::Mail { .. } => s.accept(),
                 Event::Rcpt { to } if to.contains('x') => {
                     s.reject(Reply::owned(550, format!("5.1.1 <{to}>: User unknown")))
@@ -81,6 +84,22 @@ fuzz_target!(|data: &[u8]| {
                     s.finish_data(Reply::new(250, "2.0.0 Ok: queued as F"));
                 }
                 Event::DataAborted(_) | Event::Reset | Event::Quit => {}
+                Event::StartTls => {
+                    // CVE-2011-0411: nothing runs before the handshake completes.
+                    s.input(b"NOOP\r\n");
+                    assert_eq!(s.poll(), None, "input ran before the TLS handshake");
+                    s.tls_started();
+                    assert!(s.tls_active());
+                }
+                Event::Auth { creds, .. } => {
+                    assert!(creds.authcid.len() <= 255 && creds.password.len() <= 255);
+                    if flags & 64 != 0 {
+                        s.auth_ok();
+                        assert!(s.authenticated_user().is_some());
+                    } else {
+                        s.auth_failed();
+                    }
+                }
             }
         }
         out_bytes += s.take_output().len();

@@ -1,3 +1,5 @@
-//! Mailbox users and passwords.
+//! Mailbox users and passwords, login throttling, and authentication log lines.
 
+pub mod log;
+pub mod throttle;
 pub mod users;

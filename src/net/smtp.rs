@@ -87,6 +87,11 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
         message_size_limit: s.message_size_limit,
         recipient_limit: s.smtpd_recipient_limit,
         extra_ehlo: Vec::new(),
+        tls_active: false,
+        starttls_offered: false,
+        auth_offered: false,
+        auth_requires_tls: true,
+        auth_required: false,
     };
     let timeout = Duration::from_secs(s.smtpd_timeout_secs.max(1));
     let mut server = Server::new(params);
@@ -248,6 +253,10 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
                 }
                 Event::Reset => txn.reset(),
                 Event::Quit => counts.quit += 1,
+                // Not offered by this shell yet (starttls_offered and auth_offered are false,
+                // so the core never emits these); the TLS/AUTH integration replaces them.
+                Event::StartTls => server.tls_failed(),
+                Event::Auth { .. } => server.auth_failed(),
             }
         }
         let out = server.take_output();

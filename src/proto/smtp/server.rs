@@ -5,7 +5,8 @@
 //! let mut s = Server::new(params);          // queues the 220 greeting
 //! loop {
 //!     while let Some(ev) = s.poll() {       // consumes buffered input, one command at a time
-//!         match ev { ... answer with accept()/reject()/accept_data()/finish_data() ... }
+//!         match ev { ... answer with accept()/reject()/accept_data()/finish_data(),
+//!                    auth_ok()/auth_failed(), tls_started()/tls_failed() ... }
 //!     }
 //!     write(s.take_output());               // replies to a pipelined batch go out in one write
 //!     if s.is_closed() { break }
@@ -20,9 +21,20 @@
 //! Structure (after OpenSMTPD): each verb has a `check` that looks at the state and the
 //! arguments and mutates nothing (`Result<Cmd, Refuse>`), then `apply` changes the state.
 //! The session's phase lives in [`State`]; what the core waits for lives in `Wait`.
-//! A later STARTTLS or AUTH adds a row to `COMMANDS`, a `State` variant (AUTH's
-//! continuation lines, up to `limits::SMTP_AUTH_LINE_BYTES_MAX`, see `line_limit`) and an
-//! `Event`; EHLO keywords come from `SessionParams::extra_ehlo`.
+//!
+//! STARTTLS (RFC 3207): the core replies `220 2.0.0 Ready to start TLS`, drops every input
+//! byte buffered behind the command (CVE-2011-0411: plaintext injected before the
+//! handshake must never run as if it came over TLS) and emits `Event::StartTls`. The shell
+//! writes the output, does the handshake (input fed meanwhile is dropped too), then calls
+//! `tls_started()` (or `tls_failed()`). The session then starts over: EHLO is needed, and
+//! HELO, transaction and authentication are forgotten (RFC 3207 §4.2).
+//!
+//! AUTH (RFC 4954) runs the shared SASL exchange (`proto::sasl`): challenges go out as
+//! `334 <base64>`; the AUTH line and each response line may be up to
+//! `limits::SMTP_AUTH_LINE_BYTES_MAX` octets (RFC 4954 §4, see `line_limit`). A completed
+//! exchange is `Event::Auth`; the shell checks the password and answers `auth_ok()` or
+//! `auth_failed()` (or `reject(421 ...)` for a lockout). `accept()` is deliberately not an
+//! answer to `Event::Auth`: authenticating must be said explicitly.
 //!
 //! Choices (Postfix texts unless said otherwise):
 //! - 8-bit text in a command is allowed when it is valid UTF-8 (HELO names, VRFY); in an
@@ -35,6 +47,12 @@
 //! - After `message_size_limit` is passed in BDAT, each further chunk of the transaction
 //!   is read and answered `552 5.3.4 Error: message file too big`.
 //! - Reset, Quit and DataAborted all mean "drop the open message, if any".
+//! - STARTTLS inside a transaction is allowed (RFC 3207 §4.2 forgets it anyway): the core
+//!   emits `Reset` first, as Postfix resets.
+//! - Unknown SASL mechanism: Postfix's `535 5.7.8 Error: authentication failed: Invalid
+//!   authentication mechanism` (RFC 4954 §4 would say 504). A decoded but malformed response
+//!   gets the same 535 as a wrong password. Authentication survives EHLO and RSET; only
+//!   STARTTLS forgets it.
 
 use std::collections::VecDeque;
 
@@ -42,10 +60,11 @@ use core::net::IpAddr;
 
 use super::address::{self, AddrError};
 use super::headers::HeaderFixer;
-use crate::limits::{SESSION_INPUT_BYTES_MAX, SMTP_COMMAND_LINE_BYTES_MAX};
+use crate::limits::{SESSION_INPUT_BYTES_MAX, SMTP_AUTH_LINE_BYTES_MAX, SMTP_COMMAND_LINE_BYTES_MAX};
 use crate::proto::dot::{crlf_to_lf, CrlfToLf, DotDecoder, Stop};
 use crate::proto::line::{Frame, LineReader};
 use crate::proto::reply::Reply;
+use crate::proto::sasl::{self, Credentials, Exchange, Mechanism, SaslError};
 
 /// How bare LF / bare CR are treated (RFC 5321 §2.3.8, §4.1.1.4; the SMTP smuggling defence).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,9 +89,18 @@ pub struct SessionParams {
     pub message_size_limit: u64,
     /// smtpd_recipient_limit (at least `limits::SMTP_RECIPIENTS_MIN`).
     pub recipient_limit: usize,
-    /// More EHLO keywords (e.g. `STARTTLS`, `AUTH PLAIN LOGIN`), listed after SIZE in the
-    /// order given, as Postfix orders them.
+    /// More EHLO keywords, listed after SIZE, STARTTLS and AUTH in the order given.
     pub extra_ehlo: Vec<String>,
+    /// The session runs over TLS (port 465 from the start, or after STARTTLS).
+    pub tls_active: bool,
+    /// STARTTLS is configured for this listener (advertised while TLS is not active).
+    pub starttls_offered: bool,
+    /// AUTH is configured for this listener.
+    pub auth_offered: bool,
+    /// smtpd_tls_auth_only (default yes): AUTH only over TLS, and advertised only then.
+    pub auth_requires_tls: bool,
+    /// Submission (587/465): MAIL before a successful AUTH is refused.
+    pub auth_required: bool,
 }
 
 /// BODY= parameter of MAIL (RFC 6152, RFC 3030).
@@ -130,13 +158,27 @@ pub enum Event {
     /// QUIT: the core replied 221 and is closed; an open BDAT message is dropped.
     /// No answer.
     Quit,
+    /// STARTTLS was accepted and `220 2.0.0 Ready to start TLS` queued. The shell writes the
+    /// output, does the TLS handshake, then calls `tls_started()` (or `tls_failed()`);
+    /// until then `poll` returns None and input is dropped (RFC 3207 §4.2, CVE-2011-0411).
+    StartTls,
+    /// A completed SASL exchange (RFC 4954 §4). Answer: `auth_ok()` (235), `auth_failed()`
+    /// (535), or `reject(reply)` (a 421 closes: lockout).
+    Auth { mechanism: Mechanism, creds: Credentials },
 }
 
 impl Event {
+    /// Whether `poll` waits for the shell's answer (or, for StartTls, `tls_started()`).
     pub fn needs_answer(&self) -> bool {
         matches!(
             self,
-            Event::Helo { .. } | Event::Mail { .. } | Event::Rcpt { .. } | Event::DataStart | Event::DataEnd { .. }
+            Event::Helo { .. }
+                | Event::Mail { .. }
+                | Event::Rcpt { .. }
+                | Event::DataStart
+                | Event::DataEnd { .. }
+                | Event::StartTls
+                | Event::Auth { .. }
         )
     }
 }
@@ -190,6 +232,24 @@ const BAD_BODY: Reply = Reply::new(501, "5.5.4 Bad BODY keyword value");
 const SIZE_OVER: Reply = Reply::new(552, "5.3.4 Message size exceeds fixed limit");
 const TOO_BIG: Reply = Reply::new(552, "5.3.4 Error: message file too big");
 const TOO_MANY_RCPTS: Reply = Reply::new(452, "4.5.3 Error: too many recipients");
+const TLS_READY: Reply = Reply::new(220, "2.0.0 Ready to start TLS");
+const TLS_NOT_OFFERED: Reply = Reply::new(502, "5.5.1 Error: command not implemented");
+const TLS_ACTIVE: Reply = Reply::new(554, "5.5.1 Error: TLS already active");
+const STARTTLS_SYNTAX: Reply = Reply::new(501, "5.5.4 Syntax: STARTTLS");
+const AUTH_NOT_OFFERED: Reply = Reply::new(503, "5.5.1 Error: authentication not enabled");
+const AUTH_IN_TXN: Reply = Reply::new(503, "5.5.1 Error: MAIL transaction in progress");
+const AUTH_AGAIN: Reply = Reply::new(503, "5.5.1 Error: already authenticated");
+const AUTH_SYNTAX: Reply = Reply::new(501, "5.5.4 Syntax: AUTH mechanism");
+const AUTH_NEED_TLS: Reply = Reply::new(530, "5.7.0 Must issue a STARTTLS command first");
+const AUTH_UNKNOWN_MECH: Reply = Reply::new(
+    535,
+    "5.7.8 Error: authentication failed: Invalid authentication mechanism",
+);
+const AUTH_OK: Reply = Reply::new(235, "2.7.0 Authentication successful");
+const AUTH_FAILED: Reply = Reply::new(535, "5.7.8 Error: authentication failed: authentication failure");
+const AUTH_ABORTED: Reply = Reply::new(501, "5.7.0 Authentication aborted");
+const AUTH_BAD_BASE64: Reply = Reply::new(501, "5.5.2 Cannot decode response");
+const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0 Authentication required");
 
 /// The phase of the session.
 enum State {
@@ -210,6 +270,8 @@ enum State {
     },
     /// Between BDAT chunks of one message.
     Bdat(Msg),
+    /// Inside an AUTH exchange: the next line is a SASL response (RFC 4954 §4).
+    Auth { mechanism: Mechanism, ex: Exchange },
 }
 
 /// One mail transaction before its data.
@@ -267,11 +329,21 @@ impl Msg {
 
 /// The answer the core waits for.
 enum Wait {
-    Helo { esmtp: bool },
-    Mail { smtputf8: bool },
+    Helo {
+        esmtp: bool,
+    },
+    Mail {
+        smtputf8: bool,
+    },
     Rcpt,
     DataStart(Via),
     DataEnd,
+    /// STARTTLS accepted: the handshake runs; input is dropped.
+    Tls,
+    /// A SASL exchange completed for this user (authcid).
+    Auth {
+        user: String,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -305,6 +377,11 @@ enum Cmd {
     Quit,
     Vrfy,
     Help,
+    StartTls,
+    Auth {
+        mechanism: Mechanism,
+        initial: Option<String>,
+    },
 }
 
 /// A refused command: the reply, and what happens to the session.
@@ -352,6 +429,8 @@ const COMMANDS: &[(&str, Check)] = &[
     ("VRFY", Server::check_vrfy),
     ("EXPN", Server::check_expn),
     ("HELP", Server::check_help),
+    ("STARTTLS", Server::check_starttls),
+    ("AUTH", Server::check_auth),
 ];
 
 /// The SMTP server state machine for one connection.
@@ -369,6 +448,8 @@ pub struct Server {
     closed: bool,
     /// What an open message is aborted with once closed.
     close_reason: AbortReason,
+    /// The authcid of a successful AUTH (RFC 4954 §4: at most one per session).
+    user: Option<String>,
 }
 
 impl Server {
@@ -385,6 +466,7 @@ impl Server {
             events: VecDeque::new(),
             closed: false,
             close_reason: AbortReason::Disconnected,
+            user: None,
             params,
         };
         // RFC 5321 §4.2: the greeting; §4.3.1.
@@ -395,7 +477,8 @@ impl Server {
 
     /// Bytes received from the client. Ignored once closed.
     pub fn input(&mut self, data: &[u8]) {
-        if self.closed {
+        // RFC 3207 §4.2, CVE-2011-0411: nothing sent before the handshake completes counts.
+        if self.closed || matches!(self.wait, Some(Wait::Tls)) {
             return;
         }
         if self.pos > 0 {
@@ -422,6 +505,10 @@ impl Server {
     /// The idle timer (smtpd_timeout) fired: queues `421 4.4.2 <host> Error: timeout exceeded`
     /// and closes; `poll` then reports `DataAborted(Timeout)` if data was in progress.
     pub fn timeout(&mut self) {
+        // Mid-handshake the client expects TLS records, not a plaintext reply.
+        if matches!(self.wait, Some(Wait::Tls)) {
+            return self.tls_failed();
+        }
         if !self.closed {
             let r = Reply::owned(421, format!("4.4.2 {} Error: timeout exceeded", self.params.hostname));
             self.reply(r);
@@ -493,6 +580,8 @@ impl Server {
         let Some(w) = self.wait.take() else { return };
         let closing = reply.code == 421;
         match w {
+            // The client expects a TLS handshake now, not a reply: just close.
+            Wait::Tls => return self.close(),
             // RFC 3030 §2: the chunk of a refused BDAT is read before the reply.
             Wait::DataStart(Via::Bdat { size, .. }) if !closing && size > 0 => {
                 self.skip = Some(Skip { remaining: size, reply });
@@ -546,6 +635,57 @@ impl Server {
         }
     }
 
+    /// The TLS handshake after `Event::StartTls` succeeded: the session starts over and
+    /// needs EHLO; HELO, transaction and authentication are forgotten (RFC 3207 §4.2).
+    pub fn tls_started(&mut self) {
+        if !matches!(self.wait, Some(Wait::Tls)) {
+            return;
+        }
+        self.wait = None;
+        self.params.tls_active = true;
+        self.state = State::Start;
+        self.user = None;
+        self.drop_input();
+    }
+
+    /// The TLS handshake failed: the session is over (nothing can be sent in the clear).
+    pub fn tls_failed(&mut self) {
+        if matches!(self.wait, Some(Wait::Tls)) {
+            self.wait = None;
+            self.close();
+        }
+    }
+
+    /// Answer to `Event::Auth`: the password is right. `235 2.7.0 Authentication successful`.
+    pub fn auth_ok(&mut self) {
+        match self.wait.take() {
+            Some(Wait::Auth { user }) => {
+                self.user = Some(user);
+                self.reply(AUTH_OK);
+            }
+            other => self.wait = other,
+        }
+    }
+
+    /// Answer to `Event::Auth`: wrong user or password (RFC 4954 §6: 535 5.7.8; the text
+    /// never says which). The session stays unauthenticated and may try again.
+    pub fn auth_failed(&mut self) {
+        match self.wait.take() {
+            Some(Wait::Auth { .. }) => self.reply(AUTH_FAILED),
+            other => self.wait = other,
+        }
+    }
+
+    /// The user of a successful AUTH in this session, if any.
+    pub fn authenticated_user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// Whether the session runs over TLS now.
+    pub fn tls_active(&self) -> bool {
+        self.params.tls_active
+    }
+
     /// Bytes to send to the client (drains the output buffer).
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
@@ -571,9 +711,15 @@ impl Server {
 
     fn close(&mut self) {
         self.closed = true;
+        self.drop_input();
+        self.skip = None;
+    }
+
+    /// Forget all buffered input, and any half-read over-long line.
+    fn drop_input(&mut self) {
         self.inbuf = Vec::new();
         self.pos = 0;
-        self.skip = None;
+        self.lines = LineReader::new();
     }
 
     /// `521 5.5.2 <host> Error: bare <LF> received` and close (RFC 5321 §2.3.8).
@@ -596,9 +742,15 @@ impl Server {
         }
     }
 
-    /// The longest line the current state reads (AUTH continuation lines will be longer).
+    /// The longest line the current state reads. RFC 4954 §4: an AUTH command with its
+    /// initial response, and each SASL response line, may be up to 12288 octets; other
+    /// commands longer than 512 are refused in `step_command` after framing.
     fn line_limit(&self) -> usize {
-        SMTP_COMMAND_LINE_BYTES_MAX
+        if self.params.auth_offered {
+            SMTP_AUTH_LINE_BYTES_MAX
+        } else {
+            SMTP_COMMAND_LINE_BYTES_MAX
+        }
     }
 
     /// One unit of work on the buffered input; false when nothing could be done.
@@ -744,7 +896,11 @@ impl Server {
             Frame::TooLong { consumed, done } => {
                 self.pos += consumed;
                 if done {
-                    // RFC 5321 §4.5.3.1.4, §4.2.2 (500: line too long)
+                    // RFC 5321 §4.5.3.1.4, §4.2.2 (500: line too long); an over-long SASL
+                    // response also ends the exchange.
+                    if matches!(self.state, State::Auth { .. }) {
+                        self.state = State::Idle;
+                    }
                     self.reply(TOO_LONG);
                 }
                 true
@@ -756,9 +912,15 @@ impl Server {
             } => {
                 let line = self.inbuf[self.pos..self.pos + content_len].to_vec();
                 self.pos += consumed;
-                if bare_lf && self.params.bare_newline == BareNewline::Reject {
+                let in_auth = matches!(self.state, State::Auth { .. });
+                if content_len + 2 > SMTP_COMMAND_LINE_BYTES_MAX && !in_auth && !is_auth_command(&line) {
+                    // RFC 5321 §4.5.3.1.4: only AUTH lines may be longer (RFC 4954 §4).
+                    self.reply(TOO_LONG);
+                } else if bare_lf && self.params.bare_newline == BareNewline::Reject {
                     // RFC 5321 §2.3.8: lines end with CR LF only.
                     self.bare_newline_close("LF");
+                } else if in_auth {
+                    self.auth_response(&line);
                 } else {
                     self.command(&line);
                 }
@@ -885,9 +1047,72 @@ impl Server {
             }
             Cmd::Vrfy => self.reply(VRFY),
             Cmd::Help => self.reply(HELP),
+            Cmd::StartTls => {
+                // RFC 3207 §4.2: the transaction is forgotten (Postfix resets it at once).
+                if matches!(self.state, State::Mail(_) | State::Bdat(_)) {
+                    self.events.push_back(Event::Reset);
+                }
+                self.state = State::Start;
+                self.reply(TLS_READY);
+                // CVE-2011-0411: pipelined plaintext after STARTTLS is dropped, never run.
+                self.drop_input();
+                self.events.push_back(Event::StartTls);
+                self.wait = Some(Wait::Tls);
+            }
+            Cmd::Auth { mechanism, initial } => {
+                let (ex, step) = Exchange::start(mechanism, initial.as_deref());
+                self.state = State::Auth { mechanism, ex };
+                self.auth_step(step);
+            }
         }
     }
 
+    /// One SASL response line (RFC 4954 §4).
+    fn auth_response(&mut self, line: &[u8]) {
+        let State::Auth { mechanism, mut ex } = std::mem::replace(&mut self.state, State::Idle) else {
+            return;
+        };
+        // Not UTF-8 cannot be base64 either.
+        let step = match std::str::from_utf8(line) {
+            Ok(text) => ex.step(text),
+            Err(_) => sasl::Step::Failed(SaslError::BadBase64),
+        };
+        self.state = State::Auth { mechanism, ex };
+        self.auth_step(step);
+    }
+
+    fn auth_step(&mut self, step: sasl::Step) {
+        let State::Auth { mechanism, ex } = std::mem::replace(&mut self.state, State::Idle) else {
+            return;
+        };
+        match step {
+            // RFC 4954 §4: "334" SP [base64]; an empty challenge is "334 ".
+            sasl::Step::Challenge(c) => {
+                self.state = State::Auth { mechanism, ex };
+                self.reply(Reply::owned(334, c));
+            }
+            sasl::Step::Done(creds) => {
+                self.wait = Some(Wait::Auth {
+                    user: creds.authcid.clone(),
+                });
+                self.events.push_back(Event::Auth { mechanism, creds });
+            }
+            // RFC 4954 §4: "*" cancels with 501.
+            sasl::Step::Failed(SaslError::Cancelled) => self.reply(AUTH_ABORTED),
+            // RFC 4954 §4: a response that is not base64 gets 501.
+            sasl::Step::Failed(SaslError::BadBase64) => self.reply(AUTH_BAD_BASE64),
+            sasl::Step::Failed(SaslError::Malformed) => self.reply(AUTH_FAILED),
+        }
+    }
+
+    /// AUTH is usable now (and so advertised): configured, and TLS active unless
+    /// smtpd_tls_auth_only is off (RFC 4954 §4: no plaintext passwords in the clear).
+    fn auth_usable(&self) -> bool {
+        self.params.auth_offered && (self.params.tls_active || !self.params.auth_requires_tls)
+    }
+
+    /// EHLO keywords in Postfix's order (PIPELINING, SIZE, STARTTLS, AUTH,
+    /// ENHANCEDSTATUSCODES, 8BITMIME, SMTPUTF8, CHUNKING).
     fn ehlo_reply(&self) -> Reply {
         let p = &self.params;
         let mut t = format!("{}\nPIPELINING\n", p.hostname);
@@ -896,6 +1121,14 @@ impl Server {
             t.push_str(&format!("SIZE {}\n", p.message_size_limit));
         } else {
             t.push_str("SIZE\n");
+        }
+        // RFC 3207 §4: not offered again once TLS runs.
+        if p.starttls_offered && !p.tls_active {
+            t.push_str("STARTTLS\n");
+        }
+        // RFC 4954 §3
+        if self.auth_usable() {
+            t.push_str("AUTH PLAIN LOGIN\n");
         }
         for kw in &p.extra_ehlo {
             t.push_str(kw);
@@ -933,6 +1166,10 @@ impl Server {
             State::Mail(_) | State::Bdat(_) => return Err(NESTED_MAIL.into()),
             _ => {}
         }
+        // RFC 4954 §6: submission needs AUTH first.
+        if self.params.auth_required && self.user.is_none() {
+            return Err(AUTH_REQUIRED.into());
+        }
         // "FROM: <a@b>" with a space is a common client bug that Postfix accepts.
         let rest = strip_prefix_ci(arg, "FROM:")
             .ok_or(MAIL_SYNTAX)?
@@ -959,6 +1196,9 @@ impl Server {
             } else if key.eq_ignore_ascii_case("SMTPUTF8") && value.is_none() {
                 // RFC 6531 §3.4
                 smtputf8 = true;
+            } else if key.eq_ignore_ascii_case("AUTH") && value.is_some() && self.params.auth_offered {
+                // RFC 4954 §5: AUTH=<mailbox> or AUTH=<>; poshta does not relay the
+                // identity onward, so it is accepted and ignored.
             } else {
                 return Err(unsupported(key));
             }
@@ -1081,6 +1321,55 @@ impl Server {
     fn check_help(&self, _arg: &str) -> Result<Cmd, Refuse> {
         Ok(Cmd::Help)
     }
+
+    /// RFC 3207 §4, in Postfix's order of checks.
+    fn check_starttls(&self, arg: &str) -> Result<Cmd, Refuse> {
+        if !arg.is_empty() {
+            return Err(STARTTLS_SYNTAX.into());
+        }
+        if self.params.tls_active {
+            return Err(TLS_ACTIVE.into());
+        }
+        if !self.params.starttls_offered {
+            return Err(TLS_NOT_OFFERED.into());
+        }
+        Ok(Cmd::StartTls)
+    }
+
+    /// RFC 4954 §4: `AUTH mechanism [initial-response]`.
+    fn check_auth(&self, arg: &str) -> Result<Cmd, Refuse> {
+        if !self.params.auth_offered {
+            return Err(AUTH_NOT_OFFERED.into());
+        }
+        match self.state {
+            State::Start => return Err(SEND_HELO.into()),
+            // RFC 4954 §4: not during a mail transaction.
+            State::Mail(_) | State::Bdat(_) => return Err(AUTH_IN_TXN.into()),
+            _ => {}
+        }
+        // RFC 3207 §4 wording; smtpd_tls_auth_only.
+        if !self.auth_usable() {
+            return Err(AUTH_NEED_TLS.into());
+        }
+        // RFC 4954 §4: after a successful AUTH, another one is refused with 503.
+        if self.user.is_some() {
+            return Err(AUTH_AGAIN.into());
+        }
+        let mut words = arg.split([' ', '\t']).filter(|w| !w.is_empty());
+        let (Some(mech), initial, None) = (words.next(), words.next(), words.next()) else {
+            return Err(AUTH_SYNTAX.into());
+        };
+        let mechanism = Mechanism::parse(mech).ok_or(AUTH_UNKNOWN_MECH)?;
+        Ok(Cmd::Auth {
+            mechanism,
+            initial: initial.map(str::to_string),
+        })
+    }
+}
+
+/// Whether a line is an AUTH command (which may be longer than 512 octets, RFC 4954 §4).
+fn is_auth_command(line: &[u8]) -> bool {
+    line.len() > 4 && line[..4].eq_ignore_ascii_case(b"AUTH") && matches!(line[4], b' ' | b'\t')
 }
 
 /// DATA/BDAT need an accepted recipient (Postfix's two replies).
@@ -1144,6 +1433,11 @@ mod tests {
             message_size_limit: 0,
             recipient_limit: 100,
             extra_ehlo: Vec::new(),
+            tls_active: false,
+            starttls_offered: false,
+            auth_offered: false,
+            auth_requires_tls: true,
+            auth_required: false,
         }
     }
 
@@ -1400,6 +1694,181 @@ mod tests {
         assert_eq!(s.poll(), Some(Event::Quit));
         assert_eq!(s.poll(), None);
         assert!(s.is_closed());
+    }
+
+    fn tls_auth_params() -> SessionParams {
+        let mut p = params();
+        p.starttls_offered = true;
+        p.auth_offered = true;
+        p
+    }
+
+    #[test]
+    fn starttls_drops_input_until_the_handshake_is_done() {
+        let mut s = Server::new(tls_auth_params());
+        s.input(b"EHLO c\r\n");
+        s.poll();
+        s.accept();
+        s.take_output();
+        s.input(b"STARTTLS\r\nMAIL FROM:<evil@example.com>\r\n");
+        assert_eq!(s.poll(), Some(Event::StartTls));
+        assert!(Event::StartTls.needs_answer());
+        assert_eq!(out(&mut s), "220 2.0.0 Ready to start TLS\r\n");
+        // Bytes that arrive before the handshake completes are plaintext too.
+        s.input(b"RCPT TO:<victim@example.org>\r\n");
+        assert_eq!(s.poll(), None);
+        assert_eq!(s.buffered(), 0);
+        assert!(!s.tls_active());
+        s.tls_started();
+        assert!(s.tls_active());
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "");
+        // The session starts over: EHLO first (RFC 3207 §4.2).
+        s.input(b"MAIL FROM:<a@b.example>\r\nEHLO c\r\n");
+        assert_eq!(
+            s.poll(),
+            Some(Event::Helo {
+                esmtp: true,
+                domain: "c".into()
+            })
+        );
+        s.accept();
+        let o = out(&mut s);
+        assert!(
+            o.starts_with("503 5.5.1 Error: send HELO/EHLO first\r\n250-mx.example.org\r\n"),
+            "{o}"
+        );
+        assert!(!o.contains("STARTTLS"));
+        assert!(o.contains("250-AUTH PLAIN LOGIN\r\n"));
+    }
+
+    #[test]
+    fn starttls_in_a_transaction_resets_and_handshake_failure_closes() {
+        let mut s = in_txn(tls_auth_params());
+        s.input(b"STARTTLS\r\n");
+        assert_eq!(s.poll(), Some(Event::Reset));
+        assert_eq!(s.poll(), Some(Event::StartTls));
+        // accept/auth answers do not end the handshake wait.
+        s.accept();
+        s.auth_ok();
+        assert_eq!(s.poll(), None);
+        s.tls_failed();
+        assert!(s.is_closed());
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "220 2.0.0 Ready to start TLS\r\n");
+        // The idle timer during a handshake closes without a plaintext 421.
+        let mut s = Server::new(tls_auth_params());
+        s.input(b"STARTTLS\r\n");
+        assert_eq!(s.poll(), Some(Event::StartTls));
+        s.take_output();
+        s.timeout();
+        assert!(s.is_closed());
+        assert_eq!(out(&mut s), "");
+    }
+
+    #[test]
+    fn reject_during_handshake_closes_without_plaintext() {
+        let mut s = Server::new(tls_auth_params());
+        s.input(b"STARTTLS\r\n");
+        assert_eq!(s.poll(), Some(Event::StartTls));
+        s.take_output();
+        s.reject(Reply::new(421, "4.3.2 mx.example.org Service shutting down"));
+        assert!(s.is_closed());
+        assert_eq!(out(&mut s), "");
+    }
+
+    fn authed_creds() -> Credentials {
+        Credentials {
+            authzid: String::new(),
+            authcid: "alice".into(),
+            password: "pw".into(),
+        }
+    }
+
+    #[test]
+    fn auth_needs_an_explicit_answer() {
+        let mut p = tls_auth_params();
+        p.tls_active = true;
+        let mut s = Server::new(p);
+        s.input(b"EHLO c\r\n");
+        s.poll();
+        s.accept();
+        s.take_output();
+        // base64("\0alice\0pw")
+        s.input(b"AUTH PLAIN AGFsaWNlAHB3\r\nNOOP\r\n");
+        assert_eq!(
+            s.poll(),
+            Some(Event::Auth {
+                mechanism: Mechanism::Plain,
+                creds: authed_creds()
+            })
+        );
+        // accept() must not authenticate anybody.
+        s.accept();
+        assert_eq!(s.poll(), None);
+        assert_eq!(s.authenticated_user(), None);
+        assert_eq!(out(&mut s), "");
+        s.auth_ok();
+        assert_eq!(s.authenticated_user(), Some("alice"));
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "235 2.7.0 Authentication successful\r\n250 2.0.0 Ok\r\n");
+        // Authentication survives EHLO and RSET.
+        s.input(b"RSET\r\nEHLO c\r\n");
+        assert_eq!(s.poll(), Some(Event::Reset));
+        assert!(matches!(s.poll(), Some(Event::Helo { .. })));
+        s.accept();
+        assert_eq!(s.authenticated_user(), Some("alice"));
+    }
+
+    #[test]
+    fn auth_lockout_with_421_closes() {
+        let mut p = tls_auth_params();
+        p.auth_requires_tls = false;
+        let mut s = Server::new(p);
+        s.input(b"EHLO c\r\nAUTH LOGIN\r\nYWxpY2U=\r\ncHc=\r\nNOOP\r\n");
+        s.poll();
+        s.accept();
+        assert!(matches!(
+            s.poll(),
+            Some(Event::Auth {
+                mechanism: Mechanism::Login,
+                ..
+            })
+        ));
+        s.reject(Reply::new(
+            421,
+            "4.7.0 mx.example.org Error: too many failed authentication attempts",
+        ));
+        assert!(s.is_closed());
+        assert_eq!(s.poll(), None);
+        assert_eq!(s.authenticated_user(), None);
+        assert!(out(&mut s).ends_with(
+            "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n421 4.7.0 mx.example.org Error: too many failed authentication attempts\r\n"
+        ));
+    }
+
+    #[test]
+    fn long_lines_only_for_auth() {
+        let mut p = tls_auth_params();
+        p.auth_requires_tls = false;
+        let mut s = Server::new(p);
+        s.input(b"EHLO c\r\n");
+        s.poll();
+        s.accept();
+        s.take_output();
+        let mut noop = b"NOOP ".to_vec();
+        noop.extend(vec![b'x'; 600]);
+        noop.extend_from_slice(b"\r\n");
+        s.input(&noop);
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "500 5.5.2 Error: line too long\r\n");
+        // 12288 octets with CRLF: still framed, then refused as bad base64.
+        let mut auth = b"AUTH PLAIN ".to_vec();
+        auth.extend(vec![b'!'; SMTP_AUTH_LINE_BYTES_MAX - auth.len() - 2]);
+        auth.extend_from_slice(b"\r\n");
+        s.input(&auth);
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "501 5.5.2 Cannot decode response\r\n");
     }
 
     #[test]
