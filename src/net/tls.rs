@@ -2,16 +2,16 @@
 //! notices replaced files, and a session stream that is plain TCP or TLS over it.
 //!
 //! Used by SMTP (STARTTLS on 25/587, RFC 3207; implicit TLS on 465, RFC 8314 §3.3) and
-//! POP3 (STLS on 110, RFC 2595 §4; implicit TLS on 995, RFC 8314 §3.3).
+//! POP3 (STLS on 110, RFC 2595 §4; implicit TLS on 995, RFC 8314 §3.1).
 //!
 //! # Crypto choice
 //!
 //! rustls 0.23 with the `ring` provider, TLS 1.2 and 1.3 only (RFC 8996 deprecates 1.0 and
-//! 1.1; RFC 8314 §4.1 asks for 1.2 or later). Not aws-lc-rs (rustls' default): it adds
-//! 1.3–2.1 MB to a static binary and needs cmake; ring needs only a C cross compiler
-//! and cross-builds for aarch64 and armv7 musl with Debian's gcc cross packages. The
-//! provider is named explicitly (`builder_with_provider`) so no process-wide default
-//! provider has to be installed. No client certificates are asked for.
+//! 1.1). Not aws-lc-rs (rustls' default): it adds 1.3–2.1 MB to a static binary and needs
+//! cmake; ring needs only a C cross compiler and cross-builds for aarch64 and armv7 musl
+//! with Debian's gcc cross packages. The provider is named explicitly
+//! (`builder_with_provider`) so no process-wide default provider has to be installed. No
+//! client certificates are asked for.
 //!
 //! # Files
 //!
@@ -418,7 +418,7 @@ impl Stream {
     }
 }
 
-/// Implicit TLS (ports 465 and 995, RFC 8314 §3.3): handshake first, bounded by `timeout`.
+/// Implicit TLS (port 465, RFC 8314 §3.3; port 995, RFC 8314 §3.1): handshake first, bounded by `timeout`.
 pub async fn accept_tls(
     tcp: Async<TcpStream>,
     config: Arc<ServerConfig>,
