@@ -5,6 +5,7 @@ use argh::FromArgs;
 use std::path::PathBuf;
 
 pub mod check;
+pub mod init;
 pub mod postconf;
 pub mod queue;
 pub mod serve;
@@ -21,6 +22,7 @@ pub struct Top {
 #[argh(subcommand)]
 pub enum Cmd {
     Serve(ServeArgs),
+    Init(InitArgs),
     Check(CheckArgs),
     Postconf(PostconfArgs),
     User(UserArgs),
@@ -34,6 +36,22 @@ pub struct ServeArgs {
     /// main.cf to use (default: $POSHTA_CONFIG, /etc/poshta/main.cf as root, ./poshta/main.cf)
     #[argh(option, short = 'c')]
     pub config: Option<PathBuf>,
+}
+
+/// Set up a new mail system: a commented main.cf, the queue and mail directories and a
+/// self-signed TLS certificate. Nothing that exists is overwritten.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "init")]
+pub struct InitArgs {
+    /// main.cf to write (default: $POSHTA_CONFIG, /etc/poshta/main.cf as root, ./poshta/main.cf)
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// the mail domain (mydomain), e.g. lab.lan
+    #[argh(option)]
+    pub domain: String,
+    /// this host's name (myhostname; default: the system host name if it has a dot, else mail.DOMAIN)
+    #[argh(option)]
+    pub hostname: Option<String>,
 }
 
 /// Validate main.cf and the files it names (like `postfix check`).
@@ -148,6 +166,7 @@ pub fn main() -> i32 {
     let top: Top = argh::from_env();
     match top.cmd {
         Cmd::Serve(a) => serve::run(a),
+        Cmd::Init(a) => init::run(a),
         Cmd::Check(a) => check::run(a),
         Cmd::Postconf(a) => postconf::run(a),
         Cmd::User(a) => user::run(a),

@@ -317,9 +317,10 @@ mod tests {
             "/etc/poshta/users"
         );
         assert_eq!(
-            ex(&[("smtpd_tls_cert_file", "c.pem")], "smtpd_tls_key_file").unwrap(),
-            "c.pem"
+            ex(&[("mynetworks", "10.0.0.0/8")], "smtpd_forbid_bare_newline_exclusions").unwrap(),
+            "10.0.0.0/8"
         );
+        assert_eq!(ex(&[], "smtpd_tls_key_file").unwrap(), "/etc/poshta/tls/key.pem");
     }
 
     #[test]

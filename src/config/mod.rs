@@ -147,6 +147,47 @@ pub struct Settings {
     pub maillog_file: Option<PathBuf>,
     /// poshta's own: hold local delivery (tests of restart/recovery). Default no.
     pub delivery_paused: bool,
+    /// submission_listen (STARTTLS, port 587 / 2587), resolved like smtpd_listen.
+    pub submission_listen: Vec<SocketAddr>,
+    /// submissions_listen (implicit TLS, RFC 8314 §3.3; port 465 / 2465).
+    pub submissions_listen: Vec<SocketAddr>,
+    /// pop3d_listen (POP3 with STLS, port 110 / 2110).
+    pub pop3d_listen: Vec<SocketAddr>,
+    /// pop3s_listen (POP3 over implicit TLS, port 995 / 2995).
+    pub pop3s_listen: Vec<SocketAddr>,
+    /// smtpd_tls_cert_file, absolute; None when empty (TLS off: no STARTTLS/STLS offered,
+    /// implicit-TLS listeners cannot serve).
+    pub smtpd_tls_cert_file: Option<PathBuf>,
+    /// smtpd_tls_key_file, absolute; None when empty.
+    pub smtpd_tls_key_file: Option<PathBuf>,
+    pub smtpd_tls_security_level: TlsSecurityLevel,
+    /// Offer AUTH only on TLS-protected sessions.
+    pub smtpd_tls_auth_only: bool,
+    /// smtpd_starttls_timeout: bound on one TLS handshake.
+    pub smtpd_starttls_timeout_secs: u64,
+}
+
+/// smtpd_tls_security_level (Postfix names). Empty in main.cf means `none`, as Postfix
+/// (where empty falls back to the legacy smtpd_use_tls = no).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSecurityLevel {
+    /// No STARTTLS offered.
+    None,
+    /// STARTTLS offered, plaintext allowed (RFC 3207 opportunistic TLS).
+    May,
+    /// Mail commands refused until STARTTLS (RFC 3207 §4: `530 5.7.0 Must issue a STARTTLS
+    /// command first`).
+    Encrypt,
+}
+
+impl TlsSecurityLevel {
+    fn parse(s: &str) -> TlsSecurityLevel {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "may" => TlsSecurityLevel::May,
+            "encrypt" => TlsSecurityLevel::Encrypt,
+            _ => TlsSecurityLevel::None,
+        }
+    }
 }
 
 /// One parameter as `postconf` shows it.
@@ -686,19 +727,35 @@ fn build_settings(
             .unwrap_or_default()
         }
     };
-    let mut smtpd_listen: Vec<SocketAddr> = Vec::new();
-    for entry in value::split_list(get("smtpd_listen")) {
-        let addrs = match value::parse_listen(&entry) {
-            Ok(value::ListenEntry::Port(p)) => inet_interfaces.iter().map(|ip| SocketAddr::new(*ip, p)).collect(),
-            Ok(value::ListenEntry::Addr(a)) => vec![a],
-            Err(_) => Vec::new(),
-        };
-        for a in addrs {
-            if !smtpd_listen.contains(&a) {
-                smtpd_listen.push(a);
+    // `port` entries bind on every inet_interfaces address; duplicates are dropped.
+    let listen = |name: &str| -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for entry in value::split_list(get(name)) {
+            let addrs = match value::parse_listen(&entry) {
+                Ok(value::ListenEntry::Port(p)) => inet_interfaces.iter().map(|ip| SocketAddr::new(*ip, p)).collect(),
+                Ok(value::ListenEntry::Addr(a)) => vec![a],
+                Err(_) => Vec::new(),
+            };
+            for a in addrs {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
             }
         }
-    }
+        out
+    };
+    let smtpd_listen = listen("smtpd_listen");
+    let submission_listen = listen("submission_listen");
+    let submissions_listen = listen("submissions_listen");
+    let pop3d_listen = listen("pop3d_listen");
+    let pop3s_listen = listen("pop3s_listen");
+    let opt_path = |name: &str| -> Option<PathBuf> {
+        if get(name).trim().is_empty() {
+            None
+        } else {
+            Some(path(name))
+        }
+    };
     let mut smtpd_recipient_limit = int("smtpd_recipient_limit");
     if smtpd_recipient_limit < crate::limits::SMTP_RECIPIENTS_MIN {
         // RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
@@ -740,6 +797,15 @@ fn build_settings(
             Some(path("maillog_file"))
         },
         delivery_paused: typed(eff, dflt, "delivery_paused", value::parse_bool),
+        submission_listen,
+        submissions_listen,
+        pop3d_listen,
+        pop3s_listen,
+        smtpd_tls_cert_file: opt_path("smtpd_tls_cert_file"),
+        smtpd_tls_key_file: opt_path("smtpd_tls_key_file"),
+        smtpd_tls_security_level: TlsSecurityLevel::parse(get("smtpd_tls_security_level")),
+        smtpd_tls_auth_only: typed(eff, dflt, "smtpd_tls_auth_only", value::parse_bool),
+        smtpd_starttls_timeout_secs: time("smtpd_starttls_timeout"),
         config_file,
         config_directory,
     }
@@ -747,3 +813,129 @@ fn build_settings(
 
 #[cfg(test)]
 mod tests;
+
+/// The TLS, submission and POP3 keys (issue 4).
+#[cfg(test)]
+mod tls_key_tests {
+    use super::*;
+
+    fn env(is_root: bool) -> Env {
+        Env {
+            is_root,
+            hostname: "mail.example.org".into(),
+        }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn user_defaults() {
+        let l = load_text(Path::new("/home/u/poshta/main.cf"), None, &env(false));
+        assert!(l.diagnostics.is_empty(), "{:?}", l.diagnostics);
+        let s = &l.settings;
+        assert_eq!(
+            s.smtpd_tls_cert_file,
+            Some(PathBuf::from("/home/u/poshta/tls/cert.pem"))
+        );
+        assert_eq!(s.smtpd_tls_key_file, Some(PathBuf::from("/home/u/poshta/tls/key.pem")));
+        assert_eq!(s.smtpd_tls_security_level, TlsSecurityLevel::May);
+        assert!(s.smtpd_tls_auth_only);
+        assert_eq!(s.smtpd_starttls_timeout_secs, 300);
+        assert_eq!(s.submission_listen, vec![sa("127.0.0.1:2587"), sa("[::1]:2587")]);
+        assert_eq!(s.submissions_listen, vec![sa("127.0.0.1:2465"), sa("[::1]:2465")]);
+        assert_eq!(s.pop3d_listen, vec![sa("127.0.0.1:2110"), sa("[::1]:2110")]);
+        assert_eq!(s.pop3s_listen, vec![sa("127.0.0.1:2995"), sa("[::1]:2995")]);
+        assert_eq!(
+            l.param("smtpd_tls_cert_file").unwrap().default,
+            "$config_directory/tls/cert.pem"
+        );
+        for name in [
+            "smtpd_tls_cert_file",
+            "smtpd_tls_key_file",
+            "smtpd_tls_security_level",
+            "smtpd_tls_auth_only",
+            "smtpd_starttls_timeout",
+            "submission_listen",
+            "submissions_listen",
+            "pop3d_listen",
+            "pop3s_listen",
+        ] {
+            assert!(keys::find(name).unwrap().used, "{name} should be marked used");
+        }
+    }
+
+    #[test]
+    fn root_defaults() {
+        let l = load_text(Path::new("/etc/poshta/main.cf"), None, &env(true));
+        let s = &l.settings;
+        assert_eq!(s.smtpd_tls_cert_file, Some(PathBuf::from("/etc/poshta/tls/cert.pem")));
+        assert_eq!(s.smtpd_tls_key_file, Some(PathBuf::from("/etc/poshta/tls/key.pem")));
+        assert_eq!(s.submission_listen, vec![sa("0.0.0.0:587"), sa("[::]:587")]);
+        assert_eq!(s.submissions_listen, vec![sa("0.0.0.0:465"), sa("[::]:465")]);
+        assert_eq!(s.pop3d_listen, vec![sa("0.0.0.0:110"), sa("[::]:110")]);
+        assert_eq!(s.pop3s_listen, vec![sa("0.0.0.0:995"), sa("[::]:995")]);
+    }
+
+    #[test]
+    fn set_values() {
+        let text = "smtpd_tls_cert_file = certs/fullchain.pem\n\
+                    smtpd_tls_key_file = /etc/ssl/private/k.pem\n\
+                    smtpd_tls_security_level = encrypt\n\
+                    smtpd_tls_auth_only = no\n\
+                    smtpd_starttls_timeout = 2m\n\
+                    submission_listen = 10.0.0.1:587, 587\n\
+                    submissions_listen =\n\
+                    pop3d_listen = [::1]:110\n\
+                    pop3s_listen = 995 995\n";
+        let l = load_text(Path::new("/srv/p/main.cf"), Some(text.as_bytes()), &env(false));
+        assert!(l.diagnostics.is_empty(), "{:?}", l.diagnostics);
+        let s = &l.settings;
+        assert_eq!(s.smtpd_tls_cert_file, Some(PathBuf::from("/srv/p/certs/fullchain.pem")));
+        assert_eq!(s.smtpd_tls_key_file, Some(PathBuf::from("/etc/ssl/private/k.pem")));
+        assert_eq!(s.smtpd_tls_security_level, TlsSecurityLevel::Encrypt);
+        assert!(!s.smtpd_tls_auth_only);
+        assert_eq!(s.smtpd_starttls_timeout_secs, 120);
+        assert_eq!(
+            s.submission_listen,
+            vec![sa("10.0.0.1:587"), sa("127.0.0.1:587"), sa("[::1]:587")]
+        );
+        assert!(s.submissions_listen.is_empty());
+        assert_eq!(s.pop3d_listen, vec![sa("[::1]:110")]);
+        assert_eq!(s.pop3s_listen, vec![sa("127.0.0.1:995"), sa("[::1]:995")]);
+    }
+
+    #[test]
+    fn empty_tls_files_mean_no_tls_and_empty_level_means_none() {
+        let text = "smtpd_tls_cert_file =\nsmtpd_tls_key_file =\nsmtpd_tls_security_level =\n";
+        let l = load_text(Path::new("/srv/p/main.cf"), Some(text.as_bytes()), &env(false));
+        assert!(l.diagnostics.is_empty(), "{:?}", l.diagnostics);
+        assert_eq!(l.settings.smtpd_tls_cert_file, None);
+        assert_eq!(l.settings.smtpd_tls_key_file, None);
+        assert_eq!(l.settings.smtpd_tls_security_level, TlsSecurityLevel::None);
+    }
+
+    #[test]
+    fn bad_values_fall_back_with_errors() {
+        let text = "smtpd_tls_security_level = always\n\
+                    smtpd_tls_auth_only = maybe\n\
+                    smtpd_starttls_timeout = soon\n\
+                    submission_listen = 587, smtp\n\
+                    pop3s_listen = 99999\n";
+        let l = load_text(Path::new("/srv/p/main.cf"), Some(text.as_bytes()), &env(false));
+        let errors: Vec<usize> = l
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| d.line)
+            .collect();
+        assert_eq!(errors, vec![1, 2, 3, 4, 5], "{:?}", l.diagnostics);
+        let s = &l.settings;
+        assert_eq!(s.smtpd_tls_security_level, TlsSecurityLevel::May);
+        assert!(s.smtpd_tls_auth_only);
+        assert_eq!(s.smtpd_starttls_timeout_secs, 300);
+        assert_eq!(s.submission_listen, vec![sa("127.0.0.1:2587"), sa("[::1]:2587")]);
+        assert_eq!(s.pop3s_listen, vec![sa("127.0.0.1:2995"), sa("[::1]:2995")]);
+    }
+}

@@ -8,6 +8,7 @@
 pub mod deliver;
 pub mod listen;
 pub mod smtp;
+pub mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::net::TcpListener;
