@@ -324,11 +324,14 @@ def report(results_path, out_path):
         files = lg.get("files") or {}
         if lg.get("status") != "ok":
             lg["verdict"] = "FAIL (not delivered)"
-        elif files.get("max_bytes") is not None and files["max_bytes"] < lg.get("size_bytes", 0):
+        # Maildir files have LF line ends: the stored message is smaller than the CR LF
+        # stream by one byte per line (smtp-source writes ~80-byte lines), so allow 5%.
+        elif files.get("max_bytes") is not None and files["max_bytes"] < 0.95 * lg.get("size_bytes", 0):
             lg["verdict"] = f"FAIL (delivered file has {files['max_bytes']} bytes)"
         elif lg["peak_kib"] is None or lg["ref_peak_kib"] is None:
             lg["verdict"] = "unknown (no peak figure)"
-        elif lg["peak_kib"] <= lg["ref_peak_kib"]:
+        elif lg["peak_kib"] <= lg["ref_peak_kib"] + 1024:
+            # Within 1 MiB of the 1 KiB runs' peak (allocator noise; the figures are printed).
             lg["verdict"] = "PASS"
         else:
             lg["verdict"] = "FAIL (memory grows with message size)"
