@@ -1,5 +1,7 @@
-//! Maillog-style logging: one line per event, `poshta/SERVICE[PID]: text`, as Postfix's
-//! maillog, so people's greps and fail2ban filters carry over.
+//! Maillog-style logging: one line per event, `TAG/SERVICE[PID]: text`, as Postfix's
+//! maillog, so people's greps and fail2ban filters carry over. TAG is syslog_name, by
+//! default `postfix-poshta`: Postfix's multi-instance form (`postfix-NAME`), which the stock
+//! fail2ban, logwatch and pflogsumm patterns (`postfix(-\w+)?/`) recognise.
 //!
 //! Lines go to stderr. Under systemd (JOURNAL_STREAM set) journald adds the time and host,
 //! so the line starts at `poshta/...`; otherwise it is prefixed with a syslog timestamp and
@@ -14,6 +16,7 @@ use std::sync::Mutex;
 
 struct Sink {
     hostname: String,
+    tag: String,
     journal: bool,
     file: Option<File>,
 }
@@ -21,7 +24,7 @@ struct Sink {
 static SINK: Mutex<Option<Sink>> = Mutex::new(None);
 
 /// Set the host name and the optional maillog_file. Safe to call again (reload).
-pub fn init(hostname: &str, maillog_file: Option<&Path>) -> std::io::Result<()> {
+pub fn init(hostname: &str, syslog_name: &str, maillog_file: Option<&Path>) -> std::io::Result<()> {
     let file = match maillog_file {
         Some(p) => Some(OpenOptions::new().create(true).append(true).open(p)?),
         None => None,
@@ -46,9 +49,9 @@ pub fn line(service: &str, text: std::fmt::Arguments<'_>) {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     };
-    let body = format!("poshta/{service}[{pid}]: {text}\n");
     match g.as_mut() {
         Some(sink) => {
+            let body = format!("{}/{service}[{pid}]: {text}\n", sink.tag);
             let prefixed = format!("{} {} {}", crate::time::syslog(now), sink.hostname, body);
             let stderr_line = if sink.journal { &body } else { &prefixed };
             let _ = std::io::stderr().write_all(stderr_line.as_bytes());
@@ -57,6 +60,7 @@ pub fn line(service: &str, text: std::fmt::Arguments<'_>) {
             }
         }
         None => {
+            let body = format!("poshta/{service}[{pid}]: {text}\n");
             let _ = std::io::stderr().write_all(body.as_bytes());
         }
     }

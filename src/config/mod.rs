@@ -165,6 +165,15 @@ pub struct Settings {
     pub smtpd_tls_auth_only: bool,
     /// smtpd_starttls_timeout: bound on one TLS handshake.
     pub smtpd_starttls_timeout_secs: u64,
+    /// smtpd_sasl_auth_enable: AUTH on the smtpd_listen port (submission ports always).
+    pub smtpd_sasl_auth_enable: bool,
+    /// reject_authenticated_sender_login_mismatch (poshta's switch for Postfix's restriction).
+    pub reject_authenticated_sender_login_mismatch: bool,
+    pub auth_failure_limit: u32,
+    pub auth_failure_window_secs: u64,
+    pub auth_failure_penalty_secs: u64,
+    /// syslog_name: the log tag (`postfix-poshta/smtpd[pid]: ...`).
+    pub syslog_name: String,
 }
 
 /// smtpd_tls_security_level (Postfix names). Empty in main.cf means `none`, as Postfix
@@ -806,6 +815,17 @@ fn build_settings(
         smtpd_tls_security_level: TlsSecurityLevel::parse(get("smtpd_tls_security_level")),
         smtpd_tls_auth_only: typed(eff, dflt, "smtpd_tls_auth_only", value::parse_bool),
         smtpd_starttls_timeout_secs: time("smtpd_starttls_timeout"),
+        smtpd_sasl_auth_enable: typed(eff, dflt, "smtpd_sasl_auth_enable", value::parse_bool),
+        reject_authenticated_sender_login_mismatch: typed(
+            eff,
+            dflt,
+            "reject_authenticated_sender_login_mismatch",
+            value::parse_bool,
+        ),
+        auth_failure_limit: u32::try_from(int("auth_failure_limit")).unwrap_or(u32::MAX),
+        auth_failure_window_secs: time("auth_failure_window"),
+        auth_failure_penalty_secs: time("auth_failure_penalty"),
+        syslog_name: get("syslog_name").to_string(),
         config_file,
         config_directory,
     }

@@ -122,7 +122,7 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         }
     };
     let s = loaded.settings.clone();
-    if let Err(e) = crate::log::init(&s.myhostname, s.maillog_file.as_deref()) {
+    if let Err(e) = crate::log::init(&s.myhostname, &s.syslog_name, s.maillog_file.as_deref()) {
         eprintln!("poshta: fatal: maillog_file: {e}");
         return 1;
     }
