@@ -1048,3 +1048,267 @@ fn clean_uid(uid: String) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::SESSION_READ_BYTES;
+
+    fn params() -> Pop3Params {
+        Pop3Params {
+            hostname: "pop.example.org".into(),
+            tls_active: false,
+            stls_offered: true,
+            plaintext_login_allowed: true,
+            autologout_secs: 600,
+        }
+    }
+
+    fn out(s: &mut Server) -> String {
+        String::from_utf8(s.take_output()).unwrap()
+    }
+
+    fn listing(sizes: &[u64]) -> Vec<MessageMeta> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| MessageMeta {
+                size,
+                uid: format!("u{i}"),
+            })
+            .collect()
+    }
+
+    /// Logged in as alice with the given message sizes; output taken.
+    fn logged_in(sizes: &[u64]) -> Server {
+        let mut s = Server::new(params());
+        s.input(b"USER alice\r\nPASS pw\r\n");
+        assert_eq!(
+            s.poll(),
+            Some(Event::Login {
+                user: "alice".into(),
+                password: "pw".into(),
+                mechanism: "USER"
+            })
+        );
+        s.login_ok(listing(sizes));
+        assert_eq!(s.poll(), None);
+        s.take_output();
+        s
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let ev = Event::Login {
+            user: "alice".into(),
+            password: "secret".into(),
+            mechanism: "PLAIN",
+        };
+        let text = format!("{ev:?}");
+        assert!(text.contains("alice") && !text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn poll_waits_for_the_login_answer_and_keeps_input() {
+        let mut s = Server::new(params());
+        s.input(b"USER a\r\nPASS b\r\nSTAT\r\n");
+        assert!(matches!(s.poll(), Some(Event::Login { .. })));
+        assert_eq!(s.poll(), None);
+        s.login_ok(listing(&[10, 20]));
+        assert_eq!(s.poll(), None);
+        assert_eq!(
+            out(&mut s),
+            "+OK poshta POP3 server ready\r\n+OK\r\n+OK Logged in.\r\n+OK 2 30\r\n"
+        );
+        assert_eq!(s.user(), Some("a"));
+    }
+
+    #[test]
+    fn stls_drops_pipelined_input_and_input_until_handshake() {
+        let mut p = params();
+        p.plaintext_login_allowed = false;
+        let mut s = Server::new(p);
+        s.take_output();
+        s.input(b"STLS\r\nUSER a\r\nPASS b\r\n");
+        assert_eq!(s.poll(), Some(Event::StartTls));
+        assert_eq!(s.poll(), None);
+        // Plaintext that arrives before the handshake finishes is dropped too.
+        s.input(b"USER a\r\nPASS b\r\n");
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "+OK Begin TLS negotiation now.\r\n");
+        s.tls_started(true);
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "");
+        s.input(b"USER a\r\nPASS b\r\n");
+        assert!(matches!(s.poll(), Some(Event::Login { .. })));
+    }
+
+    #[test]
+    fn eof_while_login_pending_then_ok_reports_closed() {
+        let mut s = Server::new(params());
+        s.input(b"USER a\r\nPASS b\r\n");
+        assert!(matches!(s.poll(), Some(Event::Login { .. })));
+        s.eof();
+        assert!(s.is_closed());
+        s.login_ok(listing(&[1]));
+        assert_eq!(s.poll(), Some(Event::Closed));
+        assert_eq!(s.poll(), None);
+    }
+
+    #[test]
+    fn eof_during_update_still_finishes_it() {
+        let mut s = logged_in(&[5, 6]);
+        s.input(b"DELE 2\r\nQUIT\r\n");
+        assert_eq!(s.poll(), Some(Event::Update { deleted: vec![1] }));
+        s.eof();
+        s.timeout();
+        assert_eq!(s.poll(), None);
+        s.update_done(true);
+        assert_eq!(s.poll(), None);
+        assert!(s.is_closed());
+        assert_eq!(out(&mut s), "+OK Marked to be deleted.\r\n");
+        let st = s.stats();
+        assert_eq!(
+            (st.deleted_count, st.deleted_bytes, st.messages, st.size_bytes),
+            (1, 6, 2, 11)
+        );
+    }
+
+    #[test]
+    fn timeout_mid_message_writes_nothing_into_it() {
+        let mut s = logged_in(&[5]);
+        s.input(b"RETR 1\r\n");
+        assert_eq!(
+            s.poll(),
+            Some(Event::Retr {
+                index: 0,
+                top_lines: None
+            })
+        );
+        s.retr_begin();
+        s.retr_chunk(b"abc\n");
+        s.timeout();
+        s.retr_chunk(b"def\n");
+        s.retr_end();
+        assert_eq!(s.poll(), Some(Event::Closed));
+        assert_eq!(out(&mut s), "+OK 5 octets\r\nabc\r\n");
+    }
+
+    #[test]
+    fn big_message_streams_with_bounded_memory() {
+        let mut s = logged_in(&[50 * 1024 * 1024]);
+        s.input(b"RETR 1\r\nNOOP\r\n");
+        assert!(matches!(s.poll(), Some(Event::Retr { .. })));
+        s.retr_begin();
+        assert_eq!(out(&mut s), "+OK 52428800 octets\r\n");
+        let line = b".0123456789012345678901234567890123456789012345678901234567890123456789\n";
+        let chunk = line.repeat(SESSION_READ_BYTES / line.len());
+        let mut sent = 0u64;
+        let rounds = 50 * 1024 * 1024 / chunk.len();
+        for _ in 0..rounds {
+            s.retr_chunk(&chunk);
+            let o = s.take_output();
+            assert!(o.len() <= 2 * chunk.len() + 2);
+            sent += o.len() as u64;
+        }
+        s.retr_end();
+        assert_eq!(out(&mut s), ".\r\n");
+        // Each line: one stuffed dot and one CR more.
+        let lines = (rounds * (chunk.len() / line.len())) as u64;
+        assert_eq!(sent, lines * (line.len() as u64 + 2));
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "+OK\r\n");
+        let st = s.stats();
+        assert_eq!((st.retr_count, st.retr_bytes), (1, sent));
+        assert_eq!(st.to_string(), format!("top=0/0 retr=1/{sent} del=0/0 size=52428800"));
+    }
+
+    #[test]
+    fn retr_failed_mid_stream_closes_without_terminator() {
+        let mut s = logged_in(&[5]);
+        s.input(b"TOP 1 1\r\n");
+        assert!(matches!(
+            s.poll(),
+            Some(Event::Retr {
+                index: 0,
+                top_lines: Some(1)
+            })
+        ));
+        s.retr_begin();
+        s.retr_chunk(b"A: b\n");
+        s.retr_failed();
+        assert!(s.is_closed());
+        assert_eq!(s.poll(), Some(Event::Closed));
+        assert_eq!(out(&mut s), "+OK\r\nA: b\r\n");
+        assert_eq!(s.stats().top_count, 1);
+    }
+
+    #[test]
+    fn answers_out_of_turn_are_ignored() {
+        let mut s = Server::new(params());
+        s.take_output();
+        s.login_ok(Vec::new());
+        s.login_failed(LoginFailure::BadCredentials);
+        s.retr_begin();
+        s.retr_chunk(b"x");
+        s.retr_end();
+        s.retr_failed();
+        s.update_done(true);
+        s.tls_started(true);
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "");
+        assert!(!s.is_closed());
+    }
+
+    #[test]
+    fn bad_uids_cannot_break_framing() {
+        assert_eq!(clean_uid("ok-1".into()), "ok-1");
+        assert_eq!(clean_uid("a b\r\n".into()), "a_b__");
+        assert_eq!(clean_uid(String::new()), "_");
+        assert_eq!(clean_uid("x".repeat(100)).len(), POP3_UID_BYTES_MAX);
+    }
+
+    #[test]
+    fn login_failure_texts() {
+        for (why, want) in [
+            (LoginFailure::BadCredentials, "-ERR [AUTH] Authentication failed.\r\n"),
+            (
+                LoginFailure::InUse,
+                "-ERR [IN-USE] Mailbox is locked by another session.\r\n",
+            ),
+            (
+                LoginFailure::SysTemp,
+                "-ERR [SYS/TEMP] Temporary authentication failure. [pop.example.org]\r\n",
+            ),
+            (
+                LoginFailure::LoginDelay,
+                "-ERR [LOGIN-DELAY] Logging in too often, try again later.\r\n",
+            ),
+        ] {
+            let mut s = Server::new(params());
+            s.take_output();
+            s.input(b"AUTH PLAIN AGEAYg==\r\n");
+            assert!(matches!(s.poll(), Some(Event::Login { mechanism: "PLAIN", .. })));
+            s.login_failed(why);
+            assert_eq!(s.poll(), None);
+            assert_eq!(out(&mut s), want);
+        }
+    }
+
+    #[test]
+    fn hostile_input_is_bounded() {
+        let mut s = Server::new(params());
+        s.take_output();
+        // A megabyte without a line end: discarded in pieces, answered once.
+        let junk = vec![b'A'; SESSION_READ_BYTES];
+        for _ in 0..64 {
+            s.input(&junk);
+            assert_eq!(s.poll(), None);
+            assert!(s.inbuf.len() <= junk.len());
+        }
+        s.input(b"\r\nQUIT\r\n");
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "-ERR Line too long.\r\n+OK Logging out.\r\n");
+        assert!(s.is_closed());
+    }
+}
