@@ -422,7 +422,8 @@ impl Server {
             })
             .collect();
         self.stats.messages = msgs.len() as u64;
-        self.stats.size_bytes = msgs.iter().map(|m| m.size).sum();
+        // Sizes come from the shell; saturate rather than trust them not to overflow.
+        self.stats.size_bytes = msgs.iter().fold(0u64, |t, m| t.saturating_add(m.size));
         self.user = Some(user);
         self.state = State::Transaction(Maildrop { msgs });
         self.line(LOGGED_IN);
@@ -737,7 +738,8 @@ impl Server {
             Cmd::Quit => self.quit(),
             Cmd::Stat => {
                 let (n, size) = self.maildrop().map_or((0, 0), |md| {
-                    md.live().fold((0u64, 0u64), |(n, s), (_, m)| (n + 1, s + m.size))
+                    md.live()
+                        .fold((0u64, 0u64), |(n, s), (_, m)| (n + 1, s.saturating_add(m.size)))
                 });
                 // RFC 1939 §5 STAT: deleted messages are not counted.
                 self.line(&format!("+OK {n} {size}"));
@@ -823,7 +825,10 @@ impl Server {
                     .map(|(i, _)| i)
                     .collect();
                 self.stats.deleted_count = deleted.len() as u64;
-                self.stats.deleted_bytes = deleted.iter().filter_map(|&i| md.msgs.get(i)).map(|m| m.size).sum();
+                self.stats.deleted_bytes = deleted
+                    .iter()
+                    .filter_map(|&i| md.msgs.get(i))
+                    .fold(0u64, |t, m| t.saturating_add(m.size));
                 self.wait = Some(Wait::Update {
                     any: !deleted.is_empty(),
                 });
