@@ -16,6 +16,17 @@ pub const SMTP_DOMAIN_BYTES_MAX: usize = 255;
 /// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients; this is the floor
 /// applied to smtpd_recipient_limit.
 pub const SMTP_RECIPIENTS_MIN: usize = 100;
+/// RFC 2449 §4: a POP3 command line is at most 255 octets including CRLF.
+pub const POP3_COMMAND_LINE_BYTES_MAX: usize = 255;
+/// A POP3 SASL response line (RFC 5034 §4). The 255-octet limit binds the AUTH command
+/// (a longer initial response is sent as a continuation instead); continuation lines get
+/// the room SMTP AUTH has (RFC 4954 §4).
+pub const POP3_AUTH_LINE_BYTES_MAX: usize = 12_288;
+/// RFC 1939 §7: a unique-id is 1 to 70 characters in 0x21..0x7E.
+pub const POP3_UID_BYTES_MAX: usize = 70;
+/// Messages one POP3 session lists; later ones wait for a later session (bounds memory
+/// for a huge maildrop; the shell should stop reading the directory there too).
+pub const POP3_MAILDROP_MESSAGES_MAX: usize = 100_000;
 /// How many bytes of unread input one session may hold while a reply is pending.
 pub const SESSION_INPUT_BYTES_MAX: usize = 64 * 1024;
 /// One read from a client socket.
