@@ -540,6 +540,10 @@ bench_poshta() {
     cat >"$d/main.cf" <<EOF
 # Written by bench/smtp-deliver.sh for one run.
 smtpd_listen = 127.0.0.1:$SRV_PORT
+submission_listen =
+submissions_listen =
+pop3d_listen =
+pop3s_listen =
 queue_directory = $d/spool
 virtual_mailbox_base = $d/mail
 mailbox_users_file = $d/users

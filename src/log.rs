@@ -30,7 +30,11 @@ pub fn init(hostname: &str, syslog_name: &str, maillog_file: Option<&Path>) -> s
         None => None,
     };
     let short = hostname.split('.').next().unwrap_or(hostname).to_string();
-    let tag = if syslog_name.is_empty() { "poshta".to_string() } else { syslog_name.to_string() };
+    let tag = if syslog_name.is_empty() {
+        "poshta".to_string()
+    } else {
+        syslog_name.to_string()
+    };
     let sink = Sink {
         hostname: short,
         tag,

@@ -768,6 +768,7 @@ mod loopback {
                 "myhostname = {HOSTNAME}\nmydestination = example.org\nmynetworks = 127.0.0.1/32\n\
                  smtpd_forbid_bare_newline_exclusions = {}\nmessage_size_limit = {}\n\
                  smtpd_recipient_limit = {}\nsmtpd_listen = 127.0.0.1:{port}\n\
+                 submission_listen =\nsubmissions_listen =\npop3d_listen =\npop3s_listen =\n\
                  queue_directory = {d}/spool\nvirtual_mailbox_base = {d}/mail\n\
                  mailbox_users_file = {d}/users\nmaillog_file = {d}/maillog\n",
                 key.exclusions,

@@ -27,6 +27,8 @@ use crate::queue::{Queue, QueueOptions};
 /// snapshotted by each session at its start.
 pub struct Policy {
     pub settings: Settings,
+    /// The mailbox users, shared with password checks on the thread pool.
+    pub users: std::sync::Arc<Users>,
     pub router: Router,
     pub mynetworks: Networks,
     pub bare_newline_exclusions: Networks,
@@ -38,13 +40,15 @@ impl Policy {
         let router = Router::new(
             settings.mydestination.clone(),
             settings.recipient_delimiter.clone(),
-            users,
+            users.clone(),
         );
+        let users = std::sync::Arc::new(users);
         let mynetworks = Networks::parse(&settings.mynetworks).map_err(|e| format!("mynetworks: {e}"))?;
         let bare_newline_exclusions = Networks::parse(&settings.smtpd_forbid_bare_newline_exclusions)
             .map_err(|e| format!("smtpd_forbid_bare_newline_exclusions: {e}"))?;
         Ok(Policy {
             settings,
+            users,
             router,
             mynetworks,
             bare_newline_exclusions,
@@ -66,11 +70,25 @@ pub struct Ctx {
     pub stop: event_listener::Event,
     /// Notified when a session or a delivery ends (shutdown waits for them).
     pub idle: event_listener::Event,
+    /// The server certificate (None: smtpd_tls_cert_file/key_file empty: no TLS).
+    pub tls: RefCell<Option<Rc<tls::TlsSource>>>,
+    /// Failed logins per client (SMTP AUTH and POP3 share it).
+    pub throttle: RefCell<crate::auth::throttle::Throttle>,
 }
 
 impl Ctx {
     pub fn policy(&self) -> Rc<Policy> {
         self.policy.borrow().clone()
+    }
+
+    /// The TLS configuration for a new session, noticing replaced certificate files.
+    pub fn tls_config(&self) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+        let src = self.tls.borrow().clone()?;
+        let cfg = src.current(std::time::Instant::now());
+        if let Some(w) = src.take_warning() {
+            mlog!("master", "warning: TLS: {w}");
+        }
+        cfg
     }
 
     /// Resolves once shutdown has begun.
@@ -174,23 +192,46 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         }
     );
     let mut listeners = Vec::new();
-    for addr in &s.smtpd_listen {
-        match listen::bind(*addr).and_then(Async::new) {
-            Ok(l) => listeners.push(l),
-            Err(e) => {
-                mlog!("master", "fatal: bind {addr}: {e}");
-                return 1;
+    let services = [
+        (Service::Smtp(smtp::Kind::Smtp), &s.smtpd_listen),
+        (Service::Smtp(smtp::Kind::Submission), &s.submission_listen),
+        (Service::Smtp(smtp::Kind::Submissions), &s.submissions_listen),
+    ];
+    for (service, addrs) in services {
+        for addr in addrs.iter() {
+            match listen::bind(*addr).and_then(Async::new) {
+                Ok(l) => listeners.push((service, l)),
+                Err(e) => {
+                    mlog!("master", "fatal: bind {addr} ({}): {e}", service.name());
+                    return 1;
+                }
             }
         }
     }
+    let tls_source = match (&s.smtpd_tls_cert_file, &s.smtpd_tls_key_file) {
+        (Some(cert), Some(key)) if s.smtpd_tls_security_level != crate::config::TlsSecurityLevel::None => {
+            let src = tls::TlsSource::new(cert.clone(), key.clone(), std::time::Instant::now());
+            if let Some(w) = src.take_warning() {
+                mlog!("master", "warning: TLS: {w}; STARTTLS is not offered and the implicit-TLS ports refuse connections until the files are fixed");
+            }
+            Some(Rc::new(src))
+        }
+        _ => None,
+    };
     mlog!(
         "master",
-        "config: file={} myhostname={} mydestination={} mynetworks={} smtpd_listen={} queue_directory={} virtual_mailbox_base={} message_size_limit={} delivery_paused={}",
+        "config: file={} myhostname={} mydestination={} mynetworks={} smtpd_listen={} submission_listen={} submissions_listen={} tls={} queue_directory={} virtual_mailbox_base={} message_size_limit={} delivery_paused={}",
         config_file.display(),
         s.myhostname,
         s.mydestination.join(","),
         s.mynetworks.join(","),
-        s.smtpd_listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+        join_addrs(&s.smtpd_listen),
+        join_addrs(&s.submission_listen),
+        join_addrs(&s.submissions_listen),
+        match &tls_source {
+            Some(t) => t.cert_file().display().to_string(),
+            None => "off".to_string(),
+        },
         s.queue_directory.display(),
         s.virtual_mailbox_base.display(),
         s.message_size_limit,
@@ -208,6 +249,13 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         stopping: Cell::new(false),
         stop: event_listener::Event::new(),
         idle: event_listener::Event::new(),
+        tls: RefCell::new(tls_source),
+        throttle: RefCell::new(crate::auth::throttle::Throttle::new(
+            s.auth_failure_limit,
+            s.auth_failure_window_secs,
+            s.auth_failure_penalty_secs,
+            crate::limits::AUTH_THROTTLE_ENTRIES_MAX,
+        )),
     });
     mlog!(
         "master",
@@ -218,12 +266,32 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
     smol::block_on(ex.run(run(ctx, listeners, config_file.to_path_buf())))
 }
 
-async fn run(ctx: Rc<Ctx>, listeners: Vec<Async<TcpListener>>, config_file: std::path::PathBuf) -> i32 {
+fn join_addrs(a: &[std::net::SocketAddr]) -> String {
+    a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Smtp(smtp::Kind),
+}
+
+impl Service {
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Smtp(smtp::Kind::Smtp) => "smtpd_listen",
+            Service::Smtp(smtp::Kind::Submission) => "submission_listen",
+            Service::Smtp(smtp::Kind::Submissions) => "submissions_listen",
+        }
+    }
+}
+
+async fn run(ctx: Rc<Ctx>, listeners: Vec<(Service, Async<TcpListener>)>, config_file: std::path::PathBuf) -> i32 {
     let q = ctx.queue.clone();
     ctx.ex.spawn(async move { q.run_writer().await }).detach();
     ctx.ex.spawn(deliver::runner(ctx.clone())).detach();
-    for l in listeners {
-        ctx.ex.spawn(accept_loop(ctx.clone(), l)).detach();
+    for (service, l) in listeners {
+        ctx.ex.spawn(accept_loop(ctx.clone(), service, l)).detach();
     }
     let signals = async_signal::Signals::new([
         async_signal::Signal::Term,
@@ -278,9 +346,36 @@ fn reload(ctx: &Rc<Ctx>, config_file: &std::path::Path) {
             "warning: reload: smtpd_listen changed; restart poshta to apply it"
         );
     }
+    let new_tls = (
+        loaded.settings.smtpd_tls_cert_file.clone(),
+        loaded.settings.smtpd_tls_key_file.clone(),
+    );
+    let tls_off = loaded.settings.smtpd_tls_security_level == crate::config::TlsSecurityLevel::None;
     match Policy::build(loaded.settings) {
         Ok(p) => {
             *ctx.policy.borrow_mut() = Rc::new(p);
+            // SIGHUP also re-reads the certificate (new sessions get it; running ones keep
+            // theirs); changed file names start a new source.
+            let now = std::time::Instant::now();
+            let current = ctx.tls.borrow().clone();
+            let next = match (new_tls, current) {
+                _ if tls_off => None,
+                ((Some(cert), Some(key)), Some(src)) if src.cert_file() == cert && src.key_file() == key => {
+                    if let Err(e) = src.reload(now) {
+                        mlog!("master", "warning: reload: TLS: {e}; keeping the previous certificate");
+                    }
+                    Some(src)
+                }
+                ((Some(cert), Some(key)), _) => {
+                    let src = tls::TlsSource::new(cert, key, now);
+                    if let Some(w) = src.take_warning() {
+                        mlog!("master", "warning: reload: TLS: {w}");
+                    }
+                    Some(Rc::new(src))
+                }
+                _ => None,
+            };
+            *ctx.tls.borrow_mut() = next;
             mlog!(
                 "master",
                 "reload -- version {}, configuration {}",
@@ -314,7 +409,7 @@ async fn shutdown(ctx: &Rc<Ctx>) -> i32 {
             );
             break;
         }
-        smol::future::or(async { l.await }, async {
+        smol::future::or(l, async {
             Timer::after(left).await;
         })
         .await;
@@ -331,7 +426,7 @@ async fn shutdown(ctx: &Rc<Ctx>) -> i32 {
     }
 }
 
-async fn accept_loop(ctx: Rc<Ctx>, listener: Async<TcpListener>) {
+async fn accept_loop(ctx: Rc<Ctx>, service: Service, listener: Async<TcpListener>) {
     loop {
         let accepted = smol::future::or(async { Some(listener.accept().await) }, async {
             ctx.stopped().await;
@@ -342,11 +437,14 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: Async<TcpListener>) {
         match accepted {
             Ok((stream, peer)) => {
                 let max = ctx.policy().settings.smtpd_sessions_max;
+                let Service::Smtp(kind) = service;
                 if ctx.sessions.get() >= max {
-                    ctx.ex.spawn(smtp::refuse(ctx.clone(), stream, peer)).detach();
+                    ctx.ex.spawn(smtp::refuse(ctx.clone(), stream, peer, kind)).detach();
                 } else {
                     let slot = SessionSlot::take(&ctx);
-                    ctx.ex.spawn(smtp::session(ctx.clone(), stream, peer, slot)).detach();
+                    ctx.ex
+                        .spawn(smtp::session(ctx.clone(), stream, peer, slot, kind))
+                        .detach();
                 }
             }
             Err(e) => {

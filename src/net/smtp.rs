@@ -1,5 +1,11 @@
-//! One SMTP session: pumps bytes between a socket and `proto::smtp::server::Server`, and
-//! answers its events with policy decisions and queue writes.
+//! One SMTP session: pumps bytes between a connection (plain or TLS) and
+//! `proto::smtp::server::Server`, and answers its events with policy decisions, password
+//! checks and queue writes.
+//!
+//! Three kinds of listener share this code (see [`Kind`]): port 25 (`smtpd_listen`: mail
+//! from other servers and from mynetworks, STARTTLS offered, AUTH only with
+//! smtpd_sasl_auth_enable), submission on 587 (RFC 6409: STARTTLS, AUTH required before
+//! MAIL) and submissions on 465 (RFC 8314 §3.3: TLS from the first byte, AUTH required).
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::rc::Rc;
@@ -8,19 +14,46 @@ use std::time::Duration;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::{Async, Timer};
 
+use super::tls::{self, Stream};
 use super::{Ctx, Policy};
+use crate::config::TlsSecurityLevel;
 use crate::mlog;
 use crate::policy::RcptClass;
 use crate::proto::reply::Reply;
+use crate::proto::sasl::Credentials;
 use crate::proto::smtp::received::{received_header, ReceivedInfo};
 use crate::proto::smtp::server::{BareNewline, Event, HeaderFix, Server, SessionParams};
 use crate::queue::{Envelope, Incoming};
 
 const REPLY_STORAGE: Reply = Reply::new(452, "4.3.1 Insufficient system storage");
 const REPLY_QUEUE_ERROR: Reply = Reply::new(451, "4.3.0 Error: queue file write error");
+/// RFC 3207 §4: with smtpd_tls_security_level = encrypt nothing but STARTTLS is allowed
+/// before TLS.
+const REPLY_NEED_TLS: Reply = Reply::new(530, "5.7.0 Must issue a STARTTLS command first");
+
+/// Which listener a session came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// smtpd_listen (25).
+    Smtp,
+    /// submission_listen (587, STARTTLS).
+    Submission,
+    /// submissions_listen (465, implicit TLS).
+    Submissions,
+}
+
+impl Kind {
+    pub fn service(self) -> &'static str {
+        match self {
+            Kind::Smtp => "smtpd",
+            Kind::Submission => "submission/smtpd",
+            Kind::Submissions => "submissions/smtpd",
+        }
+    }
+}
 
 /// Normalise IPv4-mapped IPv6 client addresses (::ffff:a.b.c.d) to IPv4 for logs and policy.
-fn client_ip(peer: &SocketAddr) -> IpAddr {
+pub fn client_ip(peer: &SocketAddr) -> IpAddr {
     match peer.ip() {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -31,13 +64,17 @@ fn client_ip(peer: &SocketAddr) -> IpAddr {
 }
 
 /// Over the session cap: say so (421, RFC 5321 §3.8) instead of leaving the client hanging.
-pub async fn refuse(ctx: Rc<Ctx>, mut stream: Async<TcpStream>, peer: SocketAddr) {
+pub async fn refuse(ctx: Rc<Ctx>, mut stream: Async<TcpStream>, peer: SocketAddr, kind: Kind) {
     let host = ctx.policy().settings.myhostname.clone();
     mlog!(
-        "smtpd",
+        kind.service(),
         "warning: too many sessions: refusing unknown[{}]",
         client_ip(&peer)
     );
+    if kind == Kind::Submissions {
+        // A plaintext reply means nothing to a client expecting a TLS handshake.
+        return;
+    }
     let msg = format!("421 4.7.0 {host} Error: too many connections\r\n");
     let _ = smol::future::or(async { stream.write_all(msg.as_bytes()).await }, async {
         Timer::after(Duration::from_secs(5)).await;
@@ -65,16 +102,96 @@ impl Txn {
     }
 }
 
+/// The mailbox user an AUTH identity names: `alice`, or `alice@<local domain>`, lowercased.
+/// None when it cannot be a local mailbox user (an unknown user still costs a full password
+/// check, so timing does not tell which names exist).
+fn login_name(policy: &Policy, authcid: &str) -> Option<String> {
+    let lower = authcid.to_ascii_lowercase();
+    match lower.rsplit_once('@') {
+        Some((local, domain)) if policy.router.is_local_domain(domain) => Some(local.to_string()),
+        Some(_) => None,
+        None => Some(lower),
+    }
+}
+
+/// Check a password off the event loop (argon2id is deliberately slow). Always runs a full
+/// verification, also for names that cannot exist (constant cost).
+pub async fn verify_login(policy: &Policy, creds: &Credentials) -> Option<String> {
+    // RFC 4616 §2: an authorization identity other than the authentication identity would
+    // mean acting as someone else; poshta has no such proxy rights.
+    let proxy = !creds.authzid.is_empty() && !creds.authzid.eq_ignore_ascii_case(&creds.authcid);
+    let name = login_name(policy, &creds.authcid);
+    let users = policy.users.clone();
+    let lookup = name.clone().unwrap_or_else(|| "\u{0}nobody".to_string());
+    let password = creds.password.clone();
+    let ok = smol::unblock(move || users.verify(&lookup, &password)).await;
+    match (ok, proxy, name) {
+        (true, false, Some(n)) => Some(n),
+        _ => None,
+    }
+}
+
 /// Run one session to its end.
-pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, slot: super::SessionSlot) {
+pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot: super::SessionSlot, kind: Kind) {
     let policy: Rc<Policy> = ctx.policy();
     let s = &policy.settings;
+    let svc = kind.service();
     let sid = ctx.next_sid.get();
     ctx.next_sid.set(sid + 1);
     let ip = client_ip(&peer);
     let client_name = "unknown".to_string();
     let trusted = policy.mynetworks.contains(ip);
-    mlog!("smtpd", "sid={sid} connect from {client_name}[{ip}]");
+    mlog!(svc, "sid={sid} connect from {client_name}[{ip}]");
+    let tls_config = if s.smtpd_tls_security_level == TlsSecurityLevel::None {
+        None
+    } else {
+        ctx.tls_config()
+    };
+    let handshake_timeout = Duration::from_secs(s.smtpd_starttls_timeout_secs.max(1));
+
+    let mut stream = match kind {
+        Kind::Submissions => {
+            let Some(cfg) = tls_config.clone() else {
+                mlog!(
+                    svc,
+                    "warning: sid={sid} no usable TLS certificate; closing {client_name}[{ip}]"
+                );
+                return;
+            };
+            match tls::accept_tls(tcp, cfg, handshake_timeout).await {
+                Ok(st) => {
+                    log_tls(svc, sid, &client_name, ip, &st);
+                    st
+                }
+                Err(e) => {
+                    mlog!(svc, "sid={sid} SSL_accept error from {client_name}[{ip}]: {e}");
+                    mlog!(svc, "sid={sid} lost connection after CONNECT from {client_name}[{ip}]");
+                    return;
+                }
+            }
+        }
+        _ => Stream::Plain(tcp),
+    };
+
+    // A client locked out for failed logins gets nothing on the submission ports.
+    if kind != Kind::Smtp {
+        // (The borrow must end before the await below.)
+        let locked = ctx.throttle.borrow_mut().check(ip, crate::time::now_unix());
+        if let Err(p) = locked {
+            mlog!(
+                svc,
+                "warning: sid={sid} {client_name}[{ip}]: locked out for failed logins until {}",
+                p.until
+            );
+            let msg = format!(
+                "421 4.7.0 {} Error: too many failed authentication attempts\r\n",
+                s.myhostname
+            );
+            let _ = stream.write_all(msg.as_bytes()).await;
+            return;
+        }
+    }
+
     let params = SessionParams {
         hostname: s.myhostname.clone(),
         client_ip: ip,
@@ -87,21 +204,23 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
         message_size_limit: s.message_size_limit,
         recipient_limit: s.smtpd_recipient_limit,
         extra_ehlo: Vec::new(),
-        tls_active: false,
-        starttls_offered: false,
-        auth_offered: false,
-        auth_requires_tls: true,
-        auth_required: false,
+        tls_active: stream.is_tls(),
+        starttls_offered: tls_config.is_some() && kind != Kind::Submissions,
+        auth_offered: kind != Kind::Smtp || s.smtpd_sasl_auth_enable,
+        auth_requires_tls: s.smtpd_tls_auth_only,
+        auth_required: kind != Kind::Smtp,
     };
+    let require_tls = kind == Kind::Smtp && s.smtpd_tls_security_level == TlsSecurityLevel::Encrypt;
     let timeout = Duration::from_secs(s.smtpd_timeout_secs.max(1));
     let mut server = Server::new(params);
-    let mut stream = stream;
     let mut buf = vec![0u8; crate::limits::SESSION_READ_BYTES];
     let mut helo = String::new();
     let mut esmtp = false;
+    let mut user: Option<String> = None;
     let mut txn = Txn::default();
     let mut counts = Counts::default();
     'session: loop {
+        let mut start_tls = false;
         while let Some(ev) = server.poll() {
             match ev {
                 Event::Helo { esmtp: e, domain } => {
@@ -111,22 +230,107 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
                     txn.reset();
                     server.accept();
                 }
+                Event::StartTls => {
+                    counts.starttls += 1;
+                    txn.reset();
+                    start_tls = true;
+                }
+                Event::Auth { mechanism, creds } => {
+                    counts.auth += 1;
+                    let now = crate::time::now_unix();
+                    let locked = ctx.throttle.borrow_mut().check(ip, now);
+                    if let Err(p) = locked {
+                        mlog!(
+                            svc,
+                            "warning: sid={sid} {client_name}[{ip}]: locked out for failed logins until {}",
+                            p.until
+                        );
+                        server.reject(lockout_reply(&s.myhostname));
+                        continue;
+                    }
+                    match verify_login(&policy, &creds).await {
+                        Some(name) => {
+                            ctx.throttle.borrow_mut().success(ip, now);
+                            mlog!(
+                                svc,
+                                "sid={sid} client={client_name}[{ip}], sasl_method={}, sasl_username={}",
+                                mechanism.name(),
+                                name
+                            );
+                            user = Some(name);
+                            server.auth_ok();
+                        }
+                        None => {
+                            // Postfix's line: fail2ban's stock postfix-sasl filter matches it.
+                            crate::log::line(
+                                svc,
+                                format_args!(
+                                    "{}",
+                                    crate::auth::log::sasl_failure_line(
+                                        &client_name,
+                                        ip,
+                                        mechanism.name(),
+                                        "authentication failure"
+                                    )
+                                ),
+                            );
+                            let locked = ctx.throttle.borrow_mut().failure(ip, crate::time::now_unix());
+                            if locked.is_some() {
+                                mlog!(
+                                    svc,
+                                    "warning: sid={sid} {client_name}[{ip}]: too many failed logins; locked out"
+                                );
+                                server.reject(lockout_reply(&s.myhostname));
+                            } else {
+                                server.auth_failed();
+                            }
+                        }
+                    }
+                }
                 Event::Mail { from, .. } => {
                     counts.mail += 1;
                     txn.reset();
+                    if require_tls && !server.tls_active() {
+                        server.reject(REPLY_NEED_TLS);
+                        continue;
+                    }
+                    // Postfix's reject_sender_login_mismatch for authenticated clients: a
+                    // user may send only as addresses that deliver to their own mailbox.
+                    if let Some(u) = user.as_deref() {
+                        if s.reject_authenticated_sender_login_mismatch && !from.is_empty() {
+                            let owned =
+                                matches!(policy.router.classify(&from), RcptClass::Local { user: ref o } if o == u);
+                            if !owned {
+                                let reply = Reply::owned(
+                                    553,
+                                    format!("5.7.1 <{from}>: Sender address rejected: not owned by user {u}"),
+                                );
+                                mlog!(
+                                    svc,
+                                    "NOQUEUE: reject: MAIL from {client_name}[{ip}]: {}; from=<{from}> proto=ESMTP helo=<{helo}>",
+                                    reply.first_line()
+                                );
+                                server.reject(reply);
+                                continue;
+                            }
+                        }
+                    }
                     txn.from = Some(from);
                     server.accept();
                 }
                 Event::Rcpt { to } => {
                     counts.rcpt += 1;
+                    let may_relay = trusted || user.is_some();
                     let verdict = match policy.router.classify(&to) {
                         RcptClass::Local { .. } => Ok(()),
                         RcptClass::UnknownLocal => Err(Reply::owned(
                             550,
                             format!("5.1.1 <{to}>: Recipient address rejected: User unknown in local recipient table"),
                         )),
-                        // RFC 5321 §3.6.1/§7.1: relay only for trusted clients.
-                        RcptClass::Remote if trusted => Ok(()),
+                        // RFC 5321 §3.6.1/§7.1: relay only for mynetworks and authenticated
+                        // clients (Postfix: permit_mynetworks, permit_sasl_authenticated,
+                        // reject_unauth_destination).
+                        RcptClass::Remote if may_relay => Ok(()),
                         RcptClass::Remote => Err(Reply::owned(554, format!("5.7.1 <{to}>: Relay access denied"))),
                     };
                     match verdict {
@@ -137,7 +341,7 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
                         Err(reply) => {
                             // Postfix's NOQUEUE line, so log tools (fail2ban) keep working.
                             mlog!(
-                                "smtpd",
+                                svc,
                                 "NOQUEUE: reject: RCPT from {client_name}[{ip}]: {}; from=<{}> to=<{}> proto={} helo=<{}>",
                                 reply.first_line(),
                                 txn.from.as_deref().unwrap_or(""),
@@ -163,6 +367,14 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
                             let qid = incoming.qid().to_string();
                             let now = crate::time::now_unix();
                             let date = crate::time::rfc5322(now);
+                            // RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA.
+                            let protocol = match (esmtp, server.tls_active(), user.is_some()) {
+                                (false, _, _) => "SMTP",
+                                (true, false, false) => "ESMTP",
+                                (true, true, false) => "ESMTPS",
+                                (true, false, true) => "ESMTPA",
+                                (true, true, true) => "ESMTPSA",
+                            };
                             // RFC 5321 §4.4 trace header; the recipient is named only when
                             // there is one, so Bcc recipients stay hidden from each other.
                             let received = received_header(&ReceivedInfo {
@@ -170,7 +382,7 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
                                 client_name: &client_name,
                                 client_ip: ip,
                                 hostname: &s.myhostname,
-                                protocol: if esmtp { "ESMTP" } else { "SMTP" },
+                                protocol,
                                 queue_id: &qid,
                                 rcpt: if txn.rcpts.len() == 1 {
                                     Some(txn.rcpts[0].as_str())
@@ -188,12 +400,17 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
                                     s.myhostname
                                 )),
                             };
-                            mlog!("smtpd", "sid={sid} qid={qid} client={client_name}[{ip}]");
+                            match user.as_deref() {
+                                Some(u) => {
+                                    mlog!(svc, "sid={sid} qid={qid} client={client_name}[{ip}], sasl_username={u}")
+                                }
+                                None => mlog!(svc, "sid={sid} qid={qid} client={client_name}[{ip}]"),
+                            }
                             txn.incoming = Some(incoming);
                             server.accept_data(received.into_bytes(), fix);
                         }
                         Err(e) => {
-                            mlog!("smtpd", "warning: sid={sid} queue: {e}");
+                            mlog!(svc, "warning: sid={sid} queue: {e}");
                             server.reject(match e {
                                 crate::queue::QueueError::Full { .. } => REPLY_STORAGE,
                                 _ => REPLY_QUEUE_ERROR,
@@ -205,7 +422,7 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
                     if txn.write_failed.is_none() {
                         if let Some(inc) = txn.incoming.as_mut() {
                             if let Err(e) = inc.write(&bytes).await {
-                                mlog!("smtpd", "warning: sid={sid} qid={} write: {e}", inc.qid());
+                                mlog!(svc, "warning: sid={sid} qid={} write: {e}", inc.qid());
                                 txn.write_failed = Some(match e {
                                     crate::queue::QueueError::Full { .. } => REPLY_STORAGE,
                                     _ => REPLY_QUEUE_ERROR,
@@ -229,7 +446,7 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
                                     Reply::owned(250, format!("2.0.0 Ok: queued as {qid}"))
                                 }
                                 Err(e) => {
-                                    mlog!("smtpd", "warning: sid={sid} qid={qid} commit: {e}");
+                                    mlog!(svc, "warning: sid={sid} qid={qid} commit: {e}");
                                     match e {
                                         crate::queue::QueueError::Full { .. } => REPLY_STORAGE,
                                         _ => REPLY_QUEUE_ERROR,
@@ -248,15 +465,11 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
                     server.finish_data(reply);
                 }
                 Event::DataAborted(reason) => {
-                    mlog!("smtpd", "sid={sid} message aborted: {reason:?}");
+                    mlog!(svc, "sid={sid} message aborted: {reason:?}");
                     txn.reset();
                 }
                 Event::Reset => txn.reset(),
                 Event::Quit => counts.quit += 1,
-                // Not offered by this shell yet (starttls_offered and auth_offered are false,
-                // so the core never emits these); the TLS/AUTH integration replaces them.
-                Event::StartTls => server.tls_failed(),
-                Event::Auth { .. } => server.auth_failed(),
             }
         }
         let out = server.take_output();
@@ -269,6 +482,34 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
             if !matches!(wrote, Ok(true)) {
                 txn.reset();
                 break 'session;
+            }
+        }
+        if start_tls {
+            // RFC 3207 §4.2: the 220 went out in plaintext; now the handshake. The core has
+            // already thrown away anything the client pipelined after STARTTLS
+            // (CVE-2011-0411) and forgets EHLO/AUTH once TLS is up.
+            let cfg = match tls_config.clone() {
+                Some(c) => c,
+                None => {
+                    server.tls_failed();
+                    break 'session;
+                }
+            };
+            match stream.upgrade(cfg, handshake_timeout).await {
+                Ok(st) => {
+                    log_tls(svc, sid, &client_name, ip, &st);
+                    stream = st;
+                    user = None;
+                    helo.clear();
+                    server.tls_started();
+                    continue 'session;
+                }
+                Err(e) => {
+                    mlog!(svc, "sid={sid} SSL_accept error from {client_name}[{ip}]: {e}");
+                    mlog!(svc, "sid={sid} lost connection after STARTTLS from {client_name}[{ip}]");
+                    drop(slot);
+                    return;
+                }
             }
         }
         if server.is_closed() {
@@ -303,11 +544,7 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
             Got::Data(n) => server.input(&buf[..n]),
             Got::Eof => server.eof(),
             Got::Timeout => {
-                mlog!(
-                    "smtpd",
-                    "sid={sid} timeout after {} from {client_name}[{ip}]",
-                    "command"
-                );
+                mlog!(svc, "sid={sid} timeout after {} from {client_name}[{ip}]", "command");
                 server.timeout();
             }
             Got::Stop => {
@@ -325,9 +562,11 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
     txn.reset();
     drop(slot);
     mlog!(
-        "smtpd",
-        "sid={sid} disconnect from {client_name}[{ip}] ehlo={} mail={} rcpt={}/{} data={} quit={}",
+        svc,
+        "sid={sid} disconnect from {client_name}[{ip}] ehlo={} starttls={} auth={} mail={} rcpt={}/{} data={} quit={}",
         counts.helo,
+        counts.starttls,
+        counts.auth,
         counts.mail,
         counts.rcpt - counts.rejected,
         counts.rcpt,
@@ -337,9 +576,29 @@ pub async fn session(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, s
     linger(&mut stream).await;
 }
 
+fn lockout_reply(host: &str) -> Reply {
+    Reply::owned(
+        421,
+        format!("4.7.0 {host} Error: too many failed authentication attempts"),
+    )
+}
+
+/// Postfix's line, so TLS usage can be counted the same way.
+pub fn log_tls(svc: &str, sid: u64, client_name: &str, ip: IpAddr, st: &Stream) {
+    match st.tls_info() {
+        Some(info) => mlog!(
+            svc,
+            "sid={sid} Anonymous TLS connection established from {client_name}[{ip}]: {info}"
+        ),
+        None => mlog!(svc, "sid={sid} TLS connection established from {client_name}[{ip}]"),
+    }
+}
+
 #[derive(Default)]
 struct Counts {
     helo: u32,
+    starttls: u32,
+    auth: u32,
     mail: u32,
     rcpt: u32,
     rejected: u32,
@@ -349,8 +608,8 @@ struct Counts {
 
 /// After the last reply: half-close and drain what the client still sends for a moment, so
 /// the reply is not destroyed by a TCP reset (closing with unread input sends RST).
-async fn linger(stream: &mut Async<TcpStream>) {
-    let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+pub async fn linger(stream: &mut Stream) {
+    let _ = stream.shutdown_write().await;
     let mut sink = [0u8; 4096];
     let mut budget: usize = 1 << 20;
     let deadline = Timer::after(Duration::from_secs(crate::limits::LINGER_SECS));

@@ -29,11 +29,18 @@ class Poshta:
     def __init__(self, extra="", users=("alice", "bob")):
         self.dir = tempfile.mkdtemp(prefix="poshta-e2e-")
         self.port = free_port()
+        self.sub_port = free_port()
+        self.subs_port = free_port()
+        self.pop3_port = free_port()
+        self.pop3s_port = free_port()
         self.cf = os.path.join(self.dir, "main.cf")
         self.log_path = os.path.join(self.dir, "poshta.log")
         self.proc = None
         self.extra = extra
         self.write_config(extra)
+        # A self-signed certificate for STARTTLS and the implicit-TLS ports.
+        self.cli("init", "--domain", "example.org")
+        self.ca = os.path.join(self.dir, "tls", "cert.pem")
         for u in users:
             self.add_user(u, "secret-" + u)
 
@@ -45,6 +52,12 @@ mydomain = example.org
 mydestination = example.org, $myhostname
 mynetworks = 127.0.0.1/32
 smtpd_listen = 127.0.0.1:{self.port}
+submission_listen = 127.0.0.1:{self.sub_port}
+submissions_listen = 127.0.0.1:{self.subs_port}
+pop3d_listen = 127.0.0.1:{self.pop3_port}
+pop3s_listen = 127.0.0.1:{self.pop3s_port}
+smtpd_tls_cert_file = {self.dir}/tls/cert.pem
+smtpd_tls_key_file = {self.dir}/tls/key.pem
 queue_directory = {self.dir}/spool
 virtual_mailbox_base = {self.dir}/mail
 mailbox_users_file = {self.dir}/users
