@@ -17,6 +17,7 @@ pub mod config;
 pub mod delivery;
 pub mod limits;
 pub mod log;
+pub mod mailbox;
 pub mod net;
 pub mod policy;
 pub mod proto;

@@ -8,12 +8,14 @@
 //!
 //! # File names
 //!
-//! `{secs}.M{micros}P{pid}Q{seq}.{host},S={size}` — the spec's "modern" unique name (time,
-//! microseconds, process id, per-process delivery counter) plus Dovecot's `,S=` size
-//! attribute (the file's exact size in bytes, which lets POP3 and IMAP servers skip a
-//! stat). `host` is the hostname with every byte outside `[A-Za-z0-9._-]` written as a
-//! backslash and three octal digits (so `/` is `\057` and `:` is `\072`, as Dovecot does):
-//! the unique part never contains `/` or `:` (`:` starts the info part in `cur/`).
+//! `{secs}.M{micros}P{pid}Q{seq}.{host},S={size},W={crlf size}` — the spec's "modern" unique
+//! name (time, microseconds, process id, per-process delivery counter) plus Dovecot's `,S=`
+//! size attribute (the file's exact size in bytes, which lets POP3 and IMAP servers skip a
+//! stat) and `,W=` virtual size (the size with every LF not already preceded by CR counted as
+//! CRLF: what POP3 reports, RFC 1939 §11, without reading the file). `host` is the hostname
+//! with every byte outside `[A-Za-z0-9._-]` written as a backslash and three octal digits
+//! (so `/` is `\057` and `:` is `\072`, as Dovecot does): the unique part never contains `/`
+//! or `:` (`:` starts the info part in `cur/`).
 //!
 //! # Symlinks
 //!
@@ -39,6 +41,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
 
 use super::DeliveryError;
+use crate::mailbox::CrlfCounter;
 
 /// Body copy buffer.
 const COPY_BUFFER_BYTES: usize = 64 * 1024;
@@ -172,8 +175,8 @@ pub fn deliver(d: &MaildirDelivery<'_>, body: &mut dyn Read) -> Result<PathBuf, 
     .map_err(|e| classify("create", &tmp_path, e.into()))?;
     let mut file = File::from(fd);
 
-    let written = match write_and_sync(&mut file, d.prepend, body) {
-        Ok(n) => n,
+    let counted = match write_and_sync(&mut file, d.prepend, body) {
+        Ok(c) => c,
         Err((what, e)) => {
             drop(file);
             let _ = rustix::fs::unlinkat(&dirs.tmp, unique.as_str(), AtFlags::empty());
@@ -182,8 +185,8 @@ pub fn deliver(d: &MaildirDelivery<'_>, body: &mut dyn Read) -> Result<PathBuf, 
     };
     drop(file);
 
-    // Dovecot's ,S= attribute: the real size of the file.
-    let name = format!("{unique},S={written}");
+    // Dovecot's ,S= attribute: the real size of the file; ,W=: its size with CRLF line ends.
+    let name = format!("{unique},S={},W={}", counted.bytes(), counted.crlf_bytes());
     let final_path = d.maildir.join("new").join(&name);
     // Maildir spec: rename into new/. NOREPLACE so a (theoretical) name clash never
     // overwrites a delivered message; filesystems without renameat2 flags get a plain
@@ -214,10 +217,15 @@ pub fn deliver(d: &MaildirDelivery<'_>, body: &mut dyn Read) -> Result<PathBuf, 
     Ok(final_path)
 }
 
-/// Write prepend + body, fsync; returns the bytes written.
-fn write_and_sync(file: &mut File, prepend: &[u8], body: &mut dyn Read) -> Result<u64, (&'static str, std::io::Error)> {
+/// Write prepend + body, fsync; returns the count of the bytes written.
+fn write_and_sync(
+    file: &mut File,
+    prepend: &[u8],
+    body: &mut dyn Read,
+) -> Result<CrlfCounter, (&'static str, std::io::Error)> {
     file.write_all(prepend).map_err(|e| ("write", e))?;
-    let mut written = prepend.len() as u64;
+    let mut written = CrlfCounter::default();
+    written.update(prepend);
     let mut buf = vec![0u8; COPY_BUFFER_BYTES];
     loop {
         let n = match body.read(&mut buf) {
@@ -227,7 +235,7 @@ fn write_and_sync(file: &mut File, prepend: &[u8], body: &mut dyn Read) -> Resul
             Err(e) => return Err(("read message body", e)),
         };
         file.write_all(&buf[..n]).map_err(|e| ("write", e))?;
-        written += n as u64;
+        written.update(&buf[..n]);
     }
     file.sync_all().map_err(|e| ("fsync", e))?;
     Ok(written)
@@ -288,7 +296,7 @@ mod tests {
         assert_eq!(got, [&prepend[..], &body[..]].concat());
         assert_eq!(path.parent().unwrap(), md.join("new"));
         let name = path.file_name().unwrap().to_str().unwrap();
-        assert!(name.ends_with(&format!(",S={}", got.len())), "{name}");
+        assert!(name.contains(&format!(",S={},", got.len())), "{name}");
         let unique = name.split(',').next().unwrap();
         assert!(!unique.contains(':') && !unique.contains('/'), "{unique}");
         assert!(unique.contains("mx\\0571\\072a"), "{unique}");
@@ -308,7 +316,26 @@ mod tests {
         let mut d = delivery(&t.0, b"X: y\n", 1);
         d.body_size = 1_000_000;
         let path = deliver(&d, &mut &b"short\n"[..]).unwrap();
-        assert!(path.to_str().unwrap().ends_with(",S=11"), "{path:?}");
+        assert!(path.to_str().unwrap().ends_with(",S=11,W=13"), "{path:?}");
+    }
+
+    #[test]
+    fn w_is_the_size_with_crlf_line_ends() {
+        let t = TmpDir::new("w");
+        // Bare LFs (3 in the prepend and body), one CRLF already, a CR alone, no final LF.
+        let body = b"Subject: x\r\n\nline\rmore\nlast";
+        let path = deliver(&delivery(&t.0, b"X: y\n", 1), &mut &body[..]).unwrap();
+        let got = std::fs::read(&path).unwrap();
+        let mut crlf = Vec::new();
+        for (i, &b) in got.iter().enumerate() {
+            if b == b'\n' && (i == 0 || got[i - 1] != b'\r') {
+                crlf.push(b'\r');
+            }
+            crlf.push(b);
+        }
+        assert_eq!(crlf.len(), got.len() + 3);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(name.ends_with(&format!(",S={},W={}", got.len(), crlf.len())), "{name}");
     }
 
     #[test]

@@ -1,0 +1,578 @@
+//! A Maildir as a POP3 maildrop (<https://cr.yp.to/proto/maildir.html>).
+//!
+//! # Opening
+//!
+//! 1. The Maildir and its `cur/ new/ tmp/` are created when missing (a user with no mail yet),
+//!    exactly as delivery creates them; `new/` and `cur/` are then opened with
+//!    O_NOFOLLOW|O_DIRECTORY and every later operation is relative to those handles. The
+//!    Maildir path itself may be a symlink (an admin's choice), nothing below it is followed.
+//! 2. Lock: `flock(LOCK_EX|LOCK_NB)` on `<maildir>/poshta-pop3.lock` (created 0600, never
+//!    removed: removing a lock file races with the next locker), plus a process-wide set of
+//!    open Maildirs (keyed by canonical path) so two sessions of this process never share one
+//!    even where flock is unreliable (some network file systems). Held → [`MailboxError::InUse`]
+//!    (RFC 1939 §8: "-ERR maildrop already locked"). Both are released on Drop.
+//! 3. Every regular file in `new/` moves to `cur/` with the info `:2,` appended (no flags: a
+//!    POP3 client has seen everything, and RFC 1939 has no flags to keep), as Dovecot does when
+//!    a client first sees a message. Names starting with `.` are not messages; symlinks and
+//!    other non-regular files stay where they are and are reported as warnings. Messages
+//!    delivered after this step are not part of the session (they are listed next time; they
+//!    are never seen half-written, since delivery renames complete files into `new/`).
+//! 4. `cur/` is listed: regular files only (the kernel's d_type, or `fstatat` without following
+//!    links where the file system does not fill d_type); symlinks, FIFOs, devices, sockets and
+//!    unreadable files are skipped with a warning, the rest is served. At most
+//!    [`MAILDROP_MESSAGES_MAX`] messages per session.
+//!
+//! # File names
+//!
+//! `UNIQUE[:INFO]`, where UNIQUE is what delivery made (poshta:
+//! `{secs}.M{micros}P{pid}Q{seq}.{host},S={bytes},W={crlf bytes}`) and INFO is `2,FLAGS`.
+//!
+//! - Order (message numbers, oldest first): by the leading decimal `secs`, then the decimal
+//!   after `.M` (microseconds; 0 when absent, as in older `{secs}.{pid}.{host}` names), then
+//!   the name's bytes. A name without leading digits sorts after all dated ones.
+//! - Size (RFC 1939 §11, CRLF line ends): the decimal of a `,W=` attribute in UNIQUE (Dovecot's
+//!   virtual size) when present; otherwise the file is read once, counting bytes and bare LFs.
+//!   Only names are read for poshta's own deliveries.
+//! - Unique id (RFC 1939 §7: 1..=70 characters in 0x21..=0x7E, unique, persistent): UNIQUE
+//!   itself when it qualifies (it never changes: flags live in INFO). Otherwise (longer than 70
+//!   bytes, a space, a non-ASCII byte, empty) the FNV-1a 128-bit hash of UNIQUE's bytes (offset
+//!   basis 0x6c62272e07bb014262b821756295c58d, prime 2^88 + 0x13b) as 32 lower-case hex digits.
+//!   An accidental collision among a mailbox's names has probability around n²/2^129.
+//!   Should two files still share an id (the same UNIQUE twice in `cur/` with different INFO,
+//!   left by a crashed client), every one after the first in message order gets the hash of
+//!   `"\0dup\0"` followed by its whole name; a file still clashing after that is skipped.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
+
+use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, Mode, OFlags, RenameFlags, CWD};
+use rustix::io::Errno;
+
+use super::{
+    CrlfCounter, DeleteReport, Entry, MailboxError, Uid, MAILDROP_MESSAGES_MAX, MAILDROP_WARNINGS_MAX, UID_BYTES_MAX,
+};
+
+/// The lock file in the Maildir (see the module doc).
+pub const LOCK_FILE: &str = "poshta-pop3.lock";
+/// Read buffer for sizing messages whose names carry no `,W=`.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Maildirs open in this process (canonical paths).
+static OPEN: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::default);
+
+fn registry() -> MutexGuard<'static, HashSet<PathBuf>> {
+    // The set stays consistent even if a holder panicked: insert/remove are single steps.
+    OPEN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A registry entry, removed on Drop.
+#[derive(Debug)]
+struct Registered(PathBuf);
+
+impl Registered {
+    fn claim(key: PathBuf) -> Option<Registered> {
+        registry().insert(key.clone()).then_some(Registered(key))
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        registry().remove(&self.0);
+    }
+}
+
+/// One POP3 session's view of a Maildir: locked, listed once at open.
+pub struct Maildrop {
+    path: PathBuf,
+    cur: OwnedFd,
+    entries: Vec<Entry>,
+    warnings: Vec<String>,
+    // Fields drop in declaration order: the flock is released before the registry entry, so
+    // an open in this process never finds the registry free but the lock still held.
+    _lock: OwnedFd,
+    _registered: Registered,
+}
+
+impl std::fmt::Debug for Maildrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maildrop")
+            .field("path", &self.path)
+            .field("messages", &self.entries.len())
+            .field("warnings", &self.warnings.len())
+            .finish()
+    }
+}
+
+/// Warnings, bounded: the first [`MAILDROP_WARNINGS_MAX`] are kept, the rest counted.
+#[derive(Default)]
+struct Warnings {
+    list: Vec<String>,
+    more: usize,
+}
+
+impl Warnings {
+    fn push(&mut self, w: String) {
+        if self.list.len() < MAILDROP_WARNINGS_MAX {
+            self.list.push(w);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if self.more > 0 {
+            self.list.push(format!("{} more warnings not shown", self.more));
+        }
+        self.list
+    }
+}
+
+/// A file name for logs: control and non-ASCII bytes escaped (names are not trusted text).
+fn show(name: &[u8]) -> String {
+    name.escape_ascii().to_string()
+}
+
+fn open_dir(at: impl AsFd, name: &Path, nofollow: bool) -> Result<OwnedFd, Errno> {
+    let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    if nofollow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    rustix::fs::openat(at, name, flags, Mode::empty())
+}
+
+/// The entry's type without following links; d_type when the file system gives it.
+fn kind(dir: &OwnedFd, name: &[u8], d_type: FileType) -> Result<FileType, Errno> {
+    if d_type != FileType::Unknown {
+        return Ok(d_type);
+    }
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map(|st| FileType::from_raw_mode(st.st_mode))
+}
+
+/// Open a message file for reading: never through a link, never blocking on a FIFO planted
+/// after the listing (O_NONBLOCK has no effect on regular files), regular files only.
+fn open_regular(dir: &OwnedFd, name: &[u8]) -> std::io::Result<(File, u64)> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok((File::from(fd), u64::try_from(st.st_size).unwrap_or(0)))
+}
+
+impl Maildrop {
+    /// Lock the Maildir, move `new/` into `cur/`, list `cur/` (see the module doc).
+    pub fn open(maildir: &Path) -> Result<Maildrop, MailboxError> {
+        crate::delivery::maildir::create_maildir(maildir).map_err(|e| MailboxError::io(maildir, e))?;
+        let key = std::fs::canonicalize(maildir).unwrap_or_else(|_| maildir.to_path_buf());
+        let registered = Registered::claim(key).ok_or(MailboxError::InUse)?;
+        let md = open_dir(CWD, maildir, false).map_err(|e| MailboxError::io(maildir, e))?;
+        let lock = take_lock(&md, maildir)?;
+        let new = open_dir(&md, Path::new("new"), true).map_err(|e| MailboxError::io(maildir.join("new"), e))?;
+        let cur = open_dir(&md, Path::new("cur"), true).map_err(|e| MailboxError::io(maildir.join("cur"), e))?;
+        let mut warnings = Warnings::default();
+        move_new_to_cur(&new, &cur, maildir, &mut warnings)?;
+        let entries = list_cur(&cur, maildir, &mut warnings)?;
+        Ok(Maildrop {
+            path: maildir.to_path_buf(),
+            cur,
+            entries,
+            warnings: warnings.finish(),
+            _lock: lock,
+            _registered: registered,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The listing, oldest first: message number n is `entries()[n - 1]`.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Files skipped or left in `new/` while opening, for the log.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    fn cur_path(&self, name: &[u8]) -> PathBuf {
+        self.path.join("cur").join(show(name))
+    }
+
+    /// Open message `index` (0-based) for reading. [`MailboxError::Gone`] when another client
+    /// removed it since the listing, or when there is no such index.
+    pub fn open_message(&self, index: usize) -> Result<File, MailboxError> {
+        let e = self.entries.get(index).ok_or(MailboxError::Gone)?;
+        match open_regular(&self.cur, &e.name) {
+            Ok((f, _)) => Ok(f),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(MailboxError::Gone),
+            Err(err) => Err(MailboxError::io(self.cur_path(&e.name), err)),
+        }
+    }
+
+    /// RFC 1939 §6 (UPDATE): remove the messages at `indexes` (0-based). A message already
+    /// gone is counted, not an error; other failures are listed in the report and the rest
+    /// is still removed. `cur/` is fsynced once at the end so the removals are durable before
+    /// the client hears +OK; only that fsync failing is an `Err`.
+    pub fn delete(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
+        let mut report = DeleteReport::default();
+        let mut failures = Warnings::default();
+        for &i in indexes {
+            let Some(e) = self.entries.get(i) else {
+                failures.push(format!("no message at index {i}"));
+                continue;
+            };
+            match rustix::fs::unlinkat(&self.cur, &*e.name, AtFlags::empty()) {
+                Ok(()) => report.deleted += 1,
+                Err(Errno::NOENT) => report.already_gone += 1,
+                Err(err) => failures.push(format!("{}: {err}", self.cur_path(&e.name).display())),
+            }
+        }
+        report.failed = failures.finish();
+        rustix::fs::fsync(&self.cur).map_err(|e| MailboxError::io(self.path.join("cur"), e))?;
+        Ok(report)
+    }
+}
+
+fn take_lock(md: &OwnedFd, maildir: &Path) -> Result<OwnedFd, MailboxError> {
+    let path = maildir.join(LOCK_FILE);
+    let fd = rustix::fs::openat(
+        md,
+        LOCK_FILE,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| MailboxError::io(&path, e))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| MailboxError::io(&path, e))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(MailboxError::io(
+            path,
+            std::io::Error::other("lock file is not a regular file"),
+        ));
+    }
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(fd),
+        // RFC 1939 §8: another session has the maildrop.
+        Err(Errno::WOULDBLOCK) => Err(MailboxError::InUse),
+        Err(e) => Err(MailboxError::io(path, e)),
+    }
+}
+
+/// Rename without replacing an existing message; file systems without renameat2 flags get a
+/// plain rename (a clash needs the same unique name twice).
+fn rename_noreplace(from: &OwnedFd, old: &[u8], to: &OwnedFd, new: &[u8]) -> Result<(), Errno> {
+    match rustix::fs::renameat_with(from, old, to, new, RenameFlags::NOREPLACE) {
+        Err(Errno::INVAL) | Err(Errno::NOSYS) => rustix::fs::renameat(from, old, to, new),
+        other => other,
+    }
+}
+
+/// Step 3 of the module doc. Returns how many moved. Not fsynced: if a crash undoes a move,
+/// the message is simply in `new/` again, with the same unique id.
+fn move_new_to_cur(new: &OwnedFd, cur: &OwnedFd, maildir: &Path, w: &mut Warnings) -> Result<usize, MailboxError> {
+    let new_path = maildir.join("new");
+    let dir = Dir::read_from(new).map_err(|e| MailboxError::io(&new_path, e))?;
+    let mut moved = 0usize;
+    let mut target = Vec::with_capacity(256);
+    for item in dir {
+        // Bounded: the rest moves next session.
+        if moved >= MAILDROP_MESSAGES_MAX {
+            break;
+        }
+        let e = item.map_err(|e| MailboxError::io(&new_path, e))?;
+        let name = e.file_name().to_bytes();
+        // ".", ".." and hidden files are not messages.
+        if name.is_empty() || name.starts_with(b".") {
+            continue;
+        }
+        match kind(new, name, e.file_type()) {
+            Ok(FileType::RegularFile) => {}
+            Ok(FileType::Symlink) => {
+                w.push(format!("new/{}: symbolic link, skipped", show(name)));
+                continue;
+            }
+            Ok(t) => {
+                w.push(format!("new/{}: not a regular file ({t:?}), skipped", show(name)));
+                continue;
+            }
+            Err(Errno::NOENT) => continue,
+            Err(err) => {
+                w.push(format!("new/{}: {err}, skipped", show(name)));
+                continue;
+            }
+        }
+        target.clear();
+        target.extend_from_slice(name);
+        // Maildir spec: a message a client has seen goes to cur/ with info "2," (no flags).
+        if !name.contains(&b':') {
+            target.extend_from_slice(b":2,");
+        }
+        match rename_noreplace(new, name, cur, &target) {
+            Ok(()) => moved += 1,
+            Err(Errno::NOENT) => {} // another reader moved it meanwhile
+            Err(err) => w.push(format!("new/{}: not moved to cur/: {err}", show(name))),
+        }
+    }
+    Ok(moved)
+}
+
+/// Step 4 of the module doc.
+fn list_cur(cur: &OwnedFd, maildir: &Path, w: &mut Warnings) -> Result<Vec<Entry>, MailboxError> {
+    let cur_path = maildir.join("cur");
+    let dir = Dir::read_from(cur).map_err(|e| MailboxError::io(&cur_path, e))?;
+    let mut listed: Vec<(u64, u32, Entry)> = Vec::new();
+    let mut buf = Vec::new();
+    let mut not_listed = 0usize;
+    for item in dir {
+        let e = item.map_err(|e| MailboxError::io(&cur_path, e))?;
+        let name = e.file_name().to_bytes();
+        if name.is_empty() || name.starts_with(b".") {
+            continue;
+        }
+        match kind(cur, name, e.file_type()) {
+            Ok(FileType::RegularFile) => {}
+            Ok(FileType::Symlink) => {
+                w.push(format!("cur/{}: symbolic link, skipped", show(name)));
+                continue;
+            }
+            Ok(t) => {
+                w.push(format!("cur/{}: not a regular file ({t:?}), skipped", show(name)));
+                continue;
+            }
+            Err(Errno::NOENT) => continue,
+            Err(err) => {
+                w.push(format!("cur/{}: {err}, skipped", show(name)));
+                continue;
+            }
+        }
+        if listed.len() >= MAILDROP_MESSAGES_MAX {
+            not_listed += 1;
+            continue;
+        }
+        let size = match virtual_size(name) {
+            Some(s) => s,
+            None => match crlf_size_of(cur, name, &mut buf) {
+                Ok(s) => s,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    w.push(format!("cur/{}: unreadable ({err}), skipped", show(name)));
+                    continue;
+                }
+            },
+        };
+        let (secs, micros) = delivery_time(name);
+        let entry = Entry {
+            name: name.into(),
+            uid: Uid::Prefix(0),
+            size,
+        };
+        listed.push((secs, micros, entry));
+    }
+    if not_listed > 0 {
+        w.push(format!(
+            "cur/: {not_listed} messages beyond the first {MAILDROP_MESSAGES_MAX} are not listed this session"
+        ));
+    }
+    listed.sort_unstable_by(|a, b| (a.0, a.1, &a.2.name).cmp(&(b.0, b.1, &b.2.name)));
+    let mut entries: Vec<Entry> = listed.into_iter().map(|(_, _, e)| e).collect();
+    assign_uids(&mut entries, w);
+    Ok(entries)
+}
+
+/// Indexes of entries whose uid an earlier entry already has.
+fn duplicate_uids(entries: &[Entry]) -> Vec<usize> {
+    let mut seen = HashSet::with_capacity(entries.len());
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !seen.insert(e.uid()))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// RFC 1939 §7: ids unique within the maildrop (see the module doc).
+fn assign_uids(entries: &mut Vec<Entry>, w: &mut Warnings) {
+    for e in entries.iter_mut() {
+        e.uid = uid_for(&e.name);
+    }
+    for i in duplicate_uids(entries) {
+        let mut marked = b"\0dup\0".to_vec();
+        marked.extend_from_slice(&entries[i].name);
+        entries[i].uid = Uid::Hashed(fnv1a128_hex(&marked).into());
+    }
+    let still = duplicate_uids(entries);
+    if !still.is_empty() {
+        for &i in &still {
+            w.push(format!("cur/{}: unique id clash, skipped", show(&entries[i].name)));
+        }
+        let mut k = 0usize;
+        entries.retain(|_| {
+            let keep = still.binary_search(&k).is_err();
+            k += 1;
+            keep
+        });
+    }
+}
+
+/// Maildir spec: the unique part is the name before the info (`:`).
+fn unique_part(name: &[u8]) -> &[u8] {
+    match name.iter().position(|&b| b == b':') {
+        Some(i) => &name[..i],
+        None => name,
+    }
+}
+
+fn uid_for(name: &[u8]) -> Uid {
+    let unique = unique_part(name);
+    // RFC 1939 §7: 1 to 70 characters in the range 0x21 to 0x7E.
+    if (1..=UID_BYTES_MAX).contains(&unique.len()) && unique.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        Uid::Prefix(unique.len())
+    } else {
+        Uid::Hashed(fnv1a128_hex(unique).into())
+    }
+}
+
+/// FNV-1a, 128 bits, standard parameters, as 32 lower-case hex digits.
+fn fnv1a128_hex(bytes: &[u8]) -> String {
+    const OFFSET_BASIS: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = (1 << 88) + 0x13b;
+    let mut h = OFFSET_BASIS;
+    for &b in bytes {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(PRIME);
+    }
+    format!("{h:032x}")
+}
+
+/// A decimal of 1..=20 digits (no sign, no spaces).
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Dovecot's `,W=<crlf size>` attribute of the unique part, when present and valid.
+fn virtual_size(name: &[u8]) -> Option<u64> {
+    unique_part(name)
+        .split(|&b| b == b',')
+        .skip(1)
+        .find_map(|attr| attr.strip_prefix(b"W="))
+        .and_then(decimal)
+}
+
+/// `(secs, micros)` from `{secs}.M{micros}...`; see the module doc for names without them.
+fn delivery_time(name: &[u8]) -> (u64, u32) {
+    let mut parts = name.splitn(3, |&b| b == b'.');
+    let secs = parts.next().and_then(decimal).unwrap_or(u64::MAX);
+    let micros = parts
+        .next()
+        .and_then(|p| p.strip_prefix(b"M"))
+        .map(|p| {
+            let end = p.iter().position(|b| !b.is_ascii_digit()).unwrap_or(p.len());
+            &p[..end]
+        })
+        .and_then(decimal)
+        .and_then(|m| u32::try_from(m).ok())
+        .unwrap_or(0);
+    (secs, micros)
+}
+
+/// Read the file once (at most its size at open) and count its CRLF size.
+fn crlf_size_of(cur: &OwnedFd, name: &[u8], buf: &mut Vec<u8>) -> std::io::Result<u64> {
+    let (file, len) = open_regular(cur, name)?;
+    buf.resize(READ_BUFFER_BYTES, 0);
+    let mut counter = CrlfCounter::default();
+    let mut reader = file.take(len);
+    loop {
+        let n = match reader.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        counter.update(&buf[..n]);
+    }
+    Ok(counter.crlf_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_is_the_unique_part_when_it_qualifies() {
+        let name = b"1700000000.M5P9Q1.mx,S=10,W=12:2,S";
+        match uid_for(name) {
+            Uid::Prefix(n) => assert_eq!(&name[..n], b"1700000000.M5P9Q1.mx,S=10,W=12"),
+            Uid::Hashed(h) => panic!("hashed: {h}"),
+        }
+    }
+
+    #[test]
+    fn odd_uids_are_hashed_to_32_hex() {
+        let long = [b'a'; 71];
+        for name in [&long[..], b"has space", b"\xff\xfe", b"", b":2,", b"tab\there:2,"] {
+            match uid_for(name) {
+                Uid::Hashed(h) => {
+                    assert_eq!(h.len(), 32);
+                    assert!(
+                        h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                        "{h}"
+                    );
+                }
+                Uid::Prefix(n) => panic!("{} kept as prefix {n}", show(name)),
+            }
+        }
+        assert!(matches!(uid_for(&long[..70]), Uid::Prefix(70)));
+        // The info part does not change the id.
+        assert_eq!(
+            fnv1a128_hex(unique_part(b"x y:2,S")),
+            fnv1a128_hex(unique_part(b"x y:2,ST"))
+        );
+    }
+
+    #[test]
+    fn fnv1a128_known_values() {
+        // Reference vectors for FNV-1a 128 (http://www.isthe.com/chongo/tech/comp/fnv/).
+        assert_eq!(fnv1a128_hex(b""), "6c62272e07bb014262b821756295c58d");
+        assert_eq!(fnv1a128_hex(b"a"), "d228cb696f1a8caf78912b704e4a8964");
+    }
+
+    #[test]
+    fn virtual_size_parses_w_only() {
+        assert_eq!(virtual_size(b"1.M2P3Q4.h,S=10,W=12:2,S"), Some(12));
+        assert_eq!(virtual_size(b"1.M2P3Q4.h,W=7,S=5"), Some(7));
+        assert_eq!(virtual_size(b"1.M2P3Q4.h,S=10"), None);
+        assert_eq!(virtual_size(b"1.M2P3Q4.h,W=-1"), None);
+        assert_eq!(virtual_size(b"1.M2P3Q4.h,W=+1"), None);
+        assert_eq!(virtual_size(b"1.M2P3Q4.h,W="), None);
+        assert_eq!(virtual_size(b"1.M2P3Q4.h,W=99999999999999999999999"), None);
+        // In the info part it is not an attribute.
+        assert_eq!(virtual_size(b"1.M2P3Q4.h:2,W=5"), None);
+        assert_eq!(virtual_size(b"W=5"), None);
+    }
+
+    #[test]
+    fn delivery_time_orders_names() {
+        assert_eq!(delivery_time(b"1700000000.M123456P1Q2.h,S=1"), (1_700_000_000, 123_456));
+        assert_eq!(delivery_time(b"1700000000.4242_1.h"), (1_700_000_000, 0));
+        assert_eq!(delivery_time(b"garbage"), (u64::MAX, 0));
+        assert_eq!(delivery_time(b"12.M99999999999P1"), (12, 0));
+        assert_eq!(delivery_time(b""), (u64::MAX, 0));
+    }
+}
