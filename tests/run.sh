@@ -12,7 +12,7 @@ command -v msmtp >/dev/null 2>&1 || apt_pkgs+=(msmtp)
 command -v s-nail >/dev/null 2>&1 || apt_pkgs+=(s-nail)
 command -v openssl >/dev/null 2>&1 || apt_pkgs+=(openssl)
 command -v fetchmail >/dev/null 2>&1 || apt_pkgs+=(fetchmail)
-command -v getmail6 >/dev/null 2>&1 || apt_pkgs+=(getmail6)
+command -v getmail >/dev/null 2>&1 || apt_pkgs+=(getmail6)
 command -v curl >/dev/null 2>&1 || apt_pkgs+=(curl)
 python3 -c 'import pytest' >/dev/null 2>&1 || need_pytest=1
 

@@ -150,6 +150,8 @@ pub const KEYS: &[Key] = &[
     k("mynetworks", Text("127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128"), Networks, "Trusted client networks (may relay)."),
     k("myorigin", Text("$myhostname"), Hostname, "Domain that locally posted mail appears to come from."),
     later("notify_classes", Text("resource, software"), List, "Problem classes reported to the postmaster."),
+    k("pop3d_autologout", Text("10m"), Time { unit: 's' }, "poshta: idle time before a POP3 session is closed (RFC 1939 §3: at least 10 minutes)."),
+    k("pop3d_disable_plaintext_auth", Text("yes"), Bool, "poshta: refuse POP3 logins before STLS except from loopback (Dovecot's disable_plaintext_auth)."),
     k("pop3d_listen", Root { root: "110", user: "2110" }, Listen, "poshta: POP3 (STLS) listen entries, [address:]port (empty: none)."),
     k("pop3s_listen", Root { root: "995", user: "2995" }, Listen, "poshta: POP3 over implicit TLS listen entries, [address:]port (empty: none)."),
     k("queue_directory", Root { root: "/var/spool/poshta", user: "$config_directory/spool" }, Path, "The queue log directory."),

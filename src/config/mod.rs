@@ -172,6 +172,8 @@ pub struct Settings {
     pub auth_failure_limit: u32,
     pub auth_failure_window_secs: u64,
     pub auth_failure_penalty_secs: u64,
+    pub pop3d_autologout_secs: u64,
+    pub pop3d_disable_plaintext_auth: bool,
     /// syslog_name: the log tag (`postfix-poshta/smtpd[pid]: ...`).
     pub syslog_name: String,
 }
@@ -826,6 +828,8 @@ fn build_settings(
         auth_failure_window_secs: time("auth_failure_window"),
         auth_failure_penalty_secs: time("auth_failure_penalty"),
         syslog_name: get("syslog_name").to_string(),
+        pop3d_autologout_secs: time("pop3d_autologout"),
+        pop3d_disable_plaintext_auth: typed(eff, dflt, "pop3d_disable_plaintext_auth", value::parse_bool),
         config_file,
         config_directory,
     }

@@ -75,7 +75,14 @@ struct Registered(PathBuf);
 
 impl Registered {
     fn claim(key: PathBuf) -> Option<Registered> {
-        registry().insert(key.clone()).then_some(Registered(key))
+        // Not `then_some(Registered(..))`: that builds (and, when already taken, drops) a
+        // Registered while the registry lock is held, and its Drop takes the lock again.
+        let inserted = registry().insert(key.clone());
+        if inserted {
+            Some(Registered(key))
+        } else {
+            None
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod deliver;
 pub mod listen;
+pub mod pop3;
 pub mod smtp;
 pub mod tls;
 
@@ -196,6 +197,8 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         (Service::Smtp(smtp::Kind::Smtp), &s.smtpd_listen),
         (Service::Smtp(smtp::Kind::Submission), &s.submission_listen),
         (Service::Smtp(smtp::Kind::Submissions), &s.submissions_listen),
+        (Service::Pop3 { implicit_tls: false }, &s.pop3d_listen),
+        (Service::Pop3 { implicit_tls: true }, &s.pop3s_listen),
     ];
     for (service, addrs) in services {
         for addr in addrs.iter() {
@@ -220,7 +223,7 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
     };
     mlog!(
         "master",
-        "config: file={} myhostname={} mydestination={} mynetworks={} smtpd_listen={} submission_listen={} submissions_listen={} tls={} queue_directory={} virtual_mailbox_base={} message_size_limit={} delivery_paused={}",
+        "config: file={} myhostname={} mydestination={} mynetworks={} smtpd_listen={} submission_listen={} submissions_listen={} pop3d_listen={} pop3s_listen={} tls={} queue_directory={} virtual_mailbox_base={} message_size_limit={} delivery_paused={}",
         config_file.display(),
         s.myhostname,
         s.mydestination.join(","),
@@ -228,6 +231,8 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         join_addrs(&s.smtpd_listen),
         join_addrs(&s.submission_listen),
         join_addrs(&s.submissions_listen),
+        join_addrs(&s.pop3d_listen),
+        join_addrs(&s.pop3s_listen),
         match &tls_source {
             Some(t) => t.cert_file().display().to_string(),
             None => "off".to_string(),
@@ -274,6 +279,7 @@ fn join_addrs(a: &[std::net::SocketAddr]) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
     Smtp(smtp::Kind),
+    Pop3 { implicit_tls: bool },
 }
 
 impl Service {
@@ -282,6 +288,8 @@ impl Service {
             Service::Smtp(smtp::Kind::Smtp) => "smtpd_listen",
             Service::Smtp(smtp::Kind::Submission) => "submission_listen",
             Service::Smtp(smtp::Kind::Submissions) => "submissions_listen",
+            Service::Pop3 { implicit_tls: false } => "pop3d_listen",
+            Service::Pop3 { implicit_tls: true } => "pop3s_listen",
         }
     }
 }
@@ -437,14 +445,24 @@ async fn accept_loop(ctx: Rc<Ctx>, service: Service, listener: Async<TcpListener
         match accepted {
             Ok((stream, peer)) => {
                 let max = ctx.policy().settings.smtpd_sessions_max;
-                let Service::Smtp(kind) = service;
-                if ctx.sessions.get() >= max {
-                    ctx.ex.spawn(smtp::refuse(ctx.clone(), stream, peer, kind)).detach();
-                } else {
-                    let slot = SessionSlot::take(&ctx);
-                    ctx.ex
-                        .spawn(smtp::session(ctx.clone(), stream, peer, slot, kind))
-                        .detach();
+                let full = ctx.sessions.get() >= max;
+                match service {
+                    Service::Smtp(kind) if full => ctx.ex.spawn(smtp::refuse(ctx.clone(), stream, peer, kind)).detach(),
+                    Service::Smtp(kind) => {
+                        let slot = SessionSlot::take(&ctx);
+                        ctx.ex
+                            .spawn(smtp::session(ctx.clone(), stream, peer, slot, kind))
+                            .detach();
+                    }
+                    Service::Pop3 { implicit_tls } if full => {
+                        ctx.ex.spawn(pop3::refuse(stream, peer, implicit_tls)).detach()
+                    }
+                    Service::Pop3 { implicit_tls } => {
+                        let slot = SessionSlot::take(&ctx);
+                        ctx.ex
+                            .spawn(pop3::session(ctx.clone(), stream, peer, slot, implicit_tls))
+                            .detach();
+                    }
                 }
             }
             Err(e) => {

@@ -1,0 +1,334 @@
+//! One POP3 session (RFC 1939; STLS RFC 2595; implicit TLS on 995, RFC 8314 §3.1): pumps
+//! bytes between a connection and `proto::pop3::server::Server`, checks passwords (shared
+//! lockout with SMTP AUTH), and opens, streams from and updates the user's Maildir.
+//!
+//! Mailbox work is blocking file I/O: it runs on the thread pool (`smol::unblock`); a
+//! message is streamed through `smol::Unblock` in chunks, so memory does not grow with the
+//! message. Deletions happen only on QUIT (UPDATE state, RFC 1939 §6); a dropped
+//! connection deletes nothing.
+
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::{Async, Timer};
+
+use super::smtp::{client_ip, linger, log_tls, verify_login};
+use super::tls::{self, Stream};
+use super::{Ctx, Policy};
+use crate::config::TlsSecurityLevel;
+use crate::mailbox::{Mailbox, MailboxError};
+use crate::mlog;
+use crate::proto::pop3::server::{Event, LoginFailure, MessageMeta, Pop3Params, Server};
+use crate::proto::sasl::Credentials;
+
+const SVC: &str = "pop3d";
+
+/// Over the session cap.
+pub async fn refuse(mut stream: Async<TcpStream>, peer: SocketAddr, implicit_tls: bool) {
+    mlog!(
+        SVC,
+        "warning: too many sessions: refusing unknown[{}]",
+        client_ip(&peer)
+    );
+    if !implicit_tls {
+        let _ = smol::future::or(
+            async { stream.write_all(b"-ERR [SYS/TEMP] Too many connections\r\n").await },
+            async {
+                Timer::after(Duration::from_secs(5)).await;
+                Ok(())
+            },
+        )
+        .await;
+    }
+}
+
+async fn write_out(stream: &mut Stream, server: &mut Server, timeout: Duration) -> bool {
+    let out = server.take_output();
+    if out.is_empty() {
+        return true;
+    }
+    matches!(
+        smol::future::or(async { stream.write_all(&out).await.map(|_| true) }, async {
+            Timer::after(timeout).await;
+            Ok(false)
+        })
+        .await,
+        Ok(true)
+    )
+}
+
+pub async fn session(
+    ctx: Rc<Ctx>,
+    tcp: Async<TcpStream>,
+    peer: SocketAddr,
+    slot: super::SessionSlot,
+    implicit_tls: bool,
+) {
+    let policy: Rc<Policy> = ctx.policy();
+    let s = &policy.settings;
+    let sid = ctx.next_sid.get();
+    ctx.next_sid.set(sid + 1);
+    let ip = client_ip(&peer);
+    let client_name = "unknown";
+    mlog!(SVC, "sid={sid} connect from {client_name}[{ip}]");
+    let tls_config = if s.smtpd_tls_security_level == TlsSecurityLevel::None {
+        None
+    } else {
+        ctx.tls_config()
+    };
+    let handshake_timeout = Duration::from_secs(s.smtpd_starttls_timeout_secs.max(1));
+    let mut stream = if implicit_tls {
+        let Some(cfg) = tls_config.clone() else {
+            mlog!(
+                SVC,
+                "warning: sid={sid} no usable TLS certificate; closing {client_name}[{ip}]"
+            );
+            return;
+        };
+        match tls::accept_tls(tcp, cfg, handshake_timeout).await {
+            Ok(st) => {
+                log_tls(SVC, sid, client_name, ip, &st);
+                st
+            }
+            Err(e) => {
+                mlog!(SVC, "sid={sid} TLS handshake failed from {client_name}[{ip}]: {e}");
+                return;
+            }
+        }
+    } else {
+        Stream::Plain(tcp)
+    };
+    // Dovecot's default (disable_plaintext_auth): passwords only over TLS, or when the
+    // client is this host itself (its address is the server's address: Dovecot's "secured").
+    let same_host = stream.local_addr().map(|a| client_ip(&a) == ip).unwrap_or(false);
+    let plaintext_ok = |tls: bool| tls || same_host || !s.pop3d_disable_plaintext_auth;
+    let params = Pop3Params {
+        hostname: s.myhostname.clone(),
+        tls_active: stream.is_tls(),
+        stls_offered: tls_config.is_some() && !stream.is_tls(),
+        plaintext_login_allowed: plaintext_ok(stream.is_tls()),
+        autologout_secs: s.pop3d_autologout_secs,
+    };
+    // RFC 1939 §3: the autologout timer is at least 10 minutes.
+    let timeout = Duration::from_secs(s.pop3d_autologout_secs.max(1));
+    let mut server = Server::new(params);
+    let mut mailbox: Option<Arc<Mailbox>> = None;
+    let mut user: Option<String> = None;
+    let mut buf = vec![0u8; crate::limits::SESSION_READ_BYTES];
+    'session: loop {
+        let mut start_tls = false;
+        while let Some(ev) = server.poll() {
+            match ev {
+                Event::Login {
+                    user: name,
+                    password,
+                    mechanism,
+                } => {
+                    let now = crate::time::now_unix();
+                    let locked = ctx.throttle.borrow_mut().check(ip, now);
+                    if locked.is_err() {
+                        mlog!(
+                            SVC,
+                            "warning: sid={sid} {client_name}[{ip}]: locked out for failed logins"
+                        );
+                        server.login_failed(LoginFailure::LoginDelay);
+                        continue;
+                    }
+                    let creds = Credentials {
+                        authzid: String::new(),
+                        authcid: name.clone(),
+                        password,
+                    };
+                    let Some(login) = verify_login(&policy, &creds).await else {
+                        mlog!(
+                            SVC,
+                            "sid={sid} auth failed: user=<{}>, method={mechanism}, rip={ip}",
+                            name.escape_debug()
+                        );
+                        let penalty = ctx.throttle.borrow_mut().failure(ip, crate::time::now_unix());
+                        if penalty.is_some() {
+                            mlog!(
+                                SVC,
+                                "warning: sid={sid} {client_name}[{ip}]: too many failed logins; locked out"
+                            );
+                        }
+                        server.login_failed(LoginFailure::BadCredentials);
+                        continue;
+                    };
+                    ctx.throttle.borrow_mut().success(ip, now);
+                    let Some(dir) = crate::delivery::maildir::virtual_maildir(&s.virtual_mailbox_base, &login) else {
+                        server.login_failed(LoginFailure::SysTemp);
+                        continue;
+                    };
+                    let opened = smol::unblock(move || {
+                        crate::delivery::maildir::create_maildir(&dir).map_err(|e| MailboxError::Io {
+                            path: dir.clone(),
+                            source: e,
+                        })?;
+                        Mailbox::open_maildir(&dir)
+                    })
+                    .await;
+                    match opened {
+                        Ok(mb) => {
+                            for w in mb.warnings() {
+                                mlog!(SVC, "warning: sid={sid} user={login}: {w}");
+                            }
+                            let listing: Vec<MessageMeta> = mb
+                                .entries()
+                                .iter()
+                                .map(|e| MessageMeta {
+                                    size: e.size(),
+                                    uid: e.uid().to_string(),
+                                })
+                                .collect();
+                            mlog!(
+                                SVC,
+                                "sid={sid} login: user=<{login}>, method={mechanism}, rip={ip}{}, messages={}",
+                                if stream.is_tls() { ", TLS" } else { "" },
+                                listing.len()
+                            );
+                            mailbox = Some(Arc::new(mb));
+                            user = Some(login);
+                            server.login_ok(listing);
+                        }
+                        Err(MailboxError::InUse) => {
+                            mlog!(SVC, "sid={sid} user=<{login}>: maildrop in use");
+                            server.login_failed(LoginFailure::InUse);
+                        }
+                        Err(e) => {
+                            mlog!(SVC, "warning: sid={sid} user=<{login}>: {e}");
+                            server.login_failed(LoginFailure::SysTemp);
+                        }
+                    }
+                }
+                Event::StartTls => start_tls = true,
+                Event::Retr { index, .. } => {
+                    let Some(mb) = mailbox.clone() else {
+                        server.retr_failed();
+                        continue;
+                    };
+                    match smol::unblock(move || mb.open_message(index)).await {
+                        Ok(msg) => {
+                            server.retr_begin();
+                            let mut reader = smol::Unblock::with_capacity(crate::limits::QUEUE_CHUNK_BYTES_MAX, msg);
+                            let mut chunk = vec![0u8; crate::limits::QUEUE_CHUNK_BYTES_MAX];
+                            loop {
+                                match reader.read(&mut chunk).await {
+                                    Ok(0) => {
+                                        server.retr_end();
+                                        break;
+                                    }
+                                    Ok(n) => {
+                                        server.retr_chunk(&chunk[..n]);
+                                        if !write_out(&mut stream, &mut server, timeout).await {
+                                            break 'session;
+                                        }
+                                    }
+                                    Err(e) => {
+                                        mlog!(SVC, "warning: sid={sid} read message {}: {e}", index + 1);
+                                        server.retr_failed();
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            mlog!(SVC, "warning: sid={sid} open message {}: {e}", index + 1);
+                            server.retr_failed();
+                        }
+                    }
+                }
+                Event::Update { deleted } => {
+                    let ok = match mailbox.take() {
+                        Some(mb) if !deleted.is_empty() => match smol::unblock(move || mb.delete(&deleted)).await {
+                            Ok(_) => true,
+                            Err(e) => {
+                                mlog!(SVC, "warning: sid={sid} delete: {e}");
+                                false
+                            }
+                        },
+                        _ => true,
+                    };
+                    server.update_done(ok);
+                }
+                Event::Closed => mailbox = None,
+            }
+        }
+        if !write_out(&mut stream, &mut server, timeout).await {
+            break 'session;
+        }
+        if start_tls {
+            let Some(cfg) = tls_config.clone() else { break 'session };
+            match stream.upgrade(cfg, handshake_timeout).await {
+                Ok(st) => {
+                    log_tls(SVC, sid, client_name, ip, &st);
+                    stream = st;
+                    server.tls_started(plaintext_ok(true));
+                    continue 'session;
+                }
+                Err(e) => {
+                    mlog!(SVC, "sid={sid} TLS handshake failed from {client_name}[{ip}]: {e}");
+                    drop(slot);
+                    return;
+                }
+            }
+        }
+        if server.is_closed() {
+            break;
+        }
+        enum Got {
+            Data(usize),
+            Eof,
+            Timeout,
+            Stop,
+        }
+        let got = smol::future::or(
+            async {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => Got::Eof,
+                    Ok(n) => Got::Data(n),
+                }
+            },
+            smol::future::or(
+                async {
+                    Timer::after(timeout).await;
+                    Got::Timeout
+                },
+                async {
+                    ctx.stopped().await;
+                    Got::Stop
+                },
+            ),
+        )
+        .await;
+        match got {
+            Got::Data(n) => server.input(&buf[..n]),
+            Got::Eof => server.eof(),
+            Got::Timeout => server.timeout(),
+            Got::Stop => {
+                let _ = stream.write_all(b"-ERR [SYS/TEMP] Server shutting down\r\n").await;
+                break 'session;
+            }
+        }
+    }
+    drop(mailbox);
+    drop(slot);
+    let stats = server.stats();
+    // One line per logout (Dovecot's shape): `user=... retr=N/bytes del=N/bytes`.
+    mlog!(
+        SVC,
+        "sid={sid} disconnect from {client_name}[{ip}] user={} top={}/{} retr={}/{} del={}/{} size={}",
+        user.as_deref().unwrap_or("-"),
+        stats.top_count,
+        stats.top_bytes,
+        stats.retr_count,
+        stats.retr_bytes,
+        stats.deleted_count,
+        stats.deleted_bytes,
+        stats.size_bytes
+    );
+    linger(&mut stream).await;
+}

@@ -1,0 +1,262 @@
+"""POP3 and POP3S (issue 5) with real clients: Python poplib, fetchmail, getmail6, curl."""
+import email
+import email.policy
+import os
+import poplib
+import pwd
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from test_receive_deliver import send
+
+
+def ctx_for(p):
+    c = ssl.create_default_context(cafile=p.ca)
+    c.check_hostname = False
+    return c
+
+
+def deliver(p, user, n, prefix="m"):
+    for i in range(n):
+        send(p, [f"{user}@example.org"], f"Subject: {prefix}{i}\r\n\r\nbody {i}\r\n.leading dot\r\n")
+    return p.wait_messages(user, n)
+
+
+def subjects_of(lines):
+    m = email.message_from_bytes(b"\r\n".join(lines), policy=email.policy.default)
+    return m["Subject"]
+
+
+def test_poplib_plain_list_retr_dele_quit(poshta):
+    deliver(poshta, "alice", 3)
+    c = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
+    assert c.getwelcome().startswith(b"+OK")
+    c.user("alice")
+    c.pass_("secret-alice")
+    count, size = c.stat()
+    assert count == 3
+    resp, listing, _ = c.list()
+    sizes = [int(l.split()[1]) for l in listing]
+    assert sum(sizes) == size
+    resp, lines, octets = c.retr(1)
+    # RFC 1939 §5: the listed size is the message as sent, CR LF line ends, before stuffing.
+    assert octets >= sizes[0]
+    assert b".leading dot" in lines
+    assert subjects_of(lines) == "m0"
+    resp, uidl, _ = c.uidl()
+    uids = [l.split()[1] for l in uidl]
+    assert len(set(uids)) == 3 and all(1 <= len(u) <= 70 for u in uids)
+    resp, top, _ = c.top(2, 0)
+    assert b"" in top and not any(b"body" in l for l in top)
+    c.dele(1)
+    assert c.stat()[0] == 2
+    c.quit()
+    time.sleep(0.2)
+    assert len(poshta.new_messages("alice")) + len(os.listdir(os.path.join(poshta.maildir("alice"), "cur"))) == 2
+    assert "retr=1/" in poshta.logtext() and "del=1/" in poshta.logtext()
+
+
+def test_dropped_connection_deletes_nothing(poshta):
+    deliver(poshta, "alice", 2)
+    c = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
+    c.user("alice")
+    c.pass_("secret-alice")
+    c.dele(1)
+    c.dele(2)
+    c.sock.close()  # no QUIT: RFC 1939 §6, nothing is deleted
+    time.sleep(0.5)
+    c = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
+    c.user("alice")
+    c.pass_("secret-alice")
+    assert c.stat()[0] == 2
+    c.quit()
+
+
+def test_second_session_gets_in_use(poshta):
+    a = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
+    a.user("alice")
+    a.pass_("secret-alice")
+    b = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
+    b.user("alice")
+    with pytest.raises(poplib.error_proto) as e:
+        b.pass_("secret-alice")
+    assert b"[IN-USE]" in e.value.args[0]
+    a.quit()
+    b.user("alice")
+    b.pass_("secret-alice")
+    b.quit()
+
+
+def test_delivery_during_a_session_appears_in_the_next(poshta):
+    deliver(poshta, "alice", 1)
+    a = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
+    a.user("alice")
+    a.pass_("secret-alice")
+    assert a.stat()[0] == 1
+    deliver(poshta, "alice", 1, prefix="late")
+    assert a.stat()[0] == 1
+    a.quit()
+    b = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
+    b.user("alice")
+    b.pass_("secret-alice")
+    assert b.stat()[0] == 2
+    b.quit()
+
+
+def test_stls_and_pop3_ssl(poshta):
+    deliver(poshta, "bob", 1)
+    c = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
+    assert "STLS" in c.capa()
+    c.stls(context=ctx_for(poshta))
+    c.user("bob")
+    c.pass_("secret-bob")
+    assert c.stat()[0] == 1
+    c.quit()
+    s = poplib.POP3_SSL("127.0.0.1", poshta.pop3s_port, timeout=20, context=ctx_for(poshta))
+    s.user("bob")
+    s.pass_("secret-bob")
+    assert subjects_of(s.retr(1)[1]) == "m0"
+    s.quit()
+
+
+def test_bad_password_and_plaintext_refused_off_host(poshta):
+    c = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
+    c.user("alice")
+    with pytest.raises(poplib.error_proto) as e:
+        c.pass_("wrong")
+    assert b"[AUTH]" in e.value.args[0]
+    c.quit()
+    # From another address than the server's, passwords need TLS first (Dovecot's rule).
+    s = socket.socket()
+    s.bind(("127.0.0.2", 0))
+    s.connect(("127.0.0.1", poshta.pop3_port))
+    f = s.makefile("rwb")
+    assert f.readline().startswith(b"+OK")
+    f.write(b"USER alice\r\n")
+    f.flush()
+    line = f.readline()
+    assert line.startswith(b"-ERR [AUTH]"), line
+    s.close()
+
+
+def test_curl_pop3_and_pop3s(poshta):
+    deliver(poshta, "alice", 2)
+    r = subprocess.run(["curl", "-sS", f"pop3://alice:secret-alice@127.0.0.1:{poshta.pop3_port}/2"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert b"Subject: m1" in r.stdout
+    r = subprocess.run(["curl", "-sS", "--cacert", poshta.ca, "--resolve", f"mx.example.org:{poshta.pop3s_port}:127.0.0.1",
+                        f"pop3s://alice:secret-alice@mx.example.org:{poshta.pop3s_port}/1"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert b"Subject: m0" in r.stdout
+
+
+def fetchmail(p, tmp_path, port, ssl_opts, keep, name):
+    out = tmp_path / f"{name}.mbox"
+    rc = tmp_path / f"{name}.rc"
+    rc.write_text(f"""set no bouncemail
+set no syslog
+poll 127.0.0.1 service {port} protocol pop3 uidl
+    username "alice" password "secret-alice" is "root" here
+    {ssl_opts}
+    {"keep" if keep else "nokeep"}
+    mda "/bin/sh -c 'cat >> {out}'"
+""")
+    rc.chmod(0o600)
+    env = dict(os.environ, FETCHMAILHOME=str(tmp_path), HOME=str(tmp_path))
+    r = subprocess.run(["fetchmail", "-f", str(rc), "--idfile", str(tmp_path / f"{name}.ids"), "-v"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    data = out.read_text() if out.exists() else ""
+    return r, data
+
+
+def test_fetchmail_keep_twice_gets_each_message_once_then_nokeep(poshta, tmp_path):
+    deliver(poshta, "alice", 3)
+    r, data = fetchmail(poshta, tmp_path, poshta.pop3_port, "sslproto ''", True, "plain")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert data.count("Subject: m") == 3
+    # Leave on server: the second run sees the same UIDs and fetches nothing new.
+    r, data = fetchmail(poshta, tmp_path, poshta.pop3_port, "sslproto ''", True, "plain")
+    assert r.returncode in (0, 1), r.stdout + r.stderr  # 1 = no new mail
+    assert data.count("Subject: m") == 3
+    # POP3S with certificate checking, not keeping: the mailbox ends empty.
+    r, data = fetchmail(poshta, tmp_path, poshta.pop3s_port,
+                        f"ssl sslcertck sslcertfile {poshta.ca} sslcommonname mx.example.org", False, "tls")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert data.count("Subject: m") == 3
+    c = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
+    c.user("alice")
+    c.pass_("secret-alice")
+    assert c.stat()[0] == 0
+    c.quit()
+
+
+def test_getmail6_leave_on_server(poshta, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a throwaway user (getmail6 refuses to run as root)")
+    deliver(poshta, "bob", 2)
+    user = "poshtagm%d" % os.getpid()
+    import pathlib
+    import tempfile
+    home = pathlib.Path(tempfile.mkdtemp(prefix="poshta-getmail-", dir="/tmp"))
+    subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", user], check=True)
+    try:
+        pw = pwd.getpwnam(user)
+        maildir = home / "Maildir"
+        for d in ("cur", "new", "tmp"):
+            (maildir / d).mkdir(parents=True)
+        (home / "getmailrc").write_text(f"""[retriever]
+type = SimplePOP3Retriever
+server = 127.0.0.1
+port = {poshta.pop3_port}
+username = bob
+password = secret-bob
+
+[destination]
+type = Maildir
+path = {maildir}/
+
+[options]
+delete = false
+read_all = false
+""")
+        for root, dirs, files in os.walk(home):
+            for n in dirs + files:
+                os.chown(os.path.join(root, n), pw.pw_uid, pw.pw_gid)
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+        cmd = ["runuser", "-u", user, "--", "getmail", "--getmaildir", str(home), "--rcfile", "getmailrc"]
+        for _ in range(2):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stdout + r.stderr
+        assert len(os.listdir(maildir / "new")) == 2, "each message once, though fetched twice"
+    finally:
+        subprocess.run(["userdel", user])
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_large_mailbox_list_is_fast(poshta):
+    """LIST/UIDL answer from file names (,S= and ,W=), not by reading messages."""
+    new = os.path.join(poshta.maildir("alice"), "new")
+    os.makedirs(new, exist_ok=True)
+    body = b"Subject: x\n\nshort\n"
+    for i in range(5000):
+        name = f"{1700000000 + i}.M{i}P1Q{i}.mx,S={len(body)},W={len(body) + 3}"
+        with open(os.path.join(new, name), "wb") as f:
+            f.write(body)
+    c = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=60)
+    c.user("alice")
+    c.pass_("secret-alice")
+    start = time.time()
+    resp, listing, _ = c.list()
+    resp, uidl, _ = c.uidl()
+    elapsed = time.time() - start
+    assert len(listing) == 5000 and len(uidl) == 5000
+    assert elapsed < 5, elapsed
+    c.quit()
