@@ -75,7 +75,13 @@ struct Registered(PathBuf);
 
 impl Registered {
     fn claim(key: PathBuf) -> Option<Registered> {
-        registry().insert(key.clone()).then_some(Registered(key))
+        // Not `then_some(Registered(..))`: that value is built eagerly and, when dropped on the
+        // refusal path, would remove the other session's entry (and re-lock the mutex).
+        if registry().insert(key.clone()) {
+            Some(Registered(key))
+        } else {
+            None
+        }
     }
 }
 
