@@ -303,7 +303,7 @@ fn symlinks_fifos_and_dirs_are_skipped() {
     std::os::unix::fs::symlink(&secret, md.join("new").join("1600000000.M1P1Q3.link3")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &cur.join("1600000001.M1P1Q1.fifo:2,"),
+        cur.join("1600000001.M1P1Q1.fifo:2,"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,
@@ -311,7 +311,7 @@ fn symlinks_fifos_and_dirs_are_skipped() {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &md.join("new").join("1600000001.M1P1Q2.fifo"),
+        md.join("new").join("1600000001.M1P1Q2.fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,
@@ -351,7 +351,7 @@ fn symlinks_fifos_and_dirs_are_skipped() {
     std::fs::remove_file(cur.join(&name)).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &cur.join(&name),
+        cur.join(&name),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,
