@@ -75,10 +75,9 @@ struct Registered(PathBuf);
 
 impl Registered {
     fn claim(key: PathBuf) -> Option<Registered> {
-        // Not `then_some(Registered(..))`: that builds (and, when already taken, drops) a
-        // Registered while the registry lock is held, and its Drop takes the lock again.
-        let inserted = registry().insert(key.clone());
-        if inserted {
+        // Not `then_some(Registered(..))`: that value is built eagerly and, when dropped on the
+        // refusal path, would remove the other session's entry (and re-lock the mutex).
+        if registry().insert(key.clone()) {
             Some(Registered(key))
         } else {
             None
