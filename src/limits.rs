@@ -42,8 +42,10 @@ pub const QUEUE_PENDING_BYTES_MAX: usize = 512 * 1024;
 /// Listen backlog: big enough for bursts (a backlog of 5 is why OpenSMTPD collapses at
 /// 10 concurrent clients). The kernel caps it at net.core.somaxconn.
 pub const LISTEN_BACKLOG: i32 = 4096;
-/// Concurrent local deliveries (each is a blocking file write + fsync on the thread pool).
-pub const LOCAL_DELIVERY_CONCURRENCY_MAX: usize = 16;
+/// Concurrent local delivery batches (each is one blocking job on the thread pool).
+pub const LOCAL_DELIVERY_CONCURRENCY_MAX: usize = 4;
+/// Messages per local delivery batch: their Maildir renames share one directory fsync.
+pub const LOCAL_DELIVERY_BATCH_MESSAGES: usize = 32;
 /// After a final reply, how long a session keeps draining client input before closing,
 /// so the reply is not lost to a TCP reset.
 pub const LINGER_SECS: u64 = 2;

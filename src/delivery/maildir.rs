@@ -154,6 +154,64 @@ pub fn create_maildir(maildir: &Path) -> std::io::Result<()> {
 /// Returns the final path.
 pub fn deliver(d: &MaildirDelivery<'_>, body: &mut dyn Read) -> Result<PathBuf, DeliveryError> {
     let dirs = open_maildir(d.maildir).map_err(|e| classify("open", d.maildir, e))?;
+    let (final_path, name) = deliver_unsynced(&dirs, d, body)?;
+    sync_new(&dirs, d.maildir, &[name])?;
+    Ok(final_path)
+}
+
+/// Blocking: deliver several messages, then fsync each Maildir's new/ once. Each message
+/// is still written to tmp/, fsynced and renamed on its own (Maildir spec); only the
+/// directory fsync that makes the renames durable is shared, so a batch of deliveries into
+/// one busy Maildir costs one directory flush instead of one each. Results are in order.
+pub fn deliver_batch(items: &mut [(MaildirDelivery<'_>, &mut dyn Read)]) -> Vec<Result<PathBuf, DeliveryError>> {
+    // Maildirs touched, with their open directories and the names renamed into new/.
+    let mut opened: Vec<(&Path, Result<Dirs, std::io::Error>, Vec<(usize, String)>)> = Vec::new();
+    let mut results: Vec<Result<PathBuf, DeliveryError>> = Vec::with_capacity(items.len());
+    for (i, (d, body)) in items.iter_mut().enumerate() {
+        let slot = match opened.iter().position(|(p, _, _)| *p == d.maildir) {
+            Some(k) => k,
+            None => {
+                opened.push((d.maildir, open_maildir(d.maildir), Vec::new()));
+                opened.len() - 1
+            }
+        };
+        let (_, dirs, names) = &mut opened[slot];
+        let r = match dirs {
+            Ok(dirs) => deliver_unsynced(dirs, d, &mut **body).map(|(path, name)| {
+                names.push((i, name));
+                path
+            }),
+            Err(e) => Err(classify(
+                "open",
+                d.maildir,
+                std::io::Error::new(e.kind(), e.to_string()),
+            )),
+        };
+        results.push(r);
+    }
+    for (maildir, dirs, names) in &opened {
+        let (Ok(dirs), false) = (dirs, names.is_empty()) else {
+            continue;
+        };
+        let just_names: Vec<String> = names.iter().map(|(_, n)| n.clone()).collect();
+        if let Err(e) = sync_new(dirs, maildir, &just_names) {
+            for (i, _) in names {
+                results[*i] = Err(DeliveryError {
+                    permanent: e.permanent,
+                    reason: e.reason.clone(),
+                });
+            }
+        }
+    }
+    results
+}
+
+/// Write tmp/NAME, fsync it, rename into new/ (not yet durable: see `sync_new`).
+fn deliver_unsynced(
+    dirs: &Dirs,
+    d: &MaildirDelivery<'_>,
+    body: &mut dyn Read,
+) -> Result<(PathBuf, String), DeliveryError> {
     let pid = rustix::process::getpid().as_raw_nonzero().get();
     // Maildir spec, "modern" unique names: time, M microseconds, P pid, Q delivery count.
     let unique = format!(
@@ -207,14 +265,20 @@ pub fn deliver(d: &MaildirDelivery<'_>, body: &mut dyn Read) -> Result<PathBuf, 
         let _ = rustix::fs::unlinkat(&dirs.tmp, unique.as_str(), AtFlags::empty());
         return Err(classify("rename into new/", &final_path, e.into()));
     }
-    // STYLE.md: fsync the directory so the rename is durable before we say "delivered".
+    Ok((final_path, name))
+}
+
+/// STYLE.md: fsync the directory so the renames are durable before we say "delivered".
+fn sync_new(dirs: &Dirs, maildir: &Path, names: &[String]) -> Result<(), DeliveryError> {
     if let Err(e) = rustix::fs::fsync(&dirs.new) {
-        // Not known durable: take it back so the retry does not make a duplicate (best
+        // Not known durable: take them back so the retry does not make duplicates (best
         // effort; if this fails too, the retry may deliver twice — at-least-once).
-        let _ = rustix::fs::unlinkat(&dirs.new, name.as_str(), AtFlags::empty());
-        return Err(classify("fsync new/", d.maildir, e.into()));
+        for name in names {
+            let _ = rustix::fs::unlinkat(&dirs.new, name.as_str(), AtFlags::empty());
+        }
+        return Err(classify("fsync new/", maildir, e.into()));
     }
-    Ok(final_path)
+    Ok(())
 }
 
 /// Write prepend + body, fsync; returns the count of the bytes written.
