@@ -159,13 +159,17 @@ pub fn deliver(d: &MaildirDelivery<'_>, body: &mut dyn Read) -> Result<PathBuf, 
     Ok(final_path)
 }
 
+/// A Maildir a batch delivers into: its path, its open directories, and the (item, name)
+/// pairs renamed into its new/.
+type Touched<'a> = (&'a Path, Result<Dirs, std::io::Error>, Vec<(usize, String)>);
+
 /// Blocking: deliver several messages, then fsync each Maildir's new/ once. Each message
 /// is still written to tmp/, fsynced and renamed on its own (Maildir spec); only the
 /// directory fsync that makes the renames durable is shared, so a batch of deliveries into
 /// one busy Maildir costs one directory flush instead of one each. Results are in order.
 pub fn deliver_batch(items: &mut [(MaildirDelivery<'_>, &mut dyn Read)]) -> Vec<Result<PathBuf, DeliveryError>> {
     // Maildirs touched, with their open directories and the names renamed into new/.
-    let mut opened: Vec<(&Path, Result<Dirs, std::io::Error>, Vec<(usize, String)>)> = Vec::new();
+    let mut opened: Vec<Touched<'_>> = Vec::new();
     let mut results: Vec<Result<PathBuf, DeliveryError>> = Vec::with_capacity(items.len());
     for (i, (d, body)) in items.iter_mut().enumerate() {
         let slot = match opened.iter().position(|(p, _, _)| *p == d.maildir) {
