@@ -215,7 +215,7 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         (Some(cert), Some(key)) if s.smtpd_tls_security_level != crate::config::TlsSecurityLevel::None => {
             let src = tls::TlsSource::new(cert.clone(), key.clone(), std::time::Instant::now());
             if let Some(w) = src.take_warning() {
-                mlog!("master", "warning: TLS: {w}; STARTTLS is not offered and the implicit-TLS ports refuse connections until the files are fixed");
+                mlog!("master", "warning: TLS: {w}; STARTTLS is not offered and the implicit-TLS ports refuse connections until the files are fixed (`poshta init` makes a self-signed certificate)");
             }
             Some(Rc::new(src))
         }
