@@ -383,6 +383,11 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 /// Lock, re-read, change, rewrite atomically (see the module doc).
 fn modify(path: &Path, change: impl FnOnce(&mut Vec<Line>) -> Result<(), String>) -> Result<(), UsersError> {
     let lock_path = sibling(path, ".lock");
+    // The first `poshta user add` on a fresh machine comes before anything made the config
+    // directory (./poshta/ as a normal user): make it.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::create_dir_all(dir).map_err(|e| UsersError::io(dir, "create directory", e))?;
+    }
     let lock = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
