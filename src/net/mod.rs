@@ -271,6 +271,55 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
     smol::block_on(ex.run(run(ctx, listeners, config_file.to_path_buf())))
 }
 
+/// What a session's wait for client input ended with.
+pub enum Got {
+    Data(usize),
+    Eof,
+    /// The idle timer (smtpd_timeout, pop3d_autologout) fired.
+    Timeout,
+    /// The daemon is shutting down.
+    Stop,
+}
+
+/// Wait for client bytes, the idle timer, or shutdown — whichever comes first.
+pub async fn next_input(ctx: &Ctx, stream: &mut tls::Stream, buf: &mut [u8], timeout: Duration) -> Got {
+    use smol::io::AsyncReadExt;
+    smol::future::or(
+        async {
+            match stream.read(buf).await {
+                Ok(0) | Err(_) => Got::Eof,
+                Ok(n) => Got::Data(n),
+            }
+        },
+        smol::future::or(
+            async {
+                Timer::after(timeout).await;
+                Got::Timeout
+            },
+            async {
+                ctx.stopped().await;
+                Got::Stop
+            },
+        ),
+    )
+    .await
+}
+
+/// Send bytes to the client within `timeout` (a client that stops reading must not hold a
+/// session forever). False: the connection is gone or stuck.
+pub async fn send_all(stream: &mut tls::Stream, bytes: &[u8], timeout: Duration) -> bool {
+    use smol::io::AsyncWriteExt;
+    if bytes.is_empty() {
+        return true;
+    }
+    let wrote = smol::future::or(async { stream.write_all(bytes).await.map(|_| true) }, async {
+        Timer::after(timeout).await;
+        Ok(false)
+    })
+    .await;
+    matches!(wrote, Ok(true))
+}
+
 fn join_addrs(a: &[std::net::SocketAddr]) -> String {
     a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
 }

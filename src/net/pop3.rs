@@ -46,18 +46,7 @@ pub async fn refuse(mut stream: Async<TcpStream>, peer: SocketAddr, implicit_tls
 }
 
 async fn write_out(stream: &mut Stream, server: &mut Server, timeout: Duration) -> bool {
-    let out = server.take_output();
-    if out.is_empty() {
-        return true;
-    }
-    matches!(
-        smol::future::or(async { stream.write_all(&out).await.map(|_| true) }, async {
-            Timer::after(timeout).await;
-            Ok(false)
-        })
-        .await,
-        Ok(true)
-    )
+    super::send_all(stream, &server.take_output(), timeout).await
 }
 
 pub async fn session(
@@ -279,36 +268,12 @@ pub async fn session(
         if server.is_closed() {
             break;
         }
-        enum Got {
-            Data(usize),
-            Eof,
-            Timeout,
-            Stop,
-        }
-        let got = smol::future::or(
-            async {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => Got::Eof,
-                    Ok(n) => Got::Data(n),
-                }
-            },
-            smol::future::or(
-                async {
-                    Timer::after(timeout).await;
-                    Got::Timeout
-                },
-                async {
-                    ctx.stopped().await;
-                    Got::Stop
-                },
-            ),
-        )
-        .await;
+        let got = super::next_input(&ctx, &mut stream, &mut buf, timeout).await;
         match got {
-            Got::Data(n) => server.input(&buf[..n]),
-            Got::Eof => server.eof(),
-            Got::Timeout => server.timeout(),
-            Got::Stop => {
+            super::Got::Data(n) => server.input(&buf[..n]),
+            super::Got::Eof => server.eof(),
+            super::Got::Timeout => server.timeout(),
+            super::Got::Stop => {
                 let _ = stream.write_all(b"-ERR [SYS/TEMP] Server shutting down\r\n").await;
                 break 'session;
             }

@@ -472,17 +472,9 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                 Event::Quit => counts.quit += 1,
             }
         }
-        let out = server.take_output();
-        if !out.is_empty() {
-            let wrote = smol::future::or(async { stream.write_all(&out).await.map(|_| true) }, async {
-                Timer::after(timeout).await;
-                Ok(false)
-            })
-            .await;
-            if !matches!(wrote, Ok(true)) {
-                txn.reset();
-                break 'session;
-            }
+        if !super::send_all(&mut stream, &server.take_output(), timeout).await {
+            txn.reset();
+            break 'session;
         }
         if start_tls {
             // RFC 3207 §4.2: the 220 went out in plaintext; now the handshake. The core has
@@ -515,39 +507,15 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
         if server.is_closed() {
             break;
         }
-        enum Got {
-            Data(usize),
-            Eof,
-            Timeout,
-            Stop,
-        }
-        let got = smol::future::or(
-            async {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => Got::Eof,
-                    Ok(n) => Got::Data(n),
-                }
-            },
-            smol::future::or(
-                async {
-                    Timer::after(timeout).await;
-                    Got::Timeout
-                },
-                async {
-                    ctx.stopped().await;
-                    Got::Stop
-                },
-            ),
-        )
-        .await;
+        let got = super::next_input(&ctx, &mut stream, &mut buf, timeout).await;
         match got {
-            Got::Data(n) => server.input(&buf[..n]),
-            Got::Eof => server.eof(),
-            Got::Timeout => {
+            super::Got::Data(n) => server.input(&buf[..n]),
+            super::Got::Eof => server.eof(),
+            super::Got::Timeout => {
                 mlog!(svc, "sid={sid} timeout after {} from {client_name}[{ip}]", "command");
                 server.timeout();
             }
-            Got::Stop => {
+            super::Got::Stop => {
                 // Shutting down: a session between commands gets 421 (RFC 5321 §3.8).
                 server.reject(Reply::owned(
                     421,
