@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use poshta::limits::SESSION_READ_BYTES;
 use poshta::proto::pop3::server::{Event, LoginFailure, MessageMeta, Pop3Params, Server};
 
+mod common;
+pub use common::{check_lines, glob, output_lines, unescape};
+
 /// The test world (the loopback runner configures the binary the same way).
 pub const HOSTNAME: &str = "pop.example.org";
 /// Alice's maildrop, as stored (LF line ends, one message with CR LF and no final LF).
@@ -68,36 +71,6 @@ pub struct Transcript {
     pub why: String,
     pub directives: Directives,
     pub steps: Vec<Step>,
-}
-
-/// Decode `\r \n \t \0 \\ \xNN`.
-pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'\\' {
-            out.push(b[i]);
-            i += 1;
-            continue;
-        }
-        let e = *b.get(i + 1).ok_or("trailing backslash")?;
-        i += 2;
-        match e {
-            b'r' => out.push(b'\r'),
-            b'n' => out.push(b'\n'),
-            b't' => out.push(b'\t'),
-            b'0' => out.push(0),
-            b'\\' => out.push(b'\\'),
-            b'x' => {
-                let hex = s.get(i..i + 2).ok_or("short \\x escape")?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|e| format!("bad \\x{hex}: {e}"))?);
-                i += 2;
-            }
-            other => return Err(format!("unknown escape \\{}", other as char)),
-        }
-    }
-    Ok(out)
 }
 
 fn parse_numbers(value: &str) -> Result<Vec<usize>, String> {
@@ -401,58 +374,6 @@ impl Harness {
             Step::Expect(_) | Step::ExpectClosed => Ok(()),
         }
     }
-}
-
-/// `*` matches any run of characters.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    for (i, p) in parts.iter().enumerate() {
-        if i == parts.len() - 1 {
-            return rest.ends_with(p);
-        }
-        match rest.find(p) {
-            Some(at) => rest = &rest[at + p.len()..],
-            None => return false,
-        }
-    }
-    rest.is_empty()
-}
-
-fn output_lines(out: &[u8]) -> Result<Vec<String>, String> {
-    let text = String::from_utf8(out.to_vec()).map_err(|e| format!("output not UTF-8: {e}"))?;
-    if !text.is_empty() && !text.ends_with("\r\n") {
-        return Err(format!("output does not end with CRLF: {text:?}"));
-    }
-    Ok(text.split_terminator("\r\n").map(str::to_string).collect())
-}
-
-fn check_lines(got: &[String], want: &[&str]) -> Result<(), String> {
-    for (i, w) in want.iter().enumerate() {
-        match got.get(i) {
-            Some(g) if glob(w, g) => {}
-            Some(g) => {
-                return Err(format!(
-                    "reply line {}: want {w:?}, got {g:?}\nall output: {got:#?}",
-                    i + 1
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "reply line {}: want {w:?}, got nothing\nall output: {got:#?}",
-                    i + 1
-                ))
-            }
-        }
-    }
-    if got.len() > want.len() {
-        return Err(format!("unexpected reply lines: {:#?}", &got[want.len()..]));
-    }
-    Ok(())
 }
 
 /// Checks every run must pass: the maildrop lock is released exactly once after a login.
