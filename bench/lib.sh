@@ -76,6 +76,12 @@ kill_pid() { # kill_pid PID: TERM, wait up to 5 s, then KILL; only this pid
     return 0
 }
 
+bg_forget() { # bg_forget PID: a reaped helper's pid must not be killed at exit (pid reuse)
+    local p keep=()
+    for p in "${BG_PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    BG_PIDS=("${keep[@]}")
+}
+
 cg_kill_all() { # every process left in a cgroup we made (they are all ours)
     local cg=$1 p
     [ -f "$cg/cgroup.procs" ] || return 0
@@ -168,7 +174,24 @@ sampler_stop() {
     [ -n "$SAMPLER" ] || return 0
     kill -TERM "$SAMPLER" 2>/dev/null
     wait "$SAMPLER" 2>/dev/null
+    bg_forget "$SAMPLER"
     SAMPLER=""
+}
+
+# run_waited OUT CMD...: run CMD in the background with stdout to OUT and wait for it.
+# Called in the main shell (not in $(...)), so an interrupt runs the EXIT trap at once:
+# bash defers traps while a foreground child runs, and a client phase can take minutes.
+# The trap kills CMD by pid.
+run_waited() {
+    local out=$1
+    shift
+    "$@" >"$out" &
+    local p=$!
+    BG_PIDS+=("$p")
+    wait "$p"
+    local rc=$?
+    bg_forget "$p"
+    return "$rc"
 }
 
 hwm_of() { # VmHWM of one pid, KiB (empty if gone)
@@ -231,7 +254,16 @@ build_poshta() {
     if [ -z "$POSHTA_BIN" ]; then
         POSHTA_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/poshta
         log "building poshta (cargo build --release)"
-        (cd "$ROOT" && timeout 1800 cargo build --release) >"$RUN/cargo.log" 2>&1 ||
+        # In the background and waited for, so an interrupt runs the trap at once (bash
+        # defers traps until a foreground child ends); the trap TERMs timeout, which
+        # passes it on to cargo.
+        (cd "$ROOT" && exec timeout 1800 cargo build --release) >"$RUN/cargo.log" 2>&1 &
+        local b=$!
+        BG_PIDS+=("$b")
+        wait "$b"
+        local rc=$?
+        bg_forget "$b"
+        [ "$rc" = 0 ] ||
             {
                 tail -5 "$RUN/cargo.log" >&2
                 return 1

@@ -150,8 +150,9 @@ phase_fetch() { # phase_fetch MODE
     echo 5 >"/proc/$SRV_PID/clear_refs" 2>/dev/null # reset VmHWM: this phase's peak
     sampler_start "$SRV_CG" "$SRV_PID" "$RUN/mem.json" $((PHASE_TIMEOUT + 60))
     cpu0=$(cpu_ns_of "$SRV_CG" "$SRV_PID")
-    client=$(timeout -k 5 $((PHASE_TIMEOUT + 10)) "$PY" "$HERE/mailbench.py" pop3-fetch --port "$port" \
-        --user "$USER_NAME" --password "$PASSWORD" --expect "$N" --timeout "$PHASE_TIMEOUT" "${tlsopt[@]}" "${hwmopt[@]}")
+    run_waited "$RUN/client.json" timeout -k 5 $((PHASE_TIMEOUT + 10)) "$PY" "$HERE/mailbench.py" pop3-fetch --port "$port" \
+        --user "$USER_NAME" --password "$PASSWORD" --expect "$N" --timeout "$PHASE_TIMEOUT" "${tlsopt[@]}" "${hwmopt[@]}"
+    client=$(cat "$RUN/client.json" 2>/dev/null)
     [ -n "$client" ] || client='{"status": "client failed or timed out"}'
     sleep 0.2 # a server may finish its UPDATE state just after the +OK to QUIT
     cpu1=$(cpu_ns_of "$SRV_CG" "$SRV_PID")
@@ -177,8 +178,9 @@ phase_list() {
     echo 5 >"/proc/$SRV_PID/clear_refs" 2>/dev/null
     sampler_start "$SRV_CG" "$SRV_PID" "$RUN/mem.json" $((PHASE_TIMEOUT + 60))
     cpu0=$(cpu_ns_of "$SRV_CG" "$SRV_PID")
-    client=$(timeout -k 5 $((PHASE_TIMEOUT + 10)) "$PY" "$HERE/mailbench.py" pop3-list --port "$SRV_PORT_PLAIN" \
-        --user "$USER_NAME" --password "$PASSWORD" --expect "$LIST_N" --sessions 2 --timeout "$PHASE_TIMEOUT")
+    run_waited "$RUN/client.json" timeout -k 5 $((PHASE_TIMEOUT + 10)) "$PY" "$HERE/mailbench.py" pop3-list --port "$SRV_PORT_PLAIN" \
+        --user "$USER_NAME" --password "$PASSWORD" --expect "$LIST_N" --sessions 2 --timeout "$PHASE_TIMEOUT"
+    client=$(cat "$RUN/client.json" 2>/dev/null)
     [ -n "$client" ] || client='{"sessions": [], "status": "client failed or timed out"}'
     cpu1=$(cpu_ns_of "$SRV_CG" "$SRV_PID")
     sampler_stop

@@ -162,9 +162,10 @@ phase() {
     sampler_start "$SRV_CG" "$SRV_PID" "$RUN/mem.json" $((PHASE_TIMEOUT + 60))
     cpu0=$(cpu_ns_of "$SRV_CG" "$SRV_PID")
     [ -n "$SRV_AUTH_PID" ] && auth0=$(tool cpu-ns --tree "$SRV_AUTH_PID")
-    client=$(timeout -k 5 $((PHASE_TIMEOUT + 10)) "$PY" "$HERE/mailbench.py" submit --port "${SRV_PORT[$pk]}" \
+    run_waited "$RUN/client.json" timeout -k 5 $((PHASE_TIMEOUT + 10)) "$PY" "$HERE/mailbench.py" submit --port "${SRV_PORT[$pk]}" \
         --mode "$mode" --user "$USER_NAME" --password "$PASSWORD" --cafile "$CERT" --n "$count" \
-        --concurrency "$conc" --size "$SIZE" --from "$ADDR" --to "$ADDR" --timeout "$PHASE_TIMEOUT" "$@")
+        --concurrency "$conc" --size "$SIZE" --from "$ADDR" --to "$ADDR" --timeout "$PHASE_TIMEOUT" "$@"
+    client=$(cat "$RUN/client.json" 2>/dev/null)
     [ -n "$client" ] || client='{"ok": 0, "status": "client failed or timed out"}'
     ok=$(echo "$client" | "$PY" -c 'import json,sys; print(json.load(sys.stdin).get("ok") or 0)')
     status=$(echo "$client" | "$PY" -c 'import json,sys; print(json.load(sys.stdin).get("status","?"))')
@@ -193,10 +194,11 @@ hold() {
     clear_new
     echo 5 >"/proc/$SRV_PID/clear_refs" 2>/dev/null
     # shellcheck disable=SC2046
-    client=$(timeout -k 5 $((PHASE_TIMEOUT + 10)) "$PY" "$HERE/mailbench.py" hold --port "${SRV_PORT[$pk]}" \
+    run_waited "$RUN/client.json" timeout -k 5 $((PHASE_TIMEOUT + 10)) "$PY" "$HERE/mailbench.py" hold --port "${SRV_PORT[$pk]}" \
         --mode "$(mode_of "$pk")" --user "$USER_NAME" --password "$PASSWORD" --cafile "$CERT" \
         --sessions "$HOLD_SESSIONS" --from "$ADDR" --to "$ADDR" --timeout 120 \
-        $(sel_args "$SRV_CG" "$SRV_PID") --main "$SRV_PID")
+        $(sel_args "$SRV_CG" "$SRV_PID") --main "$SRV_PID"
+    client=$(cat "$RUN/client.json" 2>/dev/null)
     [ -n "$client" ] || client='{"status": "client failed or timed out"}'
     status=$(echo "$client" | "$PY" -c 'import json,sys; print(json.load(sys.stdin).get("status","?"))')
     wait_delivered "$HOLD_SESSIONS" 60 >/dev/null || [ "$status" != ok ] || status="timeout delivering"
