@@ -3,3 +3,4 @@
 pub mod log;
 pub mod throttle;
 pub mod users;
+pub mod verify;

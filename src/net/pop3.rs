@@ -131,7 +131,7 @@ pub async fn session(
                         authcid: name.clone(),
                         password,
                     };
-                    let Some(login) = verify_login(&policy, &creds).await else {
+                    let Some(login) = verify_login(&ctx, &policy, &creds).await else {
                         mlog!(
                             SVC,
                             "sid={sid} auth failed: user=<{}>, method={mechanism}, rip={ip}",

@@ -114,9 +114,10 @@ fn login_name(policy: &Policy, authcid: &str) -> Option<String> {
     }
 }
 
-/// Check a password off the event loop (argon2id is deliberately slow). Always runs a full
-/// verification, also for names that cannot exist (constant cost).
-pub async fn verify_login(policy: &Policy, creds: &Credentials) -> Option<String> {
+/// Check a password off the event loop (argon2id is deliberately slow) on the one
+/// password thread (`auth::verify`). Always runs a full verification, also for names that
+/// cannot exist (constant cost).
+pub async fn verify_login(ctx: &Ctx, policy: &Policy, creds: &Credentials) -> Option<String> {
     // RFC 4616 §2: an authorization identity other than the authentication identity would
     // mean acting as someone else; poshta has no such proxy rights.
     let proxy = !creds.authzid.is_empty() && !creds.authzid.eq_ignore_ascii_case(&creds.authcid);
@@ -124,7 +125,7 @@ pub async fn verify_login(policy: &Policy, creds: &Credentials) -> Option<String
     let users = policy.users.clone();
     let lookup = name.clone().unwrap_or_else(|| "\u{0}nobody".to_string());
     let password = creds.password.clone();
-    let ok = smol::unblock(move || users.verify(&lookup, &password)).await;
+    let ok = ctx.verifier.verify(users, lookup, password).await;
     match (ok, proxy, name) {
         (true, false, Some(n)) => Some(n),
         _ => None,
@@ -248,7 +249,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                         server.reject(lockout_reply(&s.myhostname));
                         continue;
                     }
-                    match verify_login(&policy, &creds).await {
+                    match verify_login(&ctx, &policy, &creds).await {
                         Some(name) => {
                             ctx.throttle.borrow_mut().success(ip, now);
                             mlog!(
