@@ -24,8 +24,9 @@
 //!   - `|command` — pipe the message to a command;
 //!   - `/path` — append to a file;
 //!   - `:include:/path` — the targets listed in that file (same syntax without `name:`;
-//!     commas and/or one target per line; comments allowed). The path must be absolute;
-//!     the file is read when the alias is expanded (as Postfix does), not at load time;
+//!     commas and/or one target per line, no continuation lines; comments allowed). The
+//!     path must be absolute; the file is read when the alias is expanded (as Postfix
+//!     does), not at load time;
 //!   - `\name` — deliver to the local user `name` without further alias expansion;
 //!   - `local@domain` — an address: local if the caller says the domain is local (then
 //!     the local part is expanded like a name), else remote;
@@ -346,9 +347,11 @@ fn parse_targets(list: &str) -> Result<Vec<Raw>, String> {
 type Pending = (usize, String, bool);
 
 /// Split `data` into logical entries (see the module doc), reporting line-level errors.
-/// Calls `entry(line, text)` for each; stops early once `errors` is full.
+/// Calls `entry(line, text)` for each; stops early once `errors` is full. With
+/// `each_line` (include files), every line stands alone: there are no continuations.
 fn logical_lines(
     data: &[u8],
+    each_line: bool,
     errors: &mut Vec<(usize, String)>,
     mut entry: impl FnMut(usize, &str, &mut Vec<(usize, String)>),
 ) {
@@ -373,7 +376,7 @@ fn logical_lines(
             Some(p) if raw[p] == b'#' => continue,
             Some(_) => {}
         }
-        let continuation = raw[0].is_ascii_whitespace();
+        let continuation = !each_line && raw[0].is_ascii_whitespace();
         let problem = if raw.len() > ALIASES_ENTRY_BYTES_MAX {
             Some(format!("line longer than {ALIASES_ENTRY_BYTES_MAX} bytes"))
         } else if raw.contains(&0) {
@@ -415,7 +418,7 @@ fn logical_lines(
                 )),
             }
         } else {
-            cur = Some((lineno, text.trim_end().to_string(), false));
+            cur = Some((lineno, text.trim().to_string(), false));
         }
     }
     flush(&mut cur, errors, &mut entry);
@@ -477,7 +480,7 @@ impl Aliases {
         let mut first_line: HashMap<String, usize> = HashMap::new();
         let mut warnings = Vec::new();
         let mut errors: Vec<(usize, String)> = Vec::new();
-        logical_lines(data, &mut errors, |line, text, errors| match parse_entry(text) {
+        logical_lines(data, false, &mut errors, |line, text, errors| match parse_entry(text) {
             Ok((name, targets)) => {
                 if let Some(first) = first_line.get(&name) {
                     warnings.push((
@@ -714,9 +717,11 @@ impl Expander<'_> {
         let mut targets = Vec::new();
         let mut errors = Vec::new();
         // Same syntax without names: every logical line is a target list.
-        logical_lines(&data, &mut errors, |line, text, errors| match parse_targets(text) {
-            Ok(ts) => targets.extend(ts),
-            Err(m) => errors.push((line, m)),
+        logical_lines(&data, true, &mut errors, |line, text, errors| {
+            match parse_targets(text) {
+                Ok(ts) => targets.extend(ts),
+                Err(m) => errors.push((line, m)),
+            }
         });
         for (line, m) in errors {
             self.error(false, format!("{}:{line}: {m}", path.display()));
