@@ -343,6 +343,11 @@ fn parse_targets(list: &str) -> Result<Vec<Raw>, String> {
     Ok(out)
 }
 
+/// Errors found so far: (line, message).
+type LineErrors = Vec<(usize, String)>;
+/// What is done with each logical line.
+type EntryFn<'a> = dyn FnMut(usize, &str, &mut LineErrors) + 'a;
+
 /// A logical line being assembled: (first line number, text, already known bad).
 type Pending = (usize, String, bool);
 
@@ -352,13 +357,11 @@ type Pending = (usize, String, bool);
 fn logical_lines(
     data: &[u8],
     each_line: bool,
-    errors: &mut Vec<(usize, String)>,
-    mut entry: impl FnMut(usize, &str, &mut Vec<(usize, String)>),
+    errors: &mut LineErrors,
+    mut entry: impl FnMut(usize, &str, &mut LineErrors),
 ) {
     let mut cur: Option<Pending> = None;
-    let flush = |cur: &mut Option<Pending>,
-                 errors: &mut Vec<(usize, String)>,
-                 entry: &mut dyn FnMut(usize, &str, &mut Vec<(usize, String)>)| {
+    let flush = |cur: &mut Option<Pending>, errors: &mut LineErrors, entry: &mut EntryFn<'_>| {
         if let Some((line, text, bad)) = cur.take() {
             if !bad {
                 entry(line, &text, errors);
