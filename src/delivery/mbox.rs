@@ -797,6 +797,12 @@ impl MboxReader {
             }
             st.line(line_start, pos - line_start, &head);
         }
+        // The blank line that ends the last message is not part of it either.
+        if let Some(last) = st.entries.last_mut() {
+            if last.len >= last.from_line_len + st.prev_blank {
+                last.len -= st.prev_blank;
+            }
+        }
         Ok(st.entries)
     }
 
