@@ -1,5 +1,6 @@
 //! Delivery agents.
 
+pub mod dsn;
 pub mod maildir;
 pub mod mbox;
 
