@@ -79,7 +79,7 @@ From\n\
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert!(!dotlock_path(&mbox).exists());
 
-    let mut r = MboxReader::open(&mbox).unwrap();
+    let r = MboxReader::open(&mbox).unwrap();
     let entries = r.scan().unwrap();
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[0].offset, 0);
@@ -102,7 +102,7 @@ fn damaged_mbox_without_final_newline() {
     std::fs::write(&mbox, b"From x Thu Jan  1 00:00:00 1970\nSubject: a\n\nno newline").unwrap();
     std::fs::set_permissions(&mbox, std::fs::Permissions::from_mode(0o600)).unwrap();
     deliver(&delivery(&mbox, "s@x", "u9"), &mut &b"Subject: b\n\nhi\n"[..]).unwrap();
-    let mut r = MboxReader::open(&mbox).unwrap();
+    let r = MboxReader::open(&mbox).unwrap();
     let e = r.scan().unwrap();
     assert_eq!(e.len(), 2);
     assert_eq!(r.message_bytes(&e[0]).unwrap(), b"Subject: a\n\nno newline\n");
@@ -135,7 +135,7 @@ fn reader_round_trip_1000_messages() {
         sent.push(stored);
     }
     let start = Instant::now();
-    let mut r = MboxReader::open(&mbox).unwrap();
+    let r = MboxReader::open(&mbox).unwrap();
     let entries = r.scan().unwrap();
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(entries.len(), 1000);
@@ -181,7 +181,7 @@ fn concurrent_appends_do_not_interleave() {
             });
         }
     });
-    let mut r = MboxReader::open(&mbox).unwrap();
+    let r = MboxReader::open(&mbox).unwrap();
     let entries = r.scan().unwrap();
     assert_eq!(entries.len(), threads * per);
     let mut seen = std::collections::HashSet::new();
@@ -432,4 +432,51 @@ fn full_disk_defers_and_leaves_mailbox_unchanged() {
     let e = deliver(&delivery(&mbox, "s@x", "u2"), &mut &big[..]).unwrap_err();
     assert!(!e.permanent, "{e}");
     assert_eq!(std::fs::read(&mbox).unwrap(), before);
+}
+
+#[test]
+fn a_reader_holding_the_lock_in_this_process_keeps_it() {
+    use poshta::delivery::mbox::MboxLock;
+    let t = TmpDir::new("reader");
+    let mbox = t.0.join("u");
+    deliver(&delivery(&mbox, "s@x", "u1"), &mut &b"Subject: one\n\nhi\n"[..]).unwrap();
+    let open = || {
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&mbox)
+            .map_err(|e| e.to_string())
+    };
+    let lock = MboxLock::acquire(&mbox, Instant::now() + Duration::from_secs(1), open).unwrap();
+    assert!(dotlock_path(&mbox).exists());
+    // A delivery thread gives up while the "POP3 session" holds the mailbox...
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut d = delivery(&mbox, "s@x", "u2");
+            d.lock_wait = Duration::from_millis(200);
+            let e = deliver(&d, &mut &b"x\n"[..]).unwrap_err();
+            assert!(!e.permanent && e.reason.contains("locked"), "{e}");
+        });
+    });
+    // ... and giving up did not release our locks.
+    assert!(dotlock_path(&mbox).exists());
+    if let Ok(python) = which("python3") {
+        let st = std::process::Command::new(python)
+            .arg("-c")
+            .arg("import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n  fcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB)\n  sys.exit(1)\nexcept OSError:\n  sys.exit(0)\n")
+            .arg(&mbox)
+            .status()
+            .unwrap();
+        assert!(st.success(), "the fcntl lock was lost");
+    }
+    let r = poshta::delivery::mbox::MboxReader::locked(&lock);
+    let entries = r.scan().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        r.message_bytes(&entries[0]).unwrap(),
+        b"Return-Path: <a@b>\nX-UIDL: u1\nSubject: one\n\nhi\n"
+    );
+    drop(lock);
+    assert!(!dotlock_path(&mbox).exists());
+    deliver(&delivery(&mbox, "s@x", "u3"), &mut &b"x\n"[..]).unwrap();
 }

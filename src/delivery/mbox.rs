@@ -47,7 +47,9 @@
 //! directory (Debian: `/var/mail` is `root:mail 2775`): run the delivery as root or with
 //! group mail. fcntl locks belong to a process, not a thread, and closing any descriptor of
 //! the file drops them: so inside poshta every user of a mailbox goes through [`MboxLock`],
-//! which also keeps an in-process table so two threads never hold one mailbox together.
+//! which keeps an in-process table of mailbox paths and opens the file only once no other
+//! thread has it open (a second descriptor closing would release the first one's lock).
+//! A POP3 session takes an [`MboxLock`] and reads through [`MboxReader::locked`].
 //!
 //! # Safety (delivering as root must not become a root exploit)
 //!
@@ -292,9 +294,11 @@ impl Unquoter {
 // ---------------------------------------------------------------------------------------
 // Locking
 
-/// Mailboxes (device, inode) locked by this process: fcntl locks cannot tell our threads
-/// apart, so this table does.
-static LOCKED: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+/// Mailboxes (by path) this process holds or is opening: fcntl locks cannot tell our
+/// threads apart, and closing any descriptor of a file drops the process's fcntl lock on
+/// it, so one thread at a time may even have a mailbox open. Callers name a mailbox by one
+/// path (symlinks and hard links are refused anyway).
+static LOCKED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static UNLOCKED: Condvar = Condvar::new();
 
 /// Why a lock was not taken.
@@ -304,25 +308,29 @@ pub enum LockError {
     Timeout(String),
     /// A system error (no write access to the spool directory, ...).
     Io(String),
+    /// The `open` function failed (its reason).
+    Open(String),
 }
 
 impl std::fmt::Display for LockError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LockError::Timeout(s) | LockError::Io(s) => f.write_str(s),
+            LockError::Timeout(s) | LockError::Io(s) | LockError::Open(s) => f.write_str(s),
         }
     }
 }
 
-/// Both locks on one mailbox (see the module doc); released on drop (dot-lock removed, fcntl
-/// lock released, in-process entry freed).
+/// An open mailbox with both locks held (see the module doc). Dropping it removes the
+/// dot-lock, releases the fcntl lock, closes the file and lets other threads in.
 #[derive(Debug)]
-pub struct MboxLock<'f> {
-    file: &'f File,
-    key: (u64, u64),
+pub struct MboxLock {
+    /// Declared before `_gate`: fields drop in order, so the file is closed before other
+    /// threads may open the mailbox.
+    file: File,
     dotlock: PathBuf,
     /// The dot-lock's (device, inode), to remove only our own.
     dotlock_id: (u64, u64),
+    _gate: Gate,
 }
 
 /// `/var/mail/nick` → `/var/mail/nick.lock`.
@@ -337,44 +345,14 @@ enum Attempt {
     Fail(String),
 }
 
-impl<'f> MboxLock<'f> {
-    /// Lock `file` (the open mailbox at `path`), waiting until `deadline` at most.
-    pub fn acquire(path: &Path, file: &'f File, deadline: Instant) -> Result<MboxLock<'f>, LockError> {
-        let meta = file.metadata().map_err(|e| LockError::Io(format!("fstat: {e}")))?;
-        let key = (meta.dev(), meta.ino());
-        Self::enter_process_table(key, deadline)?;
-        let dotlock = dotlock_path(path);
-        let mut pause = LOCK_RETRY_MS_MIN;
-        loop {
-            match Self::try_both(file, &dotlock) {
-                Ok(dotlock_id) => {
-                    return Ok(MboxLock {
-                        file,
-                        key,
-                        dotlock,
-                        dotlock_id,
-                    })
-                }
-                Err(Attempt::Fail(why)) => {
-                    Self::leave_process_table(key);
-                    return Err(LockError::Io(why));
-                }
-                Err(Attempt::Busy(why)) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        Self::leave_process_table(key);
-                        return Err(LockError::Timeout(format!("mailbox is locked: {why}")));
-                    }
-                    std::thread::sleep(Duration::from_millis(pause).min(deadline - now));
-                    pause = (pause * 2).min(MBOX_LOCK_RETRY_MS_MAX);
-                }
-            }
-        }
-    }
+/// Holds a path in the in-process table; frees it on drop.
+#[derive(Debug)]
+struct Gate(PathBuf);
 
-    fn enter_process_table(key: (u64, u64), deadline: Instant) -> Result<(), LockError> {
+impl Gate {
+    fn enter(path: &Path, deadline: Instant) -> Result<Gate, LockError> {
         let mut locked = LOCKED.lock().unwrap_or_else(|p| p.into_inner());
-        while locked.contains(&key) {
+        while locked.iter().any(|p| p == path) {
             let now = Instant::now();
             if now >= deadline {
                 return Err(LockError::Timeout(
@@ -386,14 +364,57 @@ impl<'f> MboxLock<'f> {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
-        locked.push(key);
-        Ok(())
+        locked.push(path.to_path_buf());
+        Ok(Gate(path.to_path_buf()))
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let mut locked = LOCKED.lock().unwrap_or_else(|p| p.into_inner());
+        locked.retain(|p| *p != self.0);
+        UNLOCKED.notify_all();
+    }
+}
+
+impl MboxLock {
+    /// Open the mailbox at `path` with `open` (called once, after no other thread of this
+    /// process has it open) and take both locks, waiting until `deadline` at most.
+    pub fn acquire(
+        path: &Path,
+        deadline: Instant,
+        open: impl FnOnce() -> Result<File, String>,
+    ) -> Result<MboxLock, LockError> {
+        let gate = Gate::enter(path, deadline)?;
+        let file = open().map_err(LockError::Open)?;
+        let dotlock = dotlock_path(path);
+        let mut pause = LOCK_RETRY_MS_MIN;
+        loop {
+            match Self::try_both(&file, &dotlock) {
+                Ok(dotlock_id) => {
+                    return Ok(MboxLock {
+                        file,
+                        dotlock,
+                        dotlock_id,
+                        _gate: gate,
+                    });
+                }
+                Err(Attempt::Fail(why)) => return Err(LockError::Io(why)),
+                Err(Attempt::Busy(why)) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(LockError::Timeout(format!("mailbox is locked: {why}")));
+                    }
+                    std::thread::sleep(Duration::from_millis(pause).min(deadline - now));
+                    pause = (pause * 2).min(MBOX_LOCK_RETRY_MS_MAX);
+                }
+            }
+        }
     }
 
-    fn leave_process_table(key: (u64, u64)) {
-        let mut locked = LOCKED.lock().unwrap_or_else(|p| p.into_inner());
-        locked.retain(|k| *k != key);
-        UNLOCKED.notify_all();
+    /// The locked mailbox. Never close another descriptor of it while this lock lives.
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// Debian Policy §11.6: fcntl first, then the dot-lock; both non-blocking.
@@ -453,13 +474,12 @@ fn create_dotlock(dotlock: &Path) -> Result<(u64, u64), Attempt> {
     }
 }
 
-impl Drop for MboxLock<'_> {
+impl Drop for MboxLock {
     fn drop(&mut self) {
         if std::fs::symlink_metadata(&self.dotlock).is_ok_and(|m| (m.dev(), m.ino()) == self.dotlock_id) {
             let _ = std::fs::remove_file(&self.dotlock);
         }
-        let _ = rustix::fs::fcntl_lock(self.file, FlockOperation::NonBlockingUnlock);
-        Self::leave_process_table(self.key);
+        let _ = rustix::fs::fcntl_lock(&self.file, FlockOperation::NonBlockingUnlock);
     }
 }
 
@@ -546,14 +566,24 @@ pub fn deliver(d: &MboxDelivery<'_>, body: &mut dyn Read) -> Result<Delivered, D
     }
     let deadline = Instant::now() + d.lock_wait;
     for _ in 0..REOPEN_ATTEMPTS_MAX {
-        let (file, _) = open_mbox(d)?;
-        let lock = MboxLock::acquire(d.path, &file, deadline).map_err(|e| temp(d.path, "lock", e))?;
-        if !same_file(d.path, &file) {
+        let mut open_error = None;
+        let lock = MboxLock::acquire(d.path, deadline, || {
+            open_mbox(d).map(|(f, _)| f).map_err(|e| {
+                let reason = e.reason.clone();
+                open_error = Some(e);
+                reason
+            })
+        });
+        let lock = match lock {
+            Ok(l) => l,
+            Err(e) => return Err(open_error.unwrap_or_else(|| temp(d.path, "lock", e))),
+        };
+        if !same_file(d.path, lock.file()) {
             // Replaced while we waited (a reader rewrote it by rename): start again.
             drop(lock);
             continue;
         }
-        let r = append(d, &file, body);
+        let r = append(d, lock.file(), body);
         drop(lock);
         return r;
     }
@@ -668,11 +698,17 @@ pub struct MboxEntry {
 }
 
 /// Reads an mbox: [`MboxReader::scan`] lists the messages in bounded memory,
-/// [`MboxReader::read_message`] streams one back un-quoted. Take an [`MboxLock`] first when
-/// other programs may write the file.
+/// [`MboxReader::read_message`] streams one back un-quoted.
 #[derive(Debug)]
-pub struct MboxReader {
-    file: File,
+pub struct MboxReader<'f> {
+    src: Src<'f>,
+}
+
+#[derive(Debug)]
+enum Src<'f> {
+    Owned(File),
+    /// A mailbox held by an [`MboxLock`] (never closed here: that would drop its fcntl lock).
+    Locked(&'f File),
 }
 
 /// Per-line state of a scan.
@@ -720,9 +756,24 @@ impl ScanState {
     }
 }
 
-impl MboxReader {
-    /// Open for reading (never following a symlink).
-    pub fn open(path: &Path) -> std::io::Result<MboxReader> {
+impl<'f> MboxReader<'f> {
+    /// Read the mailbox an [`MboxLock`] holds (what POP3 does: lock, scan, read).
+    pub fn locked(lock: &'f MboxLock) -> MboxReader<'f> {
+        MboxReader {
+            src: Src::Locked(lock.file()),
+        }
+    }
+
+    fn file(&self) -> &File {
+        match &self.src {
+            Src::Owned(f) => f,
+            Src::Locked(f) => f,
+        }
+    }
+
+    /// Open for reading without locking (never following a symlink). Use
+    /// [`MboxReader::locked`] when other programs may write the mailbox.
+    pub fn open(path: &Path) -> std::io::Result<MboxReader<'static>> {
         let fd = rustix::fs::openat(
             CWD,
             path,
@@ -733,20 +784,16 @@ impl MboxReader {
         if !file.metadata()?.file_type().is_file() {
             return Err(std::io::Error::new(ErrorKind::InvalidData, "not a regular file"));
         }
-        Ok(MboxReader { file })
-    }
-
-    /// The open file (to lock it with [`MboxLock`]).
-    pub fn file(&self) -> &File {
-        &self.file
+        Ok(MboxReader { src: Src::Owned(file) })
     }
 
     /// List the messages (at most MBOX_MESSAGES_MAX; later ones are left for a later
     /// session). Memory: one buffer and one entry per message. Data before the first From_
     /// line means this is not an mbox: InvalidData.
-    pub fn scan(&mut self) -> std::io::Result<Vec<MboxEntry>> {
-        self.file.seek(SeekFrom::Start(0))?;
-        let mut r = BufReader::with_capacity(COPY_BUFFER_BYTES, &self.file);
+    pub fn scan(&self) -> std::io::Result<Vec<MboxEntry>> {
+        let mut f = self.file();
+        f.seek(SeekFrom::Start(0))?;
+        let mut r = BufReader::with_capacity(COPY_BUFFER_BYTES, f);
         let mut st = ScanState {
             entries: Vec::new(),
             in_header: false,
@@ -808,11 +855,12 @@ impl MboxReader {
 
     /// Write one message (without its From_ line), un-quoted, to `out`; returns the bytes
     /// written.
-    pub fn read_message(&mut self, e: &MboxEntry, out: &mut dyn Write) -> std::io::Result<u64> {
+    pub fn read_message(&self, e: &MboxEntry, out: &mut dyn Write) -> std::io::Result<u64> {
         let start = e.offset + e.from_line_len;
         let len = e.len.saturating_sub(e.from_line_len);
-        self.file.seek(SeekFrom::Start(start))?;
-        let mut src = (&self.file).take(len);
+        let mut f = self.file();
+        f.seek(SeekFrom::Start(start))?;
+        let mut src = f.take(len);
         let mut un = Unquoter::new();
         let mut buf = vec![0u8; COPY_BUFFER_BYTES];
         let mut o = Vec::with_capacity(COPY_BUFFER_BYTES);
@@ -836,7 +884,7 @@ impl MboxReader {
     }
 
     /// [`MboxReader::read_message`] into a vector.
-    pub fn message_bytes(&mut self, e: &MboxEntry) -> std::io::Result<Vec<u8>> {
+    pub fn message_bytes(&self, e: &MboxEntry) -> std::io::Result<Vec<u8>> {
         let mut v = Vec::new();
         self.read_message(e, &mut v)?;
         Ok(v)
