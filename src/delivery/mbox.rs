@@ -32,8 +32,10 @@
 //!
 //! # Locking (Debian Policy §11.6; mail(1), mutt, s-nail, Dovecot)
 //!
-//! fcntl first, then the dot-lock, both non-blocking and retried, so two programs that take
-//! them in the same order never deadlock:
+//! The same two locks as Postfix on Debian (`mailbox_delivery_lock = fcntl, dotlock`) and
+//! Dovecot (`mbox_write_locks = dotlock fcntl`); mutt and s-nail take fcntl plus a dot-lock
+//! made by a setgid-mail helper. fcntl first, then the dot-lock, both non-blocking and
+//! retried, so no order of taking them can deadlock against us:
 //!
 //! 1. a POSIX record lock (`fcntl(F_SETLK, F_WRLCK)` on the whole file, via
 //!    `rustix::fs::fcntl_lock`);
