@@ -396,3 +396,30 @@ fn postmaster_resolution() {
     assert!(!a.postmaster_resolves(no_local_domains, users));
     assert!(a.postmaster_resolves(no_local_domains, |u| u == "postmaster"));
 }
+
+/// Deterministic pseudo-random bytes (no dependency): xorshift64.
+fn noise(seed: u64, len: usize, alphabet: &[u8]) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            alphabet[(x % alphabet.len() as u64) as usize]
+        })
+        .collect()
+}
+
+#[test]
+fn random_input_never_panics() {
+    let alphabet = b"ab:,\"\\|/@ \t\n#\0\xff:include:xyz\r";
+    for seed in 0..300u64 {
+        let data = noise(seed, 2000, alphabet);
+        if let Ok((a, _)) = Aliases::parse(Path::new("f"), &data) {
+            for name in ["a", "b", "ab", "x"] {
+                let e = a.expand(name, |_| true);
+                assert!(e.deliveries.len() <= poshta::limits::ALIASES_EXPANSION_TARGETS_MAX);
+            }
+        }
+    }
+}

@@ -480,3 +480,32 @@ fn a_reader_holding_the_lock_in_this_process_keeps_it() {
     assert!(!dotlock_path(&mbox).exists());
     deliver(&delivery(&mbox, "s@x", "u3"), &mut &b"x\n"[..]).unwrap();
 }
+
+#[test]
+fn reader_survives_random_mailboxes() {
+    let t = TmpDir::new("noise");
+    let p = t.0.join("u");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let alphabet = b"From >\n\r\nX-UIDL: a\0";
+    for _ in 0..100 {
+        let mut data = b"From ".to_vec();
+        for _ in 0..3000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.push(alphabet[(x % alphabet.len() as u64) as usize]);
+        }
+        std::fs::write(&p, &data).unwrap();
+        let r = MboxReader::open(&p).unwrap();
+        let entries = r.scan().unwrap();
+        assert!(!entries.is_empty());
+        let mut end = 0;
+        for e in &entries {
+            assert!(e.offset >= end && e.from_line_len <= e.len);
+            end = e.offset + e.len;
+            assert!(end <= data.len() as u64);
+            let m = r.message_bytes(e).unwrap();
+            assert!(m.len() as u64 <= e.len - e.from_line_len);
+        }
+    }
+}
