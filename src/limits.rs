@@ -57,3 +57,40 @@ pub const CONFIG_LINE_BYTES_MAX: usize = 64 * 1024;
 pub const CONFIG_EXPANSION_DEPTH_MAX: usize = 32;
 /// Client networks the login throttle (auth::throttle) tracks at once (~100 bytes each).
 pub const AUTH_THROTTLE_ENTRIES_MAX: usize = 10_000;
+/// aliases(5): most bytes in an aliases file (a 100,000-entry file is a few MiB).
+pub const ALIASES_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// aliases(5): most entries (names) in one aliases file.
+pub const ALIASES_ENTRIES_MAX: usize = 1_000_000;
+/// aliases(5): most bytes in one logical entry (after joining continuation lines): room for
+/// a group of several thousand addresses.
+pub const ALIASES_ENTRY_BYTES_MAX: usize = 256 * 1024;
+/// aliases(5): most errors one load reports (then it stops: the file is refused anyway).
+pub const ALIASES_ERRORS_REPORTED_MAX: usize = 100;
+/// aliases(5): most bytes read from one `:include:` file.
+pub const ALIASES_INCLUDE_BYTES_MAX: u64 = 1024 * 1024;
+/// aliases(5): `:include:` files nested at most this deep (one including another ...).
+pub const ALIASES_INCLUDE_DEPTH_MAX: usize = 10;
+/// Alias expansion: names expanded within names at most this deep (a longer chain is
+/// reported as an error, never followed further).
+pub const ALIASES_EXPANSION_DEPTH_MAX: usize = 100;
+/// Alias expansion: most final targets one recipient expands to (a large group is fine;
+/// a runaway expansion stops with an error).
+pub const ALIASES_EXPANSION_TARGETS_MAX: usize = 10_000;
+/// mbox: a dot-lock file older than this is stale and removed (Dovecot's default; Postfix
+/// uses 500 s).
+pub const MBOX_DOTLOCK_STALE_SECS: u64 = 300;
+/// mbox: how long a delivery waits for the mailbox locks before a temporary error.
+pub const MBOX_LOCK_WAIT_MS: u64 = 10_000;
+/// mbox: longest pause between two lock attempts (backoff doubles up to this).
+pub const MBOX_LOCK_RETRY_MS_MAX: u64 = 1_000;
+/// mbox reader: most messages one scan lists (later ones wait for a later session).
+pub const MBOX_MESSAGES_MAX: usize = 100_000;
+/// mbox reader: most bytes of one header line looked at for `X-UIDL:`.
+pub const MBOX_HEADER_LINE_BYTES_MAX: usize = 1024;
+/// DSN: most bytes of the original message returned in a bounce (Postfix's
+/// bounce_size_limit default). A larger message is returned as its headers only.
+pub const DSN_ORIGINAL_BYTES_MAX: usize = 50_000;
+/// DSN: most recipients listed in one notification.
+pub const DSN_RECIPIENTS_MAX: usize = 1_000;
+/// DSN: most bytes of one diagnostic text kept (longer ones are cut, marked `...`).
+pub const DSN_DIAGNOSTIC_BYTES_MAX: usize = 4_096;

@@ -1,6 +1,8 @@
 //! Delivery agents.
 
+pub mod dsn;
 pub mod maildir;
+pub mod mbox;
 
 /// Why a delivery failed, and whether trying again could help
 /// (an unclassified error is temporary).

@@ -166,6 +166,7 @@ pub enum RcptClass {
     Remote,
 }
 
+pub mod aliases;
 pub mod router;
 pub use router::Router;
 
