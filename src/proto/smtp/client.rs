@@ -247,7 +247,11 @@ impl Extensions {
                 // `AUTH=LOGIN PLAIN` is the pre-RFC form some old servers still send.
                 _ if kw == "AUTH" || kw.starts_with("AUTH=") => {
                     let first = kw.strip_prefix("AUTH=").filter(|m| !m.is_empty());
-                    for m in first.map(str::to_string).into_iter().chain(words.map(|w| w.to_ascii_uppercase())) {
+                    for m in first
+                        .map(str::to_string)
+                        .into_iter()
+                        .chain(words.map(|w| w.to_ascii_uppercase()))
+                    {
                         if !e.auth.contains(&m) && e.auth.len() < 32 {
                             e.auth.push(m);
                         }
@@ -531,7 +535,11 @@ impl Client {
             Phase::Quitting => self.close(None),
             _ => {
                 let stage = self.stage();
-                let text = format!("conversation with {} timed out while {}", self.params.peer, stage.phrase());
+                let text = format!(
+                    "conversation with {} timed out while {}",
+                    self.params.peer,
+                    stage.phrase()
+                );
                 self.fail(temp(text, "4.4.2"), false);
             }
         }
@@ -661,7 +669,10 @@ impl Client {
             }
         }
         if !valid_path(&txn.msg.sender) {
-            txn.results = all(perm(format!("bad sender address syntax: <{}>", clean(&txn.msg.sender)), "5.1.7"));
+            txn.results = all(perm(
+                format!("bad sender address syntax: <{}>", clean(&txn.msg.sender)),
+                "5.1.7",
+            ));
             self.txn = Some(txn);
             return self.finish();
         }
@@ -765,7 +776,9 @@ impl Client {
             if !self.inflight.is_empty() && !batch {
                 return;
             }
-            let Some((cmd, line)) = self.queued.pop_front() else { return };
+            let Some((cmd, line)) = self.queued.pop_front() else {
+                return;
+            };
             self.out.extend_from_slice(&line);
             self.inflight.push_back(cmd);
         }
@@ -913,8 +926,7 @@ impl Client {
         if let (Some(login), false) = (self.params.auth.clone(), self.authenticated) {
             if !self.ext.auth.is_empty() {
                 if !self.params.tls_active && self.params.auth_needs_tls {
-                    let text =
-                        format!("SASL authentication with {peer} refused: the connection is not encrypted");
+                    let text = format!("SASL authentication with {peer} refused: the connection is not encrypted");
                     return self.fail(temp(text, "4.7.0"), true);
                 }
                 if self.ext.auth.iter().any(|m| m == "PLAIN") {
@@ -1160,7 +1172,10 @@ fn one_line(r: &Reply) -> String {
 /// A path we can put between < > on a command line: no CR, LF, <, >, spaces or controls,
 /// and at most 256 octets (RFC 5321 §4.5.3.1.3). "" is the null path.
 fn valid_path(p: &str) -> bool {
-    p.len() <= SMTP_PATH_BYTES_MAX && !p.chars().any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+    p.len() <= SMTP_PATH_BYTES_MAX
+        && !p
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
 }
 
 /// The RFC 3463 code of a reply: its enhanced code when the first word is one and its class
@@ -1170,7 +1185,12 @@ fn enhanced(r: &Reply) -> String {
     let word = r.text.split_ascii_whitespace().next().unwrap_or("");
     let mut parts = word.split('.');
     let ok = parts.next() == Some(class.as_str())
-        && parts.by_ref().take(2).filter(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit())).count() == 2
+        && parts
+            .by_ref()
+            .take(2)
+            .filter(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+            .count()
+            == 2
         && parts.next().is_none();
     if ok {
         word.to_string()
