@@ -470,6 +470,9 @@ pub struct Client {
     reply_code: u16,
     out: Vec<u8>,
     events: VecDeque<Event>,
+    /// `Event::Ready` is due once the events before it were taken (and the session did not
+    /// fail meanwhile: a Ready must never follow a Closed).
+    ready_pending: bool,
 }
 
 impl Client {
@@ -495,6 +498,7 @@ impl Client {
             reply_code: 0,
             out: Vec::new(),
             events: VecDeque::new(),
+            ready_pending: false,
         }
     }
 
@@ -587,6 +591,9 @@ impl Client {
             if let Some(ev) = self.events.pop_front() {
                 return Some(ev);
             }
+            if std::mem::take(&mut self.ready_pending) {
+                return Some(Event::Ready);
+            }
             if !matches!(self.phase, Phase::Handshake | Phase::Txn | Phase::Quitting) || self.inflight.is_empty() {
                 return None;
             }
@@ -603,7 +610,12 @@ impl Client {
                 Read::Line => {}
                 Read::Reply(r) => {
                     if let Some(cmd) = self.inflight.pop_front() {
+                        let closing = (r.code == 421 && cmd != Cmd::Quit).then(|| said(&self.params.peer, &r, cmd));
                         self.on_reply(cmd, r);
+                        if let Some(f) = closing {
+                            // RFC 5321 §3.8: 421 means the server is closing the connection.
+                            self.fail(f, false);
+                        }
                         self.flush();
                     }
                 }
@@ -643,6 +655,7 @@ impl Client {
         if self.phase != Phase::Idle {
             return;
         }
+        self.ready_pending = false;
         let n = msg.recipients.len();
         let mut txn = Txn {
             results: vec![None; n],
@@ -729,6 +742,7 @@ impl Client {
     /// Answer to `Event::Ready`: end the session politely (QUIT, RFC 5321 §4.1.1.10).
     pub fn quit(&mut self) {
         if self.phase == Phase::Idle {
+            self.ready_pending = false;
             self.phase = Phase::Quitting;
             self.queue(Cmd::Quit, b"QUIT\r\n".to_vec());
             self.flush();
@@ -986,7 +1000,7 @@ impl Client {
 
     fn ready(&mut self) {
         self.phase = Phase::Idle;
-        self.events.push_back(Event::Ready);
+        self.ready_pending = true;
     }
 
     fn mail_reply(&mut self, r: Reply) {
@@ -1125,6 +1139,7 @@ impl Client {
 
     fn close(&mut self, f: Option<Failure>) {
         self.phase = Phase::Closed;
+        self.ready_pending = false;
         self.inflight.clear();
         self.queued.clear();
         self.drop_input();
