@@ -63,3 +63,9 @@ pub const CONFIG_LINE_BYTES_MAX: usize = 64 * 1024;
 pub const CONFIG_EXPANSION_DEPTH_MAX: usize = 32;
 /// Client networks the login throttle (auth::throttle) tracks at once (~100 bytes each).
 pub const AUTH_THROTTLE_ENTRIES_MAX: usize = 10_000;
+/// A lookup table file (transport_maps, smtp_sasl_password_maps): at most this many bytes.
+pub const MAP_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// A lookup table: at most this many bytes in one logical line (after continuation).
+pub const MAP_LINE_BYTES_MAX: usize = 4096;
+/// /etc/hosts (disable_dns_lookups): at most this many bytes are read.
+pub const HOSTS_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;

@@ -1,6 +1,7 @@
 //! Delivery agents.
 
 pub mod maildir;
+pub mod route;
 
 /// Why a delivery failed, and whether trying again could help
 /// (an unclassified error is temporary).
