@@ -382,17 +382,16 @@ impl TransportMap {
                 continue;
             }
             match parse_action(&value) {
-                Ok(a) => {
-                    if self.entries.contains_key(&key) {
-                        errs.push(err(
-                            file,
-                            n,
-                            &format!("duplicate entry \"{key}\" (the first one is used)"),
-                        ));
-                    } else {
-                        self.entries.insert(key, a);
+                Ok(a) => match self.entries.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(o) => errs.push(err(
+                        file,
+                        n,
+                        &format!("duplicate entry \"{}\" (the first one is used)", o.key()),
+                    )),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(a);
                     }
-                }
+                },
                 Err(e) => errs.push(err(file, n, &e)),
             }
         }
