@@ -857,3 +857,79 @@ fn hostile_replies_are_bounded() {
     }
     assert!(fed <= poshta::limits::SESSION_INPUT_BYTES_MAX + 4096);
 }
+
+/// Drive a client by hand to the body stage of one message to `a@example.org`.
+fn at_body() -> Client {
+    let mut c = Client::new(client_params());
+    c.input(b"220 mx ESMTP\r\n");
+    assert_eq!(c.poll(), None);
+    assert_eq!(c.take_output(), b"EHLO client.example\r\n");
+    c.input(b"250-mx\r\n250 PIPELINING\r\n");
+    assert_eq!(c.poll(), Some(client::Event::Ready));
+    c.send(msg(&["a@example.org", "b@example.org"], b"x\n").0);
+    assert_eq!(c.stage(), Stage::Mail);
+    c.input(b"250 ok\r\n250 ok\r\n550 5.1.1 no\r\n354 go\r\n");
+    assert_eq!(c.poll(), Some(client::Event::SendBody));
+    assert_eq!(c.stage(), Stage::Body);
+    assert_eq!(c.stage().timeout_key(), Some("smtp_data_xfer_timeout"));
+    c.take_output();
+    c
+}
+
+#[test]
+fn connection_lost_while_sending_the_body() {
+    let mut c = at_body();
+    c.body_chunk(b"half a body");
+    c.eof();
+    let Some(client::Event::Done(r)) = c.poll() else {
+        panic!("expected Done")
+    };
+    assert_eq!(r[0].status, Status::Deferred);
+    assert_eq!(
+        r[0].text,
+        "lost connection with mx.example.org[127.0.0.1]:25 while sending message body"
+    );
+    // The recipient refused at RCPT keeps its bounce.
+    assert_eq!((r[1].status, r[1].dsn.as_str()), (Status::Bounced, "5.1.1"));
+    assert!(matches!(c.poll(), Some(client::Event::Closed(Some(_)))));
+    assert_eq!(c.poll(), None);
+    // Nothing more is accepted once closed.
+    c.body_chunk(b"more");
+    c.body_end();
+    c.input(b"250 ok\r\n");
+    assert_eq!(c.poll(), None);
+    assert!(c.is_closed());
+}
+
+#[test]
+fn timeout_while_sending_the_body_and_empty_messages() {
+    let mut c = at_body();
+    c.timeout();
+    let Some(client::Event::Done(r)) = c.poll() else {
+        panic!("expected Done")
+    };
+    assert!(
+        r[0].text.ends_with("timed out while sending message body"),
+        "{}",
+        r[0].text
+    );
+
+    // A message without recipients finishes at once and the session stays usable.
+    let mut c = Client::new(client_params());
+    c.input(b"220 mx\r\n");
+    c.poll();
+    c.input(b"250 mx\r\n");
+    assert_eq!(c.poll(), Some(client::Event::Ready));
+    c.take_output();
+    c.send(msg(&[], b"x\n").0);
+    assert_eq!(c.poll(), Some(client::Event::Done(Vec::new())));
+    assert_eq!(c.poll(), Some(client::Event::Ready));
+    assert!(c.take_output().is_empty());
+    // A recipient that cannot be written on a command line is refused locally.
+    c.send(msg(&["a b@example.org"], b"x\n").0);
+    let Some(client::Event::Done(r)) = c.poll() else {
+        panic!("expected Done")
+    };
+    assert_eq!((r[0].status, r[0].dsn.as_str()), (Status::Bounced, "5.1.3"));
+    assert!(c.take_output().is_empty());
+}

@@ -1184,13 +1184,15 @@ fn one_line(r: &Reply) -> String {
         .to_string()
 }
 
-/// A path we can put between < > on a command line: no CR, LF, <, >, spaces or controls,
-/// and at most 256 octets (RFC 5321 §4.5.3.1.3). "" is the null path.
+/// A path we can put between < > on a command line: no CR, LF or other controls, no < or >,
+/// spaces only inside a quoted local part (RFC 5321 §4.1.2 Quoted-string), and at most 256
+/// octets (RFC 5321 §4.5.3.1.3). "" is the null path.
 fn valid_path(p: &str) -> bool {
+    let quoted = p.starts_with('"');
     p.len() <= SMTP_PATH_BYTES_MAX
         && !p
             .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+            .any(|c| c.is_control() || c == '<' || c == '>' || (c.is_whitespace() && !quoted))
 }
 
 /// The RFC 3463 code of a reply: its enhanced code when the first word is one and its class
@@ -1336,6 +1338,18 @@ mod tests {
         let mut s = Stuffer { line_start: true };
         s.finish(&mut out);
         assert_eq!(out, b".\r\n");
+    }
+
+    #[test]
+    fn paths() {
+        assert!(valid_path(""));
+        assert!(valid_path("a@b.example"));
+        assert!(valid_path("\"a b\"@b.example"));
+        assert!(valid_path("jörg@b.example"));
+        for bad in ["a b@x", "a@x>", "<a@x", "a\r\nRCPT TO:<x@y>", "a\0@x"] {
+            assert!(!valid_path(bad), "{bad:?}");
+        }
+        assert!(!valid_path(&"a".repeat(300)));
     }
 
     #[test]
