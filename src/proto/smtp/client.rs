@@ -1052,7 +1052,14 @@ impl Client {
             return;
         }
         if useful {
-            let res = said(&peer, &r, Cmd::Data);
+            let mut res = said(&peer, &r, Cmd::Data);
+            if res.status == Status::Sent || r.code < 400 {
+                // Only 354 lets the data go (RFC 5321 §4.1.1.4); another positive reply
+                // delivered nothing: an unclassified answer is temporary.
+                res.status = Status::Deferred;
+                res.dsn = "4.5.0".into();
+                res.text = format!("host {peer} said: {} (in reply to DATA command)", one_line(&r));
+            }
             for &i in &txn.accepted {
                 if let Some(slot) = txn.results.get_mut(i) {
                     *slot = Some(res.clone());
