@@ -7,6 +7,12 @@
 pub const SMTP_COMMAND_LINE_BYTES_MAX: usize = 512;
 /// RFC 4954 §4: an AUTH line (initial response or continuation) may be up to 12288 octets.
 pub const SMTP_AUTH_LINE_BYTES_MAX: usize = 12_288;
+/// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets including CRLF. The SMTP client
+/// treats a longer line from a peer as a malformed reply (temporary failure).
+pub const SMTP_REPLY_LINE_BYTES_MAX: usize = 512;
+/// Lines in one (multi-line) reply the SMTP client accepts; more is a malformed reply.
+/// RFC 5321 sets no number; EHLO replies run to about 20 lines in practice.
+pub const SMTP_REPLY_LINES_MAX: usize = 100;
 /// RFC 5321 §4.5.3.1.3: a path (reverse or forward) is at most 256 octets.
 pub const SMTP_PATH_BYTES_MAX: usize = 256;
 /// RFC 5321 §4.5.3.1.1: a local part is at most 64 octets.
@@ -94,3 +100,9 @@ pub const DSN_ORIGINAL_BYTES_MAX: usize = 50_000;
 pub const DSN_RECIPIENTS_MAX: usize = 1_000;
 /// DSN: most bytes of one diagnostic text kept (longer ones are cut, marked `...`).
 pub const DSN_DIAGNOSTIC_BYTES_MAX: usize = 4_096;
+/// A lookup table file (transport_maps, smtp_sasl_password_maps): at most this many bytes.
+pub const MAP_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// A lookup table: at most this many bytes in one logical line (after continuation).
+pub const MAP_LINE_BYTES_MAX: usize = 4096;
+/// /etc/hosts (disable_dns_lookups): at most this many bytes are read.
+pub const HOSTS_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;

@@ -96,17 +96,9 @@ use self::DefaultValue::{Root, Text};
 use Kind::*;
 
 const TLS_SERVER_LEVELS: &[&str] = &["", "none", "may", "encrypt"];
-const TLS_CLIENT_LEVELS: &[&str] = &[
-    "",
-    "none",
-    "may",
-    "encrypt",
-    "dane",
-    "dane-only",
-    "fingerprint",
-    "verify",
-    "secure",
-];
+/// Outbound levels poshta implements. Postfix's dane, dane-only and fingerprint are refused
+/// rather than silently weakened (DANE needs a validating DNSSEC resolver).
+const TLS_CLIENT_LEVELS: &[&str] = &["", "none", "may", "encrypt", "verify", "secure"];
 
 /// Every key poshta knows, sorted by name (a test keeps it sorted and unique).
 #[rustfmt::skip]
@@ -123,6 +115,8 @@ pub const KEYS: &[Key] = &[
     later("bounce_queue_lifetime", Text("5d"), Time { unit: 'd' }, "How long a bounce may stay in the queue."),
     later("compatibility_level", Text("3.6"), Str, "The Postfix compatibility level poshta's defaults match."),
     k("config_directory", DefaultValue::ConfigDirectory, ReadOnly, "Directory of main.cf (read-only: set by -c / POSHTA_CONFIG)."),
+    later("default_destination_concurrency_limit", Text("20"), Int { min: 1 }, "Most parallel deliveries to one destination (per transport unless overridden)."),
+    later("default_destination_recipient_limit", Text("50"), Int { min: 1 }, "Most recipients per delivery (per transport unless overridden)."),
     later("delay_warning_time", Text("0h"), Time { unit: 'h' }, "Send a delay notice after this long (0: never)."),
     k("delivery_paused", Text("no"), Bool, "poshta: accept and queue mail, but do not deliver it."),
     later("disable_dns_lookups", Text("no"), Bool, "Do not use DNS for outbound mail (LAN without DNS)."),
@@ -160,11 +154,28 @@ pub const KEYS: &[Key] = &[
     k("recipient_delimiter", Text(""), Str, "Separators between user name and address extension (user+ext)."),
     k("reject_authenticated_sender_login_mismatch", Text("yes"), Bool, "poshta: an authenticated client may use only sender addresses its user owns (Postfix's restriction of the same name)."),
     later("relay_domains", Text(""), List, "Domains this system relays mail to."),
-    later("relayhost", Text(""), Str, "Send non-local mail through this host ([host]:port) instead of MX."),
+    later("relayhost", Text(""), Str, "Send non-local mail through this host ([host]:port: no MX lookup; host:port: MX of host) instead of the recipient domain's MX."),
+    later("smtp_connect_timeout", Text("30s"), Time { unit: 's' }, "SMTP client: time limit for a TCP connection to be set up."),
+    later("smtp_data_done_timeout", Text("600s"), Time { unit: 's' }, "SMTP client: time limit for the reply to the final \".\" of the data."),
+    later("smtp_data_init_timeout", Text("120s"), Time { unit: 's' }, "SMTP client: time limit for the reply to DATA."),
+    later("smtp_data_xfer_timeout", Text("180s"), Time { unit: 's' }, "SMTP client: time limit for sending the message content (per write)."),
+    later("smtp_destination_concurrency_limit", Text("$default_destination_concurrency_limit"), Int { min: 1 }, "SMTP client: most parallel deliveries to one destination."),
+    later("smtp_destination_recipient_limit", Text("$default_destination_recipient_limit"), Int { min: 1 }, "SMTP client: most recipients per transaction."),
+    later("smtp_dns_support_level", Text(""), OneOf(&["", "disabled", "enabled"]), "SMTP client DNS use: disabled (hosts file only, like disable_dns_lookups) or enabled; empty: enabled unless disable_dns_lookups."),
     later("smtp_helo_name", Text("$myhostname"), Hostname, "Host name sent in EHLO by the SMTP client."),
+    later("smtp_helo_timeout", Text("300s"), Time { unit: 's' }, "SMTP client: time limit for the greeting and the EHLO/HELO reply."),
+    later("smtp_mail_timeout", Text("300s"), Time { unit: 's' }, "SMTP client: time limit for the reply to MAIL FROM."),
+    later("smtp_quit_timeout", Text("300s"), Time { unit: 's' }, "SMTP client: time limit for the reply to QUIT."),
+    later("smtp_rcpt_timeout", Text("300s"), Time { unit: 's' }, "SMTP client: time limit for the reply to RCPT TO."),
+    later("smtp_rset_timeout", Text("20s"), Time { unit: 's' }, "SMTP client: time limit for the reply to RSET (connection reuse)."),
     later("smtp_sasl_auth_enable", Text("no"), Bool, "Authenticate to the relayhost."),
-    later("smtp_sasl_password_maps", Text(""), List, "Client credentials per relay host."),
-    later("smtp_tls_security_level", Text(""), OneOf(TLS_CLIENT_LEVELS), "Outbound TLS policy."),
+    later("smtp_sasl_auth_soft_bounce", Text("yes"), Bool, "SMTP client: a refused AUTH defers the mail instead of bouncing it."),
+    later("smtp_sasl_password_maps", Text(""), List, "Client credentials per relay host (sasl_passwd text file: [host]:port user:password; hash:/path accepted)."),
+    later("smtp_sender_dependent_authentication", Text("no"), Bool, "SMTP client: look up smtp_sasl_password_maps by sender address first."),
+    later("smtp_starttls_timeout", Text("300s"), Time { unit: 's' }, "SMTP client: time limit for the STARTTLS reply and TLS handshake."),
+    later("smtp_tls_CAfile", Text(""), OptPath, "SMTP client: PEM file of trusted CA certificates (empty: the system's roots)."),
+    later("smtp_tls_security_level", Text(""), OneOf(TLS_CLIENT_LEVELS), "Outbound TLS policy: none, may (STARTTLS when offered), encrypt (TLS or defer), verify/secure (and a verified certificate); empty: none."),
+    later("smtp_tls_wrappermode", Text("no"), Bool, "SMTP client: TLS from the start (port 465) instead of STARTTLS."),
     later("smtpd_banner", Text("$myhostname ESMTP $mail_name"), Str, "Text after 220 in the SMTP greeting."),
     later("smtpd_client_restrictions", Text(""), List, "Restrictions applied at connect."),
     later("smtpd_data_restrictions", Text(""), List, "Restrictions applied at DATA."),
@@ -194,7 +205,7 @@ pub const KEYS: &[Key] = &[
     k("submission_listen", Root { root: "587", user: "2587" }, Listen, "poshta: submission (STARTTLS) listen entries, [address:]port (empty: none)."),
     k("submissions_listen", Root { root: "465", user: "2465" }, Listen, "poshta: submission over implicit TLS listen entries, [address:]port (empty: none)."),
     k("syslog_name", Text("postfix-poshta"), Str, "Log tag before /service[pid]: Postfix's multi-instance form, so fail2ban's and logwatch's stock postfix filters match."),
-    later("transport_maps", Text(""), List, "Per-destination transport and next hop."),
+    later("transport_maps", Text(""), List, "Per-destination transport and next hop (transport(5) text files; hash:/path accepted, read as text)."),
     later("unknown_local_recipient_reject_code", Text("550"), Int { min: 400 }, "Reply code for unknown local recipients."),
     k("virtual_mailbox_base", Root { root: "/var/lib/poshta/mail", user: "$config_directory/mail" }, Path, "Base directory of mailbox users' Maildirs."),
 ];
@@ -217,10 +228,8 @@ mod tests {
         }
         for key in KEYS {
             assert_eq!(find(key.name).map(|k| k.name), Some(key.name));
-            assert!(key
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+            // Postfix names are lowercase except a few (smtp_tls_CAfile, smtpd_tls_CApath).
+            assert!(key.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
             assert!(!key.doc.is_empty());
         }
         assert!(find("no_such_key").is_none());

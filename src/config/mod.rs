@@ -176,6 +176,72 @@ pub struct Settings {
     pub pop3d_disable_plaintext_auth: bool,
     /// syslog_name: the log tag (`postfix-poshta/smtpd[pid]: ...`).
     pub syslog_name: String,
+    /// bounce_queue_lifetime: how long a bounce (null sender) is retried.
+    pub bounce_queue_lifetime_secs: u64,
+    /// delay_warning_time; 0 means no delay warnings.
+    pub delay_warning_time_secs: u64,
+    /// relayhost as written (`[host]:port`, `host:port`, ...; empty: MX delivery). Checked
+    /// at load; parse with `delivery::route::RouteConfig::parse_relayhost`.
+    pub relayhost: String,
+    /// transport_maps table references (`hash:/etc/poshta/transport`); files checked at load.
+    pub transport_maps: Vec<String>,
+    pub smtp_sasl_auth_enable: bool,
+    /// smtp_sasl_password_maps table references; files checked at load (file:line errors).
+    pub smtp_sasl_password_maps: Vec<String>,
+    /// smtp_sasl_auth_soft_bounce: a refused AUTH defers instead of bouncing.
+    pub smtp_sasl_auth_soft_bounce: bool,
+    pub smtp_sender_dependent_authentication: bool,
+    pub smtp_tls_security_level: ClientTlsLevel,
+    /// smtp_tls_wrappermode: implicit TLS (port 465) instead of STARTTLS.
+    pub smtp_tls_wrappermode: bool,
+    /// smtp_tls_CAfile, absolute; None: the system's roots.
+    pub smtp_tls_ca_file: Option<PathBuf>,
+    pub smtp_helo_name: String,
+    /// No DNS for outbound mail: disable_dns_lookups = yes or smtp_dns_support_level =
+    /// disabled (hosts file only).
+    pub disable_dns_lookups: bool,
+    pub smtp_connect_timeout_secs: u64,
+    pub smtp_helo_timeout_secs: u64,
+    pub smtp_starttls_timeout_secs: u64,
+    pub smtp_mail_timeout_secs: u64,
+    pub smtp_rcpt_timeout_secs: u64,
+    pub smtp_data_init_timeout_secs: u64,
+    pub smtp_data_xfer_timeout_secs: u64,
+    pub smtp_data_done_timeout_secs: u64,
+    pub smtp_rset_timeout_secs: u64,
+    pub smtp_quit_timeout_secs: u64,
+    /// smtp_destination_concurrency_limit (default $default_destination_concurrency_limit, 20).
+    pub smtp_destination_concurrency_limit: usize,
+    /// smtp_destination_recipient_limit (default $default_destination_recipient_limit, 50).
+    pub smtp_destination_recipient_limit: usize,
+}
+
+/// smtp_tls_security_level (Postfix names; empty means `none`, as Postfix where empty falls
+/// back to the legacy smtp_use_tls = no).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTlsLevel {
+    /// Never STARTTLS.
+    None,
+    /// STARTTLS when offered; no certificate check; plaintext otherwise.
+    May,
+    /// TLS or defer; no certificate check (Postfix: encrypt).
+    Encrypt,
+    /// TLS with a certificate that verifies and matches the next-hop name (Postfix: verify).
+    Verify,
+    /// Like Verify; Postfix's secure does not trust MX names from DNS.
+    Secure,
+}
+
+impl ClientTlsLevel {
+    fn parse(s: &str) -> ClientTlsLevel {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "may" => ClientTlsLevel::May,
+            "encrypt" => ClientTlsLevel::Encrypt,
+            "verify" => ClientTlsLevel::Verify,
+            "secure" => ClientTlsLevel::Secure,
+            _ => ClientTlsLevel::None,
+        }
+    }
 }
 
 /// smtpd_tls_security_level (Postfix names). Empty in main.cf means `none`, as Postfix
@@ -780,7 +846,73 @@ fn build_settings(
         smtpd_recipient_limit = crate::limits::SMTP_RECIPIENTS_MIN;
     }
     let maillog = get("maillog_file");
+    let relayhost = get("relayhost").trim().to_string();
+    let relayhost = match crate::delivery::route::RouteConfig::parse_relayhost(&relayhost) {
+        Ok(_) => relayhost,
+        Err(e) => {
+            diags.error(line_of("relayhost"), format!("{e}; mail goes by MX instead"));
+            String::new()
+        }
+    };
+    let transport_maps = value::split_list(get("transport_maps"));
+    let smtp_sasl_password_maps = value::split_list(get("smtp_sasl_password_maps"));
+    // Bad table lines are reported where they are (file:line), for `poshta check`.
+    let (_, terrs) = crate::delivery::route::TransportMap::load(&transport_maps, &config_directory);
+    let (_, serrs) = crate::delivery::route::SaslPasswords::load(&smtp_sasl_password_maps, &config_directory);
+    for (key, errs) in [("transport_maps", terrs), ("smtp_sasl_password_maps", serrs)] {
+        for e in errs {
+            let d = if e.line == 0 {
+                Diagnostic {
+                    file: diags.file.clone(),
+                    line: line_of(key),
+                    severity: Severity::Error,
+                    message: format!("{key}: {e}"),
+                }
+            } else {
+                Diagnostic {
+                    file: e.file,
+                    line: e.line,
+                    severity: Severity::Error,
+                    message: e.message,
+                }
+            };
+            if !diags.list.contains(&d) {
+                diags.list.push(d);
+            }
+        }
+    }
+    let dns_level = get("smtp_dns_support_level").trim().to_ascii_lowercase();
     Settings {
+        bounce_queue_lifetime_secs: time("bounce_queue_lifetime"),
+        delay_warning_time_secs: time("delay_warning_time"),
+        relayhost,
+        transport_maps,
+        smtp_sasl_auth_enable: typed(eff, dflt, "smtp_sasl_auth_enable", value::parse_bool),
+        smtp_sasl_password_maps,
+        smtp_sasl_auth_soft_bounce: typed(eff, dflt, "smtp_sasl_auth_soft_bounce", value::parse_bool),
+        smtp_sender_dependent_authentication: typed(
+            eff,
+            dflt,
+            "smtp_sender_dependent_authentication",
+            value::parse_bool,
+        ),
+        smtp_tls_security_level: ClientTlsLevel::parse(get("smtp_tls_security_level")),
+        smtp_tls_wrappermode: typed(eff, dflt, "smtp_tls_wrappermode", value::parse_bool),
+        smtp_tls_ca_file: opt_path("smtp_tls_CAfile"),
+        smtp_helo_name: get("smtp_helo_name").to_string(),
+        disable_dns_lookups: typed(eff, dflt, "disable_dns_lookups", value::parse_bool) || dns_level == "disabled",
+        smtp_connect_timeout_secs: time("smtp_connect_timeout"),
+        smtp_helo_timeout_secs: time("smtp_helo_timeout"),
+        smtp_starttls_timeout_secs: time("smtp_starttls_timeout"),
+        smtp_mail_timeout_secs: time("smtp_mail_timeout"),
+        smtp_rcpt_timeout_secs: time("smtp_rcpt_timeout"),
+        smtp_data_init_timeout_secs: time("smtp_data_init_timeout"),
+        smtp_data_xfer_timeout_secs: time("smtp_data_xfer_timeout"),
+        smtp_data_done_timeout_secs: time("smtp_data_done_timeout"),
+        smtp_rset_timeout_secs: time("smtp_rset_timeout"),
+        smtp_quit_timeout_secs: time("smtp_quit_timeout"),
+        smtp_destination_concurrency_limit: int("smtp_destination_concurrency_limit").max(1),
+        smtp_destination_recipient_limit: int("smtp_destination_recipient_limit").max(1),
         myhostname: get("myhostname").to_string(),
         mydomain: get("mydomain").to_string(),
         myorigin: get("myorigin").to_string(),
@@ -961,5 +1093,115 @@ mod tls_key_tests {
         assert_eq!(s.smtpd_starttls_timeout_secs, 300);
         assert_eq!(s.submission_listen, vec![sa("127.0.0.1:2587"), sa("[::1]:2587")]);
         assert_eq!(s.pop3s_listen, vec![sa("127.0.0.1:2995"), sa("[::1]:2995")]);
+    }
+}
+
+/// The outbound (relay) keys (issue 6).
+#[cfg(test)]
+mod relay_key_tests {
+    use super::*;
+
+    fn env() -> Env {
+        Env {
+            is_root: false,
+            hostname: "mail.example.org".into(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_postfixs() {
+        let l = load_text(Path::new("/home/u/poshta/main.cf"), None, &env());
+        assert!(l.diagnostics.is_empty(), "{:?}", l.diagnostics);
+        let s = &l.settings;
+        assert_eq!(s.relayhost, "");
+        assert!(s.transport_maps.is_empty() && s.smtp_sasl_password_maps.is_empty());
+        assert!(!s.smtp_sasl_auth_enable && s.smtp_sasl_auth_soft_bounce);
+        assert_eq!(s.smtp_tls_security_level, ClientTlsLevel::None);
+        assert!(!s.smtp_tls_wrappermode && !s.disable_dns_lookups);
+        assert_eq!(s.smtp_tls_ca_file, None);
+        assert_eq!(s.smtp_helo_name, "mail.example.org");
+        let t = (
+            s.smtp_connect_timeout_secs,
+            s.smtp_helo_timeout_secs,
+            s.smtp_mail_timeout_secs,
+            s.smtp_rcpt_timeout_secs,
+            s.smtp_data_init_timeout_secs,
+            s.smtp_data_xfer_timeout_secs,
+            s.smtp_data_done_timeout_secs,
+            s.smtp_quit_timeout_secs,
+            s.smtp_rset_timeout_secs,
+            s.smtp_starttls_timeout_secs,
+        );
+        assert_eq!(t, (30, 300, 300, 300, 120, 180, 600, 300, 20, 300));
+        assert_eq!(s.smtp_destination_concurrency_limit, 20);
+        assert_eq!(s.smtp_destination_recipient_limit, 50);
+        assert_eq!(s.delay_warning_time_secs, 0);
+        assert_eq!(s.bounce_queue_lifetime_secs, 5 * 86400);
+        assert_eq!(s.maximal_queue_lifetime_secs, 5 * 86400);
+    }
+
+    #[test]
+    fn smarthost_setup_and_bad_maps() {
+        let dir = std::env::temp_dir().join(format!("poshta-relay-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("sasl_passwd"),
+            "[smtp.provider.net]:587 user:pw\nbroken-line\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("transport"),
+            "lab.example smtp:[10.0.0.5]\nx.example nosuch:\n",
+        )
+        .unwrap();
+        let text = "relayhost = [smtp.provider.net]:587\n\
+                    smtp_sasl_auth_enable = yes\n\
+                    smtp_sasl_password_maps = hash:$config_directory/sasl_passwd\n\
+                    transport_maps = hash:transport\n\
+                    smtp_tls_security_level = encrypt\n\
+                    smtp_tls_CAfile = ca.pem\n\
+                    smtp_dns_support_level = disabled\n\
+                    default_destination_recipient_limit = 10\n\
+                    delay_warning_time = 4\n";
+        let l = load_text(&dir.join("main.cf"), Some(text.as_bytes()), &env());
+        let s = &l.settings;
+        assert_eq!(s.relayhost, "[smtp.provider.net]:587");
+        assert!(s.smtp_sasl_auth_enable);
+        assert_eq!(s.smtp_tls_security_level, ClientTlsLevel::Encrypt);
+        assert_eq!(s.smtp_tls_ca_file, Some(dir.join("ca.pem")));
+        assert!(s.disable_dns_lookups);
+        assert_eq!(s.smtp_destination_recipient_limit, 10);
+        assert_eq!(s.delay_warning_time_secs, 4 * 3600);
+        // Bad table lines are reported at their own file and line.
+        let d: Vec<String> = l.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d.iter()
+                .any(|x| x.starts_with(&format!("{}:2: error: ", dir.join("sasl_passwd").display()))),
+            "{d:?}"
+        );
+        assert!(
+            d.iter()
+                .any(|x| x.starts_with(&format!("{}:2: error: ", dir.join("transport").display()))),
+            "{d:?}"
+        );
+        // A bad relayhost and a level poshta does not implement are errors.
+        let l = load_text(
+            &dir.join("main.cf"),
+            Some(
+                b"relayhost = 2001:db8::1\nsmtp_tls_security_level = dane\nsmtp_sasl_password_maps = /nonexistent/x\n",
+            ),
+            &env(),
+        );
+        let d: Vec<String> = l.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(
+            d.iter().any(|x| x.contains(":1: error: ") && x.contains("brackets")),
+            "{d:?}"
+        );
+        assert_eq!(l.settings.relayhost, "");
+        assert_eq!(l.settings.smtp_tls_security_level, ClientTlsLevel::None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -3,6 +3,7 @@
 pub mod dsn;
 pub mod maildir;
 pub mod mbox;
+pub mod route;
 
 /// Why a delivery failed, and whether trying again could help
 /// (an unclassified error is temporary).

@@ -1,6 +1,7 @@
 //! SMTP (RFC 5321) protocol cores.
 
 pub mod address;
+pub mod client;
 pub mod headers;
 pub mod received;
 pub mod server;
