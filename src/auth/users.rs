@@ -49,7 +49,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::PasswordHasher;
 use argon2::{Algorithm, Argon2, Params, Version};
 
 use crate::limits;
@@ -293,14 +293,44 @@ impl Users {
     /// An unknown user costs one verify against a dummy hash, so the time does not tell
     /// whether the user exists.
     pub fn verify(&self, name: &str, password: &str) -> bool {
+        self.verify_with_memory(name, password, &mut Vec::new())
+    }
+
+    /// `verify`, computing in `memory` (grown to the hash's m_cost and kept by the caller):
+    /// a long-lived password thread reuses one block instead of allocating 19 MiB per check,
+    /// which the allocator did not give back (RSS grew by that much per login, up to
+    /// ~200 MiB, bench/tls-submit.sh).
+    pub fn verify_with_memory(&self, name: &str, password: &str, memory: &mut Vec<argon2::Block>) -> bool {
         let (hash, known) = match self.hashes.get(name) {
             Some(h) => (h.as_str(), true),
             None => (DUMMY_HASH, false),
         };
         // The hash's own parameters are used (bounded at load by check_hash).
-        let ok = PasswordHash::new(hash)
-            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-            .unwrap_or(false);
+        let ok = (|| -> Option<bool> {
+            let parsed = PasswordHash::new(hash).ok()?;
+            let params = Params::try_from(&parsed).ok()?;
+            let algorithm = Algorithm::try_from(parsed.algorithm.as_str()).ok()?;
+            let version = parsed
+                .version
+                .map(Version::try_from)
+                .transpose()
+                .ok()?
+                .unwrap_or_default();
+            let salt = parsed.salt.as_ref()?;
+            let expected = parsed.hash.as_ref()?;
+            let blocks = params.block_count();
+            if memory.len() < blocks {
+                memory.resize(blocks, argon2::Block::default());
+            }
+            let mut out = vec![0u8; expected.len()];
+            Argon2::new(algorithm, version, params)
+                .hash_password_into_with_memory(password.as_bytes(), salt.as_ref(), &mut out, &mut memory[..blocks])
+                .ok()?;
+            // Output's equality is constant-time (password-hash's note on timing).
+            let computed = argon2::password_hash::phc::Output::new(&out).ok()?;
+            Some(&computed == expected)
+        })()
+        .unwrap_or(false);
         ok && known
     }
 }

@@ -14,6 +14,9 @@ use smol::channel::{bounded, Sender};
 
 use super::users::Users;
 
+/// How long the work area is kept after the last check.
+const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Pending checks before `verify` callers wait to enqueue.
 const QUEUE_LEN: usize = 64;
 
@@ -35,8 +38,23 @@ impl Verifier {
     pub fn start() -> std::io::Result<Verifier> {
         let (tx, rx) = bounded::<Request>(QUEUE_LEN);
         std::thread::Builder::new().name("poshta-auth".into()).spawn(move || {
-            while let Ok(r) = rx.recv_blocking() {
-                let ok = r.users.verify(&r.name, &r.password);
+            // One argon2 work area, reused while logins come, given back after a quiet
+            // minute so an idle board is small again.
+            let mut memory = Vec::new();
+            loop {
+                let next = smol::block_on(smol::future::or(async { Some(rx.recv().await) }, async {
+                    smol::Timer::after(IDLE_RELEASE).await;
+                    None
+                }));
+                let r = match next {
+                    Some(Ok(r)) => r,
+                    Some(Err(_)) => break,
+                    None => {
+                        memory = Vec::new();
+                        continue;
+                    }
+                };
+                let ok = r.users.verify_with_memory(&r.name, &r.password, &mut memory);
                 // The session may have gone away meanwhile; nobody to tell then.
                 let _ = r.reply.try_send(ok);
             }
@@ -78,5 +96,26 @@ mod tests {
             assert!(!v.verify(users.clone(), "alice".into(), "nope".into()).await);
             assert!(!v.verify(users, "bob".into(), "pw".into()).await);
         });
+    }
+
+    /// The reused-memory check agrees with the argon2 crate's own verifier.
+    #[test]
+    fn same_answers_as_the_crate_verifier() {
+        use argon2::password_hash::PasswordVerifier;
+        let hash = crate::auth::users::hash_password("s3cret").expect("hash");
+        let users = Users::parse(&format!("alice:{hash}\n"), std::path::Path::new("test")).expect("parse");
+        let parsed = argon2::password_hash::phc::PasswordHash::new(&hash).expect("phc");
+        let mut memory = Vec::new();
+        for pw in ["s3cret", "s3cre", "", "S3CRET", "s3cret\0"] {
+            let theirs = argon2::Argon2::default()
+                .verify_password(pw.as_bytes(), &parsed)
+                .is_ok();
+            assert_eq!(users.verify_with_memory("alice", pw, &mut memory), theirs, "{pw:?}");
+        }
+        assert_eq!(
+            memory.len(),
+            19_456,
+            "one block per KiB of m_cost, kept for the next check"
+        );
     }
 }
