@@ -166,7 +166,10 @@ pub enum RcptClass {
     Remote,
 }
 
+pub mod access;
+pub mod restrictions;
 pub mod router;
+pub mod table;
 pub use router::Router;
 
 #[cfg(test)]
