@@ -249,19 +249,30 @@ impl Table {
         Table::parse(ty, path, &text)
     }
 
-    /// Build a table from its source text (`path` is used in messages only).
+    /// Build a table from its source text (`path` is used in messages only). Err: the
+    /// first error.
     pub fn parse(ty: TableType, path: &Path, text: &str) -> Result<Table, TableError> {
+        Table::parse_all(ty, path, text).map_err(|mut errs| errs.swap_remove(0))
+    }
+
+    /// Like [`Table::parse`], but Err lists every error found (postmap reports them all);
+    /// the list is never empty.
+    pub fn parse_all(ty: TableType, path: &Path, text: &str) -> Result<Table, Vec<TableError>> {
         let mut warnings = Vec::new();
+        let mut errors = Vec::new();
         let body = if ty.is_text() {
-            Body::Text(TextMap::parse(path, text, &mut warnings)?)
+            Body::Text(TextMap::parse(path, text, &mut warnings, &mut errors))
         } else if ty == TableType::Cidr {
-            Body::Cidr(parse_ops(path, text, &mut warnings, parse_cidr_cond)?)
+            Body::Cidr(parse_ops(path, text, &mut warnings, &mut errors, parse_cidr_cond))
         } else {
             let pcre = ty == TableType::Pcre;
-            Body::Regexp(parse_ops(path, text, &mut warnings, |p, l, s, w| {
+            Body::Regexp(parse_ops(path, text, &mut warnings, &mut errors, |p, l, s, w| {
                 parse_regex_cond(p, l, s, w, pcre)
-            })?)
+            }))
         };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         Ok(Table {
             ty,
             path: path.to_path_buf(),
@@ -353,7 +364,7 @@ fn read_text(path: &Path) -> Result<String, TableError> {
 }
 
 /// Logical lines as (first physical line number, text), per the grammar above.
-fn logical_lines(path: &Path, text: &str) -> Result<Vec<(usize, String)>, TableError> {
+fn logical_lines(path: &Path, text: &str, errors: &mut Vec<TableError>) -> Vec<(usize, String)> {
     let mut out: Vec<(usize, String)> = Vec::new();
     for (i, raw) in text.split('\n').enumerate() {
         let line_no = i + 1;
@@ -365,11 +376,12 @@ fn logical_lines(path: &Path, text: &str) -> Result<Vec<(usize, String)>, TableE
         let starts_ws = line.starts_with(|c: char| c.is_whitespace());
         if starts_ws {
             let Some((_, cur)) = out.last_mut() else {
-                return Err(TableError {
+                errors.push(TableError {
                     file: path.to_path_buf(),
                     line: line_no,
                     msg: "continuation line (starting with whitespace) with no line before it".into(),
                 });
+                continue;
             };
             cur.push(' ');
             cur.push_str(t);
@@ -378,15 +390,18 @@ fn logical_lines(path: &Path, text: &str) -> Result<Vec<(usize, String)>, TableE
         }
         if let Some((start, cur)) = out.last() {
             if cur.len() > TABLE_LINE_BYTES_MAX {
-                return Err(TableError {
+                errors.push(TableError {
                     file: path.to_path_buf(),
                     line: *start,
                     msg: format!("logical line is longer than {TABLE_LINE_BYTES_MAX} bytes"),
                 });
+                // Stop here: the rest of this logical line is garbage anyway.
+                out.pop();
+                return out;
             }
         }
     }
-    Ok(out)
+    out
 }
 
 fn fold(key: &str) -> Cow<'_, str> {
@@ -406,21 +421,22 @@ struct TextMap {
 }
 
 impl TextMap {
-    fn parse(path: &Path, text: &str, warnings: &mut Vec<TableError>) -> Result<TextMap, TableError> {
+    fn parse(path: &Path, text: &str, warnings: &mut Vec<TableError>, errors: &mut Vec<TableError>) -> TextMap {
         let mut m = TextMap {
             arena: String::with_capacity(text.len()),
             entries: Vec::new(),
         };
         let mut lines = Vec::new(); // line number per entry, for duplicate warnings
-        for (line, l) in logical_lines(path, text)? {
+        for (line, l) in logical_lines(path, text, errors) {
             let (key, value) = match l.split_once(|c: char| c.is_whitespace()) {
                 Some((k, v)) if !v.trim().is_empty() => (k, v.trim()),
                 _ => {
-                    return Err(TableError {
+                    errors.push(TableError {
                         file: path.to_path_buf(),
                         line,
                         msg: format!("expected format: key whitespace value (no value for \"{l}\")"),
-                    })
+                    });
+                    continue;
                 }
             };
             let key = fold(key);
@@ -459,7 +475,7 @@ impl TextMap {
         m.entries = sorted;
         m.arena.shrink_to_fit();
         m.entries.shrink_to_fit();
-        Ok(m)
+        m
     }
 
     fn key_at(&self, i: usize) -> &str {
@@ -560,24 +576,28 @@ pub struct Compiled {
     pub index: Option<PathBuf>,
 }
 
-/// postmap: parse the text of `spec`, report the first error, and write the compiled
+/// postmap: parse the text of `spec`, report every error, and write the compiled
 /// index for hash/btree/lmdb/cdb maps. Pattern tables and texthash are only validated.
-pub fn compile(spec: &str, config_dir: &Path) -> Result<Compiled, TableError> {
-    let (ty, path) = parse_spec(spec, config_dir)?;
-    let meta = std::fs::metadata(&path).map_err(|e| TableError {
-        file: path.clone(),
-        line: 0,
-        msg: format!("stat: {e}"),
+pub fn compile(spec: &str, config_dir: &Path) -> Result<Compiled, Vec<TableError>> {
+    let (ty, path) = parse_spec(spec, config_dir).map_err(|e| vec![e])?;
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        vec![TableError {
+            file: path.clone(),
+            line: 0,
+            msg: format!("stat: {e}"),
+        }]
     })?;
-    let text = read_text(&path)?;
-    let table = Table::parse(ty, &path, &text)?;
+    let text = read_text(&path).map_err(|e| vec![e])?;
+    let table = Table::parse_all(ty, &path, &text)?;
     let index = match table.text_map() {
         Some(map) if ty != TableType::Texthash => {
             let idx = index_path(&path);
-            write_index(&idx, stamp_of(&meta), map).map_err(|e| TableError {
-                file: idx.clone(),
-                line: 0,
-                msg: format!("write: {e}"),
+            write_index(&idx, stamp_of(&meta), map).map_err(|e| {
+                vec![TableError {
+                    file: idx.clone(),
+                    line: 0,
+                    msg: format!("write: {e}"),
+                }]
             })?;
             Some(idx)
         }
@@ -662,64 +682,78 @@ fn parse_ops<C>(
     path: &Path,
     text: &str,
     warnings: &mut Vec<TableError>,
+    errors: &mut Vec<TableError>,
     parse_cond: impl Fn(&Path, usize, &str, &mut Vec<TableError>) -> CondParse<C>,
-) -> Result<Vec<Op<C>>, TableError> {
-    let err = |line: usize, msg: String| TableError {
+) -> Vec<Op<C>> {
+    let err = |line: usize, msg: &str| TableError {
         file: path.to_path_buf(),
         line,
-        msg,
+        msg: msg.to_string(),
     };
     let mut ops: Vec<Op<C>> = Vec::new();
-    let mut open_ifs: Vec<(usize, usize)> = Vec::new(); // (op index, line)
-    for (line, l) in logical_lines(path, text)? {
+    // (op index or None for an if whose condition was bad, line)
+    let mut open_ifs: Vec<(Option<usize>, usize)> = Vec::new();
+    for (line, l) in logical_lines(path, text, errors) {
         if ops.len() >= TABLE_PATTERN_RULES_MAX {
-            return Err(err(line, format!("more than {TABLE_PATTERN_RULES_MAX} rules")));
+            errors.push(err(line, &format!("more than {TABLE_PATTERN_RULES_MAX} rules")));
+            return ops;
         }
         let word = l.split_whitespace().next().unwrap_or("");
         if word.eq_ignore_ascii_case("endif") {
             if l.trim() != word {
-                return Err(err(line, "text after endif".into()));
+                errors.push(err(line, "text after endif"));
             }
-            let Some((at, _)) = open_ifs.pop() else {
-                return Err(err(line, "endif without a matching if".into()));
-            };
-            let end = ops.len();
-            if let Some(Op::If { end: e, .. }) = ops.get_mut(at) {
-                *e = end;
+            match open_ifs.pop() {
+                Some((Some(at), _)) => {
+                    let end = ops.len();
+                    if let Some(Op::If { end: e, .. }) = ops.get_mut(at) {
+                        *e = end;
+                    }
+                }
+                Some((None, _)) => {}
+                None => errors.push(err(line, "endif without a matching if")),
             }
             continue;
         }
         if word.eq_ignore_ascii_case("if") {
             if open_ifs.len() >= TABLE_IF_DEPTH_MAX {
-                return Err(err(line, format!("if blocks nested deeper than {TABLE_IF_DEPTH_MAX}")));
+                errors.push(err(line, &format!("if blocks nested deeper than {TABLE_IF_DEPTH_MAX}")));
+                return ops;
             }
             let rest = l.get(2..).unwrap_or("").trim();
-            match parse_cond(path, line, rest, warnings)? {
-                Some((cond, tail)) if tail.is_empty() => {
-                    open_ifs.push((ops.len(), line));
+            match parse_cond(path, line, rest, warnings) {
+                Ok(Some((cond, tail))) if tail.is_empty() => {
+                    open_ifs.push((Some(ops.len()), line));
                     ops.push(Op::If { cond, end: usize::MAX });
                 }
-                Some(_) => return Err(err(line, "text after the if condition".into())),
-                // A skipped if condition: Postfix skips the rule; to keep the block
-                // balanced poshta makes it an if that never matches.
-                None => return Err(err(line, "if condition was skipped; fix it".into())),
+                Ok(Some(_)) => {
+                    errors.push(err(line, "text after the if condition"));
+                    open_ifs.push((None, line));
+                }
+                // Postfix skips such a rule; an if cannot be skipped without changing
+                // what the block means, so it is an error.
+                Ok(None) => {
+                    errors.push(err(line, "bad if condition (see the warning)"));
+                    open_ifs.push((None, line));
+                }
+                Err(e) => {
+                    errors.push(e);
+                    open_ifs.push((None, line));
+                }
             }
             continue;
         }
-        match parse_cond(path, line, &l, warnings)? {
-            Some((cond, result)) => {
-                if result.is_empty() {
-                    return Err(err(line, "no result after the pattern".into()));
-                }
-                ops.push(Op::Rule { cond, result });
-            }
-            None => continue,
+        match parse_cond(path, line, &l, warnings) {
+            Ok(Some((_, result))) if result.is_empty() => errors.push(err(line, "no result after the pattern")),
+            Ok(Some((cond, result))) => ops.push(Op::Rule { cond, result }),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
         }
     }
     if let Some((_, line)) = open_ifs.first() {
-        return Err(err(*line, "if without a matching endif".into()));
+        errors.push(err(*line, "if without a matching endif"));
     }
-    Ok(ops)
+    ops
 }
 
 #[derive(Debug)]
@@ -1169,6 +1203,19 @@ mod tests {
         assert_eq!(m.warnings[0].line, 2);
         let long = format!("k {}\n", "v".repeat(TABLE_LINE_BYTES_MAX + 1));
         assert_eq!(e(TableType::Hash, &long).line, 1);
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let errs = Table::parse_all(TableType::Hash, Path::new("t"), "a OK\nb\n  \nc OK\nd\n").unwrap_err();
+        assert_eq!(errs.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2, 5]);
+        let errs = Table::parse_all(
+            TableType::Regexp,
+            Path::new("t"),
+            "if /(/\n/a/ OK\nendif\n/b/q OK\nendif\n",
+        )
+        .unwrap_err();
+        assert_eq!(errs.iter().map(|e| e.line).collect::<Vec<_>>(), vec![1, 4, 5]);
     }
 
     #[test]
