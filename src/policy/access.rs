@@ -78,7 +78,7 @@ pub enum Action {
 
 fn split_word(value: &str) -> (&str, Option<String>) {
     let v = value.trim();
-    match v.split_once(|c: char| c == ' ' || c == '\t') {
+    match v.split_once([' ', '\t']) {
         Some((w, rest)) if !rest.trim().is_empty() => (w, Some(rest.trim().to_string())),
         Some((w, _)) => (w, None),
         None => (v, None),

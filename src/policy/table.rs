@@ -246,7 +246,7 @@ impl Table {
             }
         }
         let text = read_text(path)?;
-        Table::parse(ty, path, &text)
+        Table::parse_owned(ty, path, text).map_err(|mut errs| errs.swap_remove(0))
     }
 
     /// Build a table from its source text (`path` is used in messages only). Err: the
@@ -258,19 +258,25 @@ impl Table {
     /// Like [`Table::parse`], but Err lists every error found (postmap reports them all);
     /// the list is never empty.
     pub fn parse_all(ty: TableType, path: &Path, text: &str) -> Result<Table, Vec<TableError>> {
+        Table::parse_owned(ty, path, text.to_string())
+    }
+
+    /// Text maps keep `text` as their arena (see [`TextMap`]).
+    fn parse_owned(ty: TableType, path: &Path, text: String) -> Result<Table, Vec<TableError>> {
         let mut warnings = Vec::new();
         let mut errors = Vec::new();
         let body = if ty.is_text() {
             Body::Text(TextMap::parse(path, text, &mut warnings, &mut errors))
         } else if ty == TableType::Cidr {
-            Body::Cidr(parse_ops(path, text, &mut warnings, &mut errors, parse_cidr_cond))
+            Body::Cidr(parse_ops(path, &text, &mut warnings, &mut errors, parse_cidr_cond))
         } else {
             let pcre = ty == TableType::Pcre;
-            Body::Regexp(parse_ops(path, text, &mut warnings, &mut errors, |p, l, s, w| {
+            Body::Regexp(parse_ops(path, &text, &mut warnings, &mut errors, |p, l, s, w| {
                 parse_regex_cond(p, l, s, w, pcre)
             }))
         };
         if !errors.is_empty() {
+            errors.sort_by_key(|e| e.line);
             return Err(errors);
         }
         Ok(Table {
@@ -345,7 +351,9 @@ fn read_text(path: &Path) -> Result<String, TableError> {
         msg,
     };
     let f = std::fs::File::open(path).map_err(|e| err(0, format!("open: {e}")))?;
-    let mut buf = Vec::new();
+    // One allocation of the right size: the file is read whole, then freed after parsing.
+    let size = f.metadata().map_or(0, |m| m.len()).min(TABLE_FILE_BYTES_MAX);
+    let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
     f.take(TABLE_FILE_BYTES_MAX + 1)
         .read_to_end(&mut buf)
         .map_err(|e| err(0, format!("read: {e}")))?;
@@ -363,45 +371,99 @@ fn read_text(path: &Path) -> Result<String, TableError> {
     })
 }
 
-/// Logical lines as (first physical line number, text), per the grammar above.
-fn logical_lines(path: &Path, text: &str, errors: &mut Vec<TableError>) -> Vec<(usize, String)> {
-    let mut out: Vec<(usize, String)> = Vec::new();
-    for (i, raw) in text.split('\n').enumerate() {
-        let line_no = i + 1;
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        let t = line.trim();
-        if t.is_empty() || t.starts_with('#') {
-            continue;
-        }
-        let starts_ws = line.starts_with(|c: char| c.is_whitespace());
-        if starts_ws {
-            let Some((_, cur)) = out.last_mut() else {
-                errors.push(TableError {
-                    file: path.to_path_buf(),
-                    line: line_no,
-                    msg: "continuation line (starting with whitespace) with no line before it".into(),
-                });
-                continue;
+/// Logical lines as (first physical line number, text), per the grammar above. Lines
+/// without continuation are borrowed from the text (no allocation per line: a 200,000-line
+/// map must not leave 200,000 freed strings in the allocator). Problems are collected in
+/// `errors`, to be merged by the caller.
+struct LogicalLines<'a> {
+    path: &'a Path,
+    lines: std::iter::Enumerate<std::str::Split<'a, char>>,
+    pending: Option<(usize, &'a str)>,
+    /// An over-long logical line is being skipped (its continuation lines too).
+    skipping: bool,
+    errors: Vec<TableError>,
+}
+
+fn logical_lines<'a>(path: &'a Path, text: &'a str) -> LogicalLines<'a> {
+    LogicalLines {
+        path,
+        lines: text.split('\n').enumerate(),
+        pending: None,
+        skipping: false,
+        errors: Vec::new(),
+    }
+}
+
+impl<'a> LogicalLines<'a> {
+    fn error(&mut self, line: usize, msg: String) {
+        self.errors.push(TableError {
+            file: self.path.to_path_buf(),
+            line,
+            msg,
+        });
+    }
+}
+
+impl<'a> Iterator for LogicalLines<'a> {
+    type Item = (usize, Cow<'a, str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut cur: Option<(usize, Cow<'a, str>)> = self.pending.take().map(|(n, l)| (n, Cow::Borrowed(l)));
+        loop {
+            let Some((i, raw)) = self.lines.next() else {
+                return cur;
             };
-            cur.push(' ');
-            cur.push_str(t);
-        } else {
-            out.push((line_no, line.trim_end().to_string()));
-        }
-        if let Some((start, cur)) = out.last() {
-            if cur.len() > TABLE_LINE_BYTES_MAX {
-                errors.push(TableError {
-                    file: path.to_path_buf(),
-                    line: *start,
-                    msg: format!("logical line is longer than {TABLE_LINE_BYTES_MAX} bytes"),
-                });
-                // Stop here: the rest of this logical line is garbage anyway.
-                out.pop();
-                return out;
+            let line_no = i + 1;
+            let line = raw.strip_suffix('\r').unwrap_or(raw);
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
             }
+            if line.starts_with(|c: char| c.is_whitespace()) {
+                if self.skipping {
+                    continue;
+                }
+                let Some((start, c)) = cur.as_mut() else {
+                    self.error(
+                        line_no,
+                        "continuation line (starting with whitespace) with no line before it".into(),
+                    );
+                    continue;
+                };
+                let start = *start;
+                let c = c.to_mut();
+                c.push(' ');
+                c.push_str(t);
+                if c.len() > TABLE_LINE_BYTES_MAX {
+                    cur = None;
+                    self.skipping = true;
+                    self.error(
+                        start,
+                        format!("logical line is longer than {TABLE_LINE_BYTES_MAX} bytes"),
+                    );
+                }
+                continue;
+            }
+            self.skipping = false;
+            let first = line.trim_end();
+            if first.len() > TABLE_LINE_BYTES_MAX {
+                self.skipping = true;
+                self.error(
+                    line_no,
+                    format!("logical line is longer than {TABLE_LINE_BYTES_MAX} bytes"),
+                );
+                if cur.is_some() {
+                    return cur;
+                }
+                continue;
+            }
+            if cur.is_some() {
+                self.pending = Some((line_no, first));
+                return cur;
+            }
+            cur = Some((line_no, Cow::Borrowed(first)));
         }
     }
-    out
 }
 
 fn fold(key: &str) -> Cow<'_, str> {
@@ -412,75 +474,159 @@ fn fold(key: &str) -> Cow<'_, str> {
     }
 }
 
-/// Sorted key/value arena. `entries[i] = [key_start, val_start, val_end]`; the key is
-/// `arena[key_start..val_start]`, the value `arena[val_start..val_end]`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Sorted key/value arena. `entries[i] = [key_start, key_end, val_start, val_end]` into
+/// `arena`. Loaded from text, the arena *is* the file's text (keys case-folded in place;
+/// joined continuation lines and keys whose folded form is longer are appended), so
+/// loading copies nothing and leaves no garbage behind: memory is the file plus 16 bytes
+/// per entry. Loaded from the index, the arena holds only keys and values.
+#[derive(Debug, Default)]
 struct TextMap {
     arena: String,
-    entries: Vec<[u32; 3]>,
+    entries: Vec<[u32; 4]>,
+}
+
+/// Duplicate warnings past this many are summarised in one line (each needs a scan of
+/// the text for its line number).
+const DUPLICATE_WARNINGS_MAX: usize = 100;
+
+/// read_text caps files at TABLE_FILE_BYTES_MAX < 4 GiB, so offsets fit in u32.
+fn off(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl TextMap {
-    fn parse(path: &Path, text: &str, warnings: &mut Vec<TableError>, errors: &mut Vec<TableError>) -> TextMap {
-        let mut m = TextMap {
-            arena: String::with_capacity(text.len()),
-            entries: Vec::new(),
-        };
-        let mut lines = Vec::new(); // line number per entry, for duplicate warnings
-        for (line, l) in logical_lines(path, text, errors) {
-            let (key, value) = match l.split_once(|c: char| c.is_whitespace()) {
-                Some((k, v)) if !v.trim().is_empty() => (k, v.trim()),
-                _ => {
+    fn parse(path: &Path, mut text: String, warnings: &mut Vec<TableError>, errors: &mut Vec<TableError>) -> TextMap {
+        // Upper bound of the entry count (lines starting in column 1): one exact allocation.
+        let cap = text
+            .split('\n')
+            .filter(|l| l.starts_with(|c: char| !c.is_whitespace() && c != '#'))
+            .count();
+        let mut entries: Vec<[u32; 4]> = Vec::with_capacity(cap);
+        let mut extra = String::new();
+        let base = text.as_ptr() as usize;
+        {
+            let mut ll = logical_lines(path, &text);
+            for (line, l) in ll.by_ref() {
+                let Some((key, value)) = l
+                    .split_once(|c: char| c.is_whitespace())
+                    .map(|(k, v)| (k, v.trim()))
+                    .filter(|(_, v)| !v.is_empty())
+                else {
                     errors.push(TableError {
                         file: path.to_path_buf(),
                         line,
                         msg: format!("expected format: key whitespace value (no value for \"{l}\")"),
                     });
                     continue;
-                }
-            };
-            let key = fold(key);
-            let start = m.arena.len();
-            m.arena.push_str(&key);
-            let vstart = m.arena.len();
-            m.arena.push_str(value);
-            let end = m.arena.len();
-            // read_text caps files at TABLE_FILE_BYTES_MAX < 4 GiB, so offsets fit.
-            let off = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-            m.entries.push([off(start), off(vstart), off(end)]);
-            lines.push(line);
+                };
+                let span = |s: &str| {
+                    let a = (s.as_ptr() as usize).wrapping_sub(base);
+                    [off(a), off(a + s.len())]
+                };
+                let entry = match &l {
+                    // Borrowed from the text: point at it.
+                    Cow::Borrowed(_) => {
+                        let [ks, ke] = span(key);
+                        let [vs, ve] = span(value);
+                        [ks, ke, vs, ve]
+                    }
+                    // A joined continuation line: append it after the text.
+                    Cow::Owned(_) => {
+                        let at = text.len() + extra.len();
+                        extra.push_str(key);
+                        let vs = text.len() + extra.len();
+                        extra.push_str(value);
+                        [off(at), off(at + key.len()), off(vs), off(vs + value.len())]
+                    }
+                };
+                entries.push(entry);
+            }
+            errors.append(&mut ll.errors);
         }
-        // Stable sort: among equal keys the first in the file comes first and is kept.
-        let mut order: Vec<u32> = (0..m.entries.len() as u32).collect();
-        order.sort_by(|&a, &b| m.key_at(a as usize).cmp(m.key_at(b as usize)));
-        let mut sorted: Vec<[u32; 3]> = Vec::with_capacity(m.entries.len());
-        let mut prev: Option<usize> = None;
-        for &i in &order {
-            let i = i as usize;
-            if let Some(p) = prev {
-                if m.key_at(p) == m.key_at(i) {
-                    warnings.push(TableError {
-                        file: path.to_path_buf(),
-                        line: lines.get(i).copied().unwrap_or(0),
-                        msg: format!("duplicate entry: \"{}\" (the first one is used)", m.key_at(i)),
-                    });
+        if !extra.is_empty() {
+            text.reserve_exact(extra.len());
+            text.push_str(&extra);
+        }
+        // Case-fold keys (postmap without -f): ASCII in place; a key whose Unicode
+        // lowercase differs in length is appended.
+        let mut moved: Vec<(usize, String)> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let [ks, ke, _, _] = *e;
+            let r = ks as usize..ke as usize;
+            match text.get_mut(r.clone()) {
+                Some(k) if k.is_ascii() => {
+                    k.make_ascii_lowercase();
                     continue;
                 }
+                Some(_) => {}
+                None => continue,
             }
-            if let Some(e) = m.entries.get(i) {
-                sorted.push(*e);
+            let Some(folded) = text.get(r.clone()).map(str::to_lowercase) else {
+                continue;
+            };
+            if text.get(r.clone()) == Some(folded.as_str()) {
+                continue;
             }
-            prev = Some(i);
+            if folded.len() == r.len() {
+                text.replace_range(r, &folded);
+            } else {
+                moved.push((i, folded));
+            }
         }
-        m.entries = sorted;
-        m.arena.shrink_to_fit();
+        // One reallocation for all moved keys (not one doubling per key).
+        text.reserve_exact(moved.iter().map(|(_, f)| f.len()).sum());
+        for (i, folded) in moved {
+            let at = text.len();
+            text.push_str(&folded);
+            if let Some(e) = entries.get_mut(i) {
+                e[0] = off(at);
+                e[1] = off(at + folded.len());
+            }
+        }
+        let mut m = TextMap { arena: text, entries };
+        // File order breaks ties, so the first of equal keys is kept (postmap's
+        // `duplicate entry` warning, first value wins). Keys appended above are rare
+        // (continuations, odd Unicode); their tie order follows their position.
+        let arena = &m.arena;
+        let key = |e: &[u32; 4]| arena.get(e[0] as usize..e[1] as usize).unwrap_or("");
+        let line_of = |e: &[u32; 4]| {
+            let at = (e[0] as usize).min(arena.len());
+            arena
+                .as_bytes()
+                .get(..at)
+                .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() + 1)
+        };
+        m.entries
+            .sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a[0].cmp(&b[0])));
+        let mut dups = 0usize;
+        m.entries.dedup_by(|later, first| {
+            let same = key(later) == key(first);
+            if same {
+                dups += 1;
+                if dups <= DUPLICATE_WARNINGS_MAX {
+                    warnings.push(TableError {
+                        file: path.to_path_buf(),
+                        line: line_of(later),
+                        msg: format!("duplicate entry: \"{}\" (the first one is used)", key(later)),
+                    });
+                }
+            }
+            same
+        });
+        if dups > DUPLICATE_WARNINGS_MAX {
+            warnings.push(TableError {
+                file: path.to_path_buf(),
+                line: 0,
+                msg: format!("{} more duplicate entries", dups - DUPLICATE_WARNINGS_MAX),
+            });
+        }
         m.entries.shrink_to_fit();
         m
     }
 
     fn key_at(&self, i: usize) -> &str {
         match self.entries.get(i) {
-            Some([k, v, _]) => self.arena.get(*k as usize..*v as usize).unwrap_or(""),
+            Some([k, e, _, _]) => self.arena.get(*k as usize..*e as usize).unwrap_or(""),
             None => "",
         }
     }
@@ -490,9 +636,9 @@ impl TextMap {
         let arena = &self.arena;
         let i = self
             .entries
-            .binary_search_by(|[k, v, _]| arena.get(*k as usize..*v as usize).unwrap_or("").cmp(&key))
+            .binary_search_by(|[k, e, _, _]| arena.get(*k as usize..*e as usize).unwrap_or("").cmp(&key))
             .ok()?;
-        let [_, v, e] = self.entries.get(i)?;
+        let [_, _, v, e] = self.entries.get(i)?;
         arena.get(*v as usize..*e as usize)
     }
 
@@ -503,16 +649,32 @@ impl TextMap {
         let ok = |x: u32| (x as usize) <= n && self.arena.is_char_boundary(x as usize);
         self.entries
             .iter()
-            .all(|&[k, v, e]| k <= v && v <= e && ok(k) && ok(v) && ok(e))
+            .all(|&[k, ke, v, ve]| k <= ke && v <= ve && ok(k) && ok(ke) && ok(v) && ok(ve))
             && (1..self.entries.len()).all(|i| self.key_at(i - 1) < self.key_at(i))
+    }
+
+    /// The same map with only keys and values in the arena (for the index).
+    fn compacted(&self) -> TextMap {
+        let mut arena = String::with_capacity(self.entries.iter().map(|e| (e[1] - e[0] + e[3] - e[2]) as usize).sum());
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for &[k, ke, v, ve] in &self.entries {
+            let at = arena.len();
+            arena.push_str(self.arena.get(k as usize..ke as usize).unwrap_or(""));
+            let vs = arena.len();
+            arena.push_str(self.arena.get(v as usize..ve as usize).unwrap_or(""));
+            entries.push([off(at), off(vs), off(vs), off(arena.len())]);
+        }
+        TextMap { arena, entries }
     }
 }
 
 // ---- compiled index -------------------------------------------------------------------
 
-/// Index file magic and format version (the first 12 bytes).
+/// Index file magic and format version.
 const INDEX_MAGIC: &[u8; 8] = b"POSHTAMP";
-const INDEX_VERSION: u32 = 1;
+const INDEX_VERSION: u32 = 2;
+/// Bound on the postcard header (a few varints).
+const INDEX_HEADER_BYTES_MAX: u32 = 64;
 
 /// What the index records about the text it was built from.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -537,34 +699,58 @@ fn stamp_of(meta: &std::fs::Metadata) -> SourceStamp {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct IndexFile {
+/// The postcard-encoded index header.
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexHeader {
     source: SourceStamp,
-    map: TextMap,
+    entries: u64,
+    arena_bytes: u64,
 }
 
 /// Load `FILE.poshta.db` when it exists, is well-formed and was built from the text file
 /// as it is now (same size and modification time). Anything else: None, read the text.
+/// The entries and the arena are read straight into their final allocations.
 fn read_index(text_path: &Path) -> Option<TextMap> {
     let meta = std::fs::metadata(text_path).ok()?;
     let stamp = stamp_of(&meta);
     let f = std::fs::File::open(index_path(text_path)).ok()?;
-    let mut buf = Vec::new();
-    // An index holds the text's keys and values plus 12 bytes per entry.
-    let cap = TABLE_FILE_BYTES_MAX.saturating_mul(2);
-    f.take(cap + 1).read_to_end(&mut buf).ok()?;
-    if buf.len() as u64 > cap || buf.len() < 12 || buf.get(..8)? != INDEX_MAGIC {
+    let file_len = f.metadata().ok()?.len();
+    let mut r = std::io::BufReader::new(f);
+    let mut fixed = [0u8; 16];
+    r.read_exact(&mut fixed).ok()?;
+    let (magic, rest) = fixed.split_at(8);
+    let version = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+    let hlen = u32::from_le_bytes(rest.get(4..8)?.try_into().ok()?);
+    if magic != INDEX_MAGIC || version != INDEX_VERSION || hlen > INDEX_HEADER_BYTES_MAX {
         return None;
     }
-    let version = u32::from_le_bytes(buf.get(8..12)?.try_into().ok()?);
-    if version != INDEX_VERSION {
+    let mut hbuf = vec![0u8; hlen as usize];
+    r.read_exact(&mut hbuf).ok()?;
+    let h: IndexHeader = postcard::from_bytes(&hbuf).ok()?;
+    // The sizes must add up to the file's length before anything is allocated.
+    let body = h.entries.checked_mul(16)?.checked_add(h.arena_bytes)?;
+    if h.source != stamp || 16 + u64::from(hlen) + body != file_len || h.arena_bytes > TABLE_FILE_BYTES_MAX * 2 {
         return None;
     }
-    let idx: IndexFile = postcard::from_bytes(buf.get(12..)?).ok()?;
-    if idx.source != stamp || !idx.map.validate() {
-        return None;
+    let n = usize::try_from(h.entries).ok()?;
+    let mut entries: Vec<[u32; 4]> = Vec::with_capacity(n);
+    let mut rec = [0u8; 16];
+    for _ in 0..n {
+        r.read_exact(&mut rec).ok()?;
+        let w = |i: usize| {
+            rec.get(i..i + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes)
+        };
+        entries.push([w(0)?, w(4)?, w(8)?, w(12)?]);
     }
-    Some(idx.map)
+    let mut arena = vec![0u8; usize::try_from(h.arena_bytes).ok()?];
+    r.read_exact(&mut arena).ok()?;
+    let map = TextMap {
+        arena: String::from_utf8(arena).ok()?,
+        entries,
+    };
+    map.validate().then_some(map)
 }
 
 /// What [`compile`] did.
@@ -588,11 +774,11 @@ pub fn compile(spec: &str, config_dir: &Path) -> Result<Compiled, Vec<TableError
         }]
     })?;
     let text = read_text(&path).map_err(|e| vec![e])?;
-    let table = Table::parse_all(ty, &path, &text)?;
+    let table = Table::parse_owned(ty, &path, text)?;
     let index = match table.text_map() {
         Some(map) if ty != TableType::Texthash => {
             let idx = index_path(&path);
-            write_index(&idx, stamp_of(&meta), map).map_err(|e| {
+            write_index(&idx, stamp_of(&meta), &map.compacted()).map_err(|e| {
                 vec![TableError {
                     file: idx.clone(),
                     line: 0,
@@ -610,25 +796,40 @@ pub fn compile(spec: &str, config_dir: &Path) -> Result<Compiled, Vec<TableError
     })
 }
 
-/// Index file layout: `"POSHTAMP" | version u32 LE | postcard(IndexFile)` where IndexFile
-/// is { source: {size u64, mtime_secs i64, mtime_nanos u32}, map: {arena: String,
-/// entries: [[u32; 3]]} } (postcard varints). Written to `FILE.poshta.db.tmp`, fsynced,
-/// renamed over the index, and the directory fsynced, so a reader sees the old index or
-/// the new one, never a torn one.
+/// Index file layout (integers little-endian):
+///
+/// ```text
+/// "POSHTAMP" | version u32 (2) | header_len u32 | header: postcard { source: { size u64,
+/// mtime_secs i64, mtime_nanos u32 }, entries u64, arena_bytes u64 } |
+/// entries × [key_start u32, key_end u32, val_start u32, val_end u32] (sorted by key) |
+/// arena (UTF-8, arena_bytes)
+/// ```
+///
+/// Written to `FILE.poshta.db.tmp`, fsynced, renamed over the index, and the directory
+/// fsynced, so a reader sees the old index or the new one, never a torn one. A reader
+/// checks the sizes against the file length, the offsets, UTF-8 and the sort order.
 fn write_index(idx: &Path, source: SourceStamp, map: &TextMap) -> std::io::Result<()> {
-    #[derive(Serialize)]
-    struct IndexRef<'a> {
-        source: SourceStamp,
-        map: &'a TextMap,
-    }
-    let body = postcard::to_stdvec(&IndexRef { source, map }).map_err(std::io::Error::other)?;
+    let header = postcard::to_stdvec(&IndexHeader {
+        source,
+        entries: map.entries.len() as u64,
+        arena_bytes: map.arena.len() as u64,
+    })
+    .map_err(std::io::Error::other)?;
     let mut tmp_name = idx.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
     f.write_all(INDEX_MAGIC)?;
     f.write_all(&INDEX_VERSION.to_le_bytes())?;
-    f.write_all(&body)?;
+    f.write_all(&off(header.len()).to_le_bytes())?;
+    f.write_all(&header)?;
+    for e in &map.entries {
+        for x in e {
+            f.write_all(&x.to_le_bytes())?;
+        }
+    }
+    f.write_all(map.arena.as_bytes())?;
+    let f = f.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, idx)?;
@@ -655,7 +856,7 @@ enum Op<C> {
 }
 
 /// Run the ops in order; `test` returns None (no match) or Some(extra) on a match.
-fn run_ops<'t, C, X>(ops: &'t [Op<C>], mut test: impl FnMut(&C) -> Option<X>) -> Option<(&'t str, X)> {
+fn run_ops<C, X>(ops: &[Op<C>], mut test: impl FnMut(&C) -> Option<X>) -> Option<(&str, X)> {
     let mut i = 0;
     // Each step moves forward, so at most ops.len() steps.
     while let Some(op) = ops.get(i) {
@@ -693,10 +894,13 @@ fn parse_ops<C>(
     let mut ops: Vec<Op<C>> = Vec::new();
     // (op index or None for an if whose condition was bad, line)
     let mut open_ifs: Vec<(Option<usize>, usize)> = Vec::new();
-    for (line, l) in logical_lines(path, text, errors) {
+    let mut ll = logical_lines(path, text);
+    let mut stopped = false;
+    for (line, l) in ll.by_ref() {
         if ops.len() >= TABLE_PATTERN_RULES_MAX {
             errors.push(err(line, &format!("more than {TABLE_PATTERN_RULES_MAX} rules")));
-            return ops;
+            stopped = true;
+            break;
         }
         let word = l.split_whitespace().next().unwrap_or("");
         if word.eq_ignore_ascii_case("endif") {
@@ -718,7 +922,8 @@ fn parse_ops<C>(
         if word.eq_ignore_ascii_case("if") {
             if open_ifs.len() >= TABLE_IF_DEPTH_MAX {
                 errors.push(err(line, &format!("if blocks nested deeper than {TABLE_IF_DEPTH_MAX}")));
-                return ops;
+                stopped = true;
+                break;
             }
             let rest = l.get(2..).unwrap_or("").trim();
             match parse_cond(path, line, rest, warnings) {
@@ -750,9 +955,10 @@ fn parse_ops<C>(
             Err(e) => errors.push(e),
         }
     }
-    if let Some((_, line)) = open_ifs.first() {
+    if let Some((_, line)) = open_ifs.first().filter(|_| !stopped) {
         errors.push(err(*line, "if without a matching endif"));
     }
+    errors.append(&mut ll.errors);
     ops
 }
 
@@ -1170,7 +1376,7 @@ mod tests {
         Table::parse(ty, Path::new("t"), text).unwrap_err()
     }
 
-    fn get<'a>(table: &'a Table, k: &str) -> Option<String> {
+    fn get(table: &Table, k: &str) -> Option<String> {
         table.lookup(k).map(|c| c.into_owned())
     }
 
@@ -1220,8 +1426,17 @@ mod tests {
 
     #[test]
     fn unicode_keys_fold() {
-        let m = t(TableType::Hash, "ÄBC@Example.org OK\n");
+        // Same-length fold in place, a longer fold (İ → i̇) appended, continuation appended.
+        let m = t(
+            TableType::Hash,
+            "ÄBC@Example.org OK\nİX one\nkey first\n  second\nZ last\n",
+        );
         assert_eq!(get(&m, "äbc@example.ORG").as_deref(), Some("OK"));
+        assert_eq!(get(&m, "i\u{307}x").as_deref(), Some("one"));
+        assert_eq!(get(&m, "İX").as_deref(), Some("one"));
+        assert_eq!(get(&m, "KEY").as_deref(), Some("first second"));
+        assert_eq!(get(&m, "z").as_deref(), Some("last"));
+        assert_eq!(m.len(), 4);
     }
 
     #[test]
@@ -1413,19 +1628,25 @@ mod tests {
     fn index_rejects_unsorted_or_out_of_range_offsets() {
         let bad = TextMap {
             arena: "bbaa".into(),
-            entries: vec![[0, 1, 2], [2, 3, 4]],
+            entries: vec![[0, 1, 1, 2], [2, 3, 3, 4]],
         };
         assert!(!bad.validate());
         let oob = TextMap {
             arena: "ab".into(),
-            entries: vec![[0, 1, 9]],
+            entries: vec![[0, 1, 1, 9]],
         };
         assert!(!oob.validate());
         let utf = TextMap {
             arena: "äb".into(),
-            entries: vec![[0, 1, 3]],
+            entries: vec![[0, 1, 1, 3]],
         };
         assert!(!utf.validate());
+        let good = TextMap {
+            arena: "akbv".into(),
+            entries: vec![[0, 1, 1, 2], [2, 3, 3, 4]],
+        };
+        assert!(good.validate());
+        assert_eq!(good.get("B"), Some("v"));
     }
 
     #[test]
