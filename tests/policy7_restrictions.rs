@@ -427,3 +427,49 @@ fn config_keys_and_defaults() {
     // The relay list alone parses, but the pair fails the open-relay guard.
     assert!(RestrictionLists::from_settings(&loaded.settings).is_err());
 }
+
+/// Hostile session values against every kind of table: no panic, and nothing odd is
+/// accepted for a remote domain.
+#[test]
+fn hostile_inputs_do_not_panic() {
+    let d = dir("hostile");
+    std::fs::write(d.join("h"), "example.org OK\n<> REJECT\n@ REJECT\n. DUNNO\n").unwrap();
+    std::fs::write(d.join("c"), "0.0.0.0/0 DUNNO\n[::]/0 DUNNO\n").unwrap();
+    std::fs::write(d.join("r"), "/^(.*)$/ WARN saw $1\n").unwrap();
+    let all = "check_client_access hash:h, check_client_access cidr:c, check_client_access regexp:r, \
+               check_helo_access hash:h, check_helo_access regexp:r, check_sender_access hash:h, \
+               check_sender_access regexp:r, check_recipient_access hash:h, check_recipient_access cidr:c, \
+               reject_non_fqdn_sender, reject_non_fqdn_recipient, reject_unlisted_recipient";
+    let l = lists(&[("smtpd_recipient_restrictions", all)]);
+    let t = tables(&d, &l);
+    let long = "a.".repeat(200) + "example";
+    let weird = [
+        "",
+        "@",
+        "@@",
+        ".",
+        "..",
+        "\0",
+        "a@.",
+        "a@..",
+        "<>",
+        "[",
+        "[]",
+        "a@[",
+        "ä@ö.ü",
+        "%!@:",
+        long.as_str(),
+    ];
+    for w in weird {
+        for client in ["192.0.2.1", "::1", "::ffff:192.0.2.1"] {
+            let mut f = facts(client, w, w);
+            f.helo = Some(w);
+            f.client_name = w;
+            f.recipient_domain_is_local = false;
+            let v = l.check_rcpt(&f, &t);
+            // The relay list refuses every one of these for an outside client.
+            assert!(!v.decision.accepts(), "{w:?} from {client}: {v:?}");
+            assert!(v.log.len() <= 16, "bounded log: {w:?}");
+        }
+    }
+}
