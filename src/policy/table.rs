@@ -39,8 +39,10 @@
 //! modification time, i.e. when it was built from the text as it is now. `texthash:`
 //! never uses an index (as Postfix's texthash never needs postmap).
 //!
-//! In memory a text map is one string arena holding every key and value back to back and
-//! a sorted array of `u32` offsets (12 bytes per entry); a lookup is a binary search.
+//! In memory a text map is one string arena (the file's own text, keys folded in place; or,
+//! from the index, only the keys and values) and an array of `u32` offsets sorted by key
+//! (16 bytes per entry); a lookup is a binary search. A 200,000-entry map costs about
+//! 1.5× its file size.
 //!
 //! # cidr_table(5)
 //!
