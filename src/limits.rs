@@ -106,3 +106,18 @@ pub const MAP_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 pub const MAP_LINE_BYTES_MAX: usize = 4096;
 /// /etc/hosts (disable_dns_lookups): at most this many bytes are read.
 pub const HOSTS_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Lookup tables (access maps): the largest source or index file read (offsets are u32).
+pub const TABLE_FILE_BYTES_MAX: u64 = 512 * 1024 * 1024;
+/// Lookup tables: at most this many bytes in one logical line (after continuation).
+pub const TABLE_LINE_BYTES_MAX: usize = 64 * 1024;
+/// regexp:/pcre: tables: compiled size limit of one pattern (regex crate size_limit); a
+/// pattern over it is refused at load with file:line.
+pub const TABLE_REGEX_COMPILED_BYTES_MAX: usize = 1024 * 1024;
+/// regexp:/pcre:/cidr: tables: most rules (and if/endif lines) in one table; each rule
+/// is tried in order, so this also bounds the cost of one lookup.
+pub const TABLE_PATTERN_RULES_MAX: usize = 10_000;
+/// regexp:/pcre:/cidr: tables: deepest nesting of `if` blocks.
+pub const TABLE_IF_DEPTH_MAX: usize = 32;
+/// Restriction names in access-table results may name further restrictions (Postfix
+/// restriction classes); nesting deeper than this is a configuration error.
+pub const RESTRICTION_NESTING_DEPTH_MAX: usize = 8;

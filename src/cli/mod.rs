@@ -7,6 +7,7 @@ use std::path::PathBuf;
 pub mod check;
 pub mod init;
 pub mod postconf;
+pub mod postmap;
 pub mod queue;
 pub mod serve;
 pub mod user;
@@ -25,6 +26,7 @@ pub enum Cmd {
     Init(InitArgs),
     Check(CheckArgs),
     Postconf(PostconfArgs),
+    Postmap(PostmapArgs),
     User(UserArgs),
     Queue(QueueArgs),
 }
@@ -82,6 +84,19 @@ pub struct PostconfArgs {
     /// key names to show
     #[argh(positional)]
     pub keys: Vec<String>,
+}
+
+/// Check a lookup table and write its compiled index (like Postfix's postmap); -q KEY
+/// looks KEY up.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "postmap")]
+pub struct PostmapArgs {
+    /// print the value of KEY (exit 1 when not found); no index is written
+    #[argh(option, short = 'q')]
+    pub query: Option<String>,
+    /// the table: [type:]file, e.g. hash:/etc/poshta/access or cidr:access (default type hash)
+    #[argh(positional)]
+    pub table: String,
 }
 
 /// Manage mailbox users (the users file).
@@ -169,6 +184,7 @@ pub fn main() -> i32 {
         Cmd::Init(a) => init::run(a),
         Cmd::Check(a) => check::run(a),
         Cmd::Postconf(a) => postconf::run(a),
+        Cmd::Postmap(a) => postmap::run(a),
         Cmd::User(a) => user::run(a),
         Cmd::Queue(a) => queue::run(a),
     }

@@ -214,6 +214,18 @@ pub struct Settings {
     pub smtp_destination_concurrency_limit: usize,
     /// smtp_destination_recipient_limit (default $default_destination_recipient_limit, 50).
     pub smtp_destination_recipient_limit: usize,
+    /// smtpd_*_restrictions, expanded, as written (each validated by
+    /// policy::restrictions::parse_list; build them with RestrictionLists::from_settings).
+    pub smtpd_client_restrictions: String,
+    pub smtpd_helo_restrictions: String,
+    pub smtpd_sender_restrictions: String,
+    pub smtpd_relay_restrictions: String,
+    pub smtpd_recipient_restrictions: String,
+    pub smtpd_data_restrictions: String,
+    /// smtpd_delay_reject (default yes).
+    pub smtpd_delay_reject: bool,
+    /// parent_domain_matches_subdomains entries (lowercased feature names).
+    pub parent_domain_matches_subdomains: Vec<String>,
 }
 
 /// smtp_tls_security_level (Postfix names; empty means `none`, as Postfix where empty falls
@@ -479,6 +491,10 @@ fn validate(kind: Kind, v: &str) -> Result<Vec<String>, String> {
             for e in value::split_list(v) {
                 value::parse_listen(&e)?;
             }
+        }
+        Kind::Restrictions => {
+            crate::policy::restrictions::parse_list("restrictions", v)
+                .map_err(|e| e.strip_prefix("restrictions: ").map(str::to_string).unwrap_or(e))?;
         }
         Kind::OneOf(words) => {
             if !words.contains(&v) {
@@ -960,6 +976,16 @@ fn build_settings(
         auth_failure_window_secs: time("auth_failure_window"),
         auth_failure_penalty_secs: time("auth_failure_penalty"),
         syslog_name: get("syslog_name").to_string(),
+        smtpd_client_restrictions: get("smtpd_client_restrictions").to_string(),
+        smtpd_helo_restrictions: get("smtpd_helo_restrictions").to_string(),
+        smtpd_sender_restrictions: get("smtpd_sender_restrictions").to_string(),
+        smtpd_relay_restrictions: get("smtpd_relay_restrictions").to_string(),
+        smtpd_recipient_restrictions: get("smtpd_recipient_restrictions").to_string(),
+        smtpd_data_restrictions: get("smtpd_data_restrictions").to_string(),
+        smtpd_delay_reject: typed(eff, dflt, "smtpd_delay_reject", value::parse_bool),
+        parent_domain_matches_subdomains: value::split_list(
+            &get("parent_domain_matches_subdomains").to_ascii_lowercase(),
+        ),
         pop3d_autologout_secs: time("pop3d_autologout"),
         pop3d_disable_plaintext_auth: typed(eff, dflt, "pop3d_disable_plaintext_auth", value::parse_bool),
         config_file,

@@ -166,8 +166,11 @@ pub enum RcptClass {
     Remote,
 }
 
+pub mod access;
 pub mod aliases;
+pub mod restrictions;
 pub mod router;
+pub mod table;
 pub use router::Router;
 
 #[cfg(test)]
