@@ -28,6 +28,9 @@ use crate::queue::{Queue, QueueOptions};
 /// snapshotted by each session at its start.
 pub struct Policy {
     pub settings: Settings,
+    /// smtpd_*_restrictions and the access tables they name (reloaded when a file changes).
+    pub restrictions: crate::policy::restrictions::RestrictionLists,
+    pub tables: RefCell<crate::policy::table::TableSet>,
     /// The mailbox users, shared with password checks on the thread pool.
     pub users: std::sync::Arc<Users>,
     pub router: Router,
@@ -47,8 +50,15 @@ impl Policy {
         let mynetworks = Networks::parse(&settings.mynetworks).map_err(|e| format!("mynetworks: {e}"))?;
         let bare_newline_exclusions = Networks::parse(&settings.smtpd_forbid_bare_newline_exclusions)
             .map_err(|e| format!("smtpd_forbid_bare_newline_exclusions: {e}"))?;
+        let restrictions = crate::policy::restrictions::RestrictionLists::from_settings(&settings)?;
+        let mut tables = crate::policy::table::TableSet::new(&settings.config_directory);
+        for spec in restrictions.table_specs() {
+            tables.add(&spec).map_err(|e| e.to_string())?;
+        }
         Ok(Policy {
             settings,
+            restrictions,
+            tables: RefCell::new(tables),
             users,
             router,
             mynetworks,

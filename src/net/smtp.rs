@@ -18,6 +18,7 @@ use super::tls::{self, Stream};
 use super::{Ctx, Policy};
 use crate::config::TlsSecurityLevel;
 use crate::mlog;
+use crate::policy::restrictions::{Facts, Stage};
 use crate::policy::RcptClass;
 use crate::proto::reply::Reply;
 use crate::proto::sasl::Credentials;
@@ -91,6 +92,8 @@ struct Txn {
     incoming: Option<Incoming>,
     /// Set when a body write failed: the message is aborted at its end.
     write_failed: Option<Reply>,
+    /// An access table said DISCARD: accept, tell the client it was accepted, drop it.
+    discard: bool,
 }
 
 impl Txn {
@@ -321,21 +324,57 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                 }
                 Event::Rcpt { to } => {
                     counts.rcpt += 1;
-                    let may_relay = trusted || user.is_some();
-                    let verdict = match policy.router.classify(&to) {
-                        RcptClass::Local { .. } => Ok(()),
-                        RcptClass::UnknownLocal => Err(Reply::owned(
+                    let class = policy.router.classify(&to);
+                    let domain_of = |a: &str| a.rsplit_once('@').map(|(_, d)| policy.router.is_local_domain(d));
+                    let facts = Facts {
+                        client_ip: ip,
+                        client_name: &client_name,
+                        helo: (!helo.is_empty()).then_some(helo.as_str()),
+                        sender: txn.from.as_deref(),
+                        recipient: Some(&to),
+                        sasl_user: user.as_deref(),
+                        trusted,
+                        recipient_domain_is_local: !matches!(class, RcptClass::Remote),
+                        recipient_is_local: matches!(class, RcptClass::Local { .. }),
+                        sender_domain_is_local: txn.from.as_deref().and_then(domain_of).unwrap_or(false),
+                        sender_domain_resolves: None,
+                    };
+                    // smtpd_delay_reject = yes: client, HELO and sender restrictions run here
+                    // too, so the log shows the whole envelope (Postfix's default).
+                    let verdict = {
+                        let mut tables = policy.tables.borrow_mut();
+                        for e in tables.refresh() {
+                            mlog!(svc, "warning: {e}; keeping the last good version");
+                        }
+                        policy.restrictions.check_rcpt(&facts, &tables)
+                    };
+                    for line in &verdict.log {
+                        mlog!(svc, "warning: {line}");
+                    }
+                    let outcome = match (verdict.decision.reply(), &class) {
+                        (Some(reply), _) => Err(reply.clone()),
+                        // smtpd_reject_unlisted_recipient (Postfix default yes).
+                        (None, RcptClass::UnknownLocal) => Err(Reply::owned(
                             550,
                             format!("5.1.1 <{to}>: Recipient address rejected: User unknown in local recipient table"),
                         )),
-                        // RFC 5321 §3.6.1/§7.1: relay only for mynetworks and authenticated
-                        // clients (Postfix: permit_mynetworks, permit_sasl_authenticated,
-                        // reject_unauth_destination).
-                        RcptClass::Remote if may_relay => Ok(()),
-                        RcptClass::Remote => Err(Reply::owned(554, format!("5.7.1 <{to}>: Relay access denied"))),
+                        (None, _) => Ok(()),
                     };
-                    match verdict {
+                    match outcome {
                         Ok(()) => {
+                            if let Some(why) = verdict.discard {
+                                mlog!(
+                                    svc,
+                                    "sid={sid} discard: RCPT from {client_name}[{ip}]: {why}; from=<{}> to=<{to}>",
+                                    txn.from.as_deref().unwrap_or("")
+                                );
+                                txn.discard = true;
+                            }
+                            if let Some(why) = verdict.hold {
+                                // The queue has no hold state yet (queue control comes with
+                                // relaying): say so, and deliver.
+                                mlog!(svc, "warning: sid={sid} hold: {why}: HOLD is not supported yet; the message is delivered");
+                            }
                             txn.rcpts.push(to);
                             server.accept();
                         }
@@ -357,6 +396,23 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                 }
                 Event::DataStart => {
                     counts.data += 1;
+                    let mut facts = Facts::new(ip);
+                    facts.client_name = &client_name;
+                    facts.helo = (!helo.is_empty()).then_some(helo.as_str());
+                    facts.sender = txn.from.as_deref();
+                    facts.sasl_user = user.as_deref();
+                    facts.trusted = trusted;
+                    let verdict = policy.restrictions.check(Stage::Data, &facts, &policy.tables.borrow());
+                    if let Some(reply) = verdict.decision.reply() {
+                        mlog!(
+                            svc,
+                            "NOQUEUE: reject: DATA from {client_name}[{ip}]: {}; from=<{}> proto=ESMTP helo=<{helo}>",
+                            reply.first_line(),
+                            txn.from.as_deref().unwrap_or("")
+                        );
+                        server.reject(reply.clone());
+                        continue;
+                    }
                     let env = Envelope {
                         sender: txn.from.clone().unwrap_or_default(),
                         recipients: txn.rcpts.clone(),
@@ -431,6 +487,17 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                             }
                         }
                     }
+                }
+                Event::DataEnd { size } if txn.discard => {
+                    // access(5) DISCARD: the client is told the message was accepted.
+                    let qid = txn.incoming.as_ref().map(|i| i.qid().to_string()).unwrap_or_default();
+                    mlog!(
+                        svc,
+                        "sid={sid} qid={qid} discarded: size={size}, nrcpt={}",
+                        txn.rcpts.len()
+                    );
+                    txn.reset();
+                    server.finish_data(Reply::owned(250, format!("2.0.0 Ok: queued as {qid}")));
                 }
                 Event::DataEnd { size } => {
                     let reply = match (txn.incoming.take(), txn.write_failed.take()) {
