@@ -128,6 +128,14 @@ fn parse_path(path: &str, utf8: bool, role: Role) -> Result<String, AddrError> {
     let local = check_local_part(local, utf8)?;
     match domain {
         Some(d) => {
+            // A trailing dot (the DNS root: `user@example.org.`) is not RFC 5321 syntax, but
+            // mail programs send it and Postfix strips it; so do we, so that the address is
+            // judged for what it names (a local domain stays local, a remote one needs relay
+            // permission) rather than refused as a syntax error.
+            let d = match d.strip_suffix('.') {
+                Some(stripped) if !stripped.is_empty() && !stripped.ends_with('.') && !d.starts_with('[') => stripped,
+                _ => d,
+            };
             check_domain_or_literal(d, utf8)?;
             Ok(format!("{local}@{d}"))
         }
@@ -283,6 +291,13 @@ mod tests {
     }
 
     #[test]
+    fn trailing_dot_is_stripped() {
+        assert_eq!(rcpt("<alice@example.org.>"), Ok("alice@example.org".to_string()));
+        assert!(rcpt("<alice@example.org..>").is_err());
+        assert!(rcpt("<alice@.>").is_err());
+    }
+
+    #[test]
     fn plain_addresses() {
         assert_eq!(rcpt("<alice@example.org>"), Ok("alice@example.org".into()));
         assert_eq!(rcpt("alice@example.org"), Ok("alice@example.org".into()));
@@ -349,7 +364,7 @@ mod tests {
             "<a@b>>",
             "<@b>",
             "<a@>",
-            "<a@b.>",
+            "<a@b..>",
             "<a@.b>",
             "<a@-b.c>",
             "<a@b-.c>",
