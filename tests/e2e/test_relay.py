@@ -1,0 +1,264 @@
+"""Relaying to a smarthost (relayhost = [127.0.0.1]:port), loopback only.
+
+Peers: Postfix's smtp-sink (a real, fast SMTP receiver that dumps what it gets), and a tiny
+scripted peer written here whose replies each test chooses (451 then 250, 550).
+"""
+import email
+import os
+import shutil
+import smtplib
+import socket
+import socketserver
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from conftest import free_port
+
+HERE = os.path.dirname(__file__)
+CACHE_SINK = os.path.join(HERE, "..", ".cache", "postfix", "usr", "sbin", "smtp-sink")
+
+
+def smtp_sink_path():
+    for p in (os.environ.get("SMTP_SINK"), CACHE_SINK, "/usr/sbin/smtp-sink"):
+        if p and os.access(p, os.X_OK):
+            return os.path.abspath(p)
+    return None
+
+
+def send(p, rcpts, sender="scanner@lan.example", body="Subject: relay test\n\nhello relay\n"):
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=10) as s:
+        s.sendmail(sender, rcpts, body)
+
+
+def wait_for(pred, timeout=20, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Scripted:
+    """A one-thread SMTP peer on 127.0.0.1. `verdicts` is a list of final replies to the
+    end of data, one per transaction (the last repeats); `rcpt_reply` answers RCPT TO."""
+
+    def __init__(self, verdicts=("250 2.0.0 Ok: queued as X1",), rcpt_reply="250 2.1.5 Ok"):
+        self.verdicts = list(verdicts)
+        self.rcpt_reply = rcpt_reply
+        self.messages = []  # (mail from, [rcpt], data)
+        self.transactions = 0
+        peer = self
+
+        class H(socketserver.StreamRequestHandler):
+            timeout = 10
+
+            def handle(self):
+                w = lambda t: self.wfile.write((t + "\r\n").encode())
+                w("220 peer.test ESMTP scripted")
+                mail, rcpts = None, []
+                for _ in range(1000):
+                    line = self.rfile.readline(2000)
+                    if not line:
+                        return
+                    cmd = line.decode("latin-1").strip()
+                    up = cmd.upper()
+                    if up.startswith("EHLO"):
+                        w("250-peer.test\r\n250-PIPELINING\r\n250 8BITMIME")
+                    elif up.startswith("MAIL FROM:"):
+                        mail, rcpts = cmd[10:].split()[0].strip("<>"), []
+                        w("250 2.1.0 Ok")
+                    elif up.startswith("RCPT TO:"):
+                        rcpts.append(cmd[8:].split()[0].strip("<>"))
+                        w(peer.rcpt_reply)
+                    elif up == "DATA":
+                        if not rcpts or not peer.rcpt_reply.startswith("2"):
+                            w("554 5.5.1 no valid recipients")
+                            continue
+                        w("354 go ahead")
+                        data = b""
+                        while True:
+                            l = self.rfile.readline(10000)
+                            if not l or l == b".\r\n":
+                                break
+                            data += l
+                        i = min(peer.transactions, len(peer.verdicts) - 1)
+                        peer.transactions += 1
+                        v = peer.verdicts[i]
+                        if v.startswith("2"):
+                            peer.messages.append((mail, rcpts, data))
+                        w(v)
+                    elif up == "RSET":
+                        w("250 2.0.0 Ok")
+                    elif up == "QUIT":
+                        w("221 2.0.0 Bye")
+                        return
+                    else:
+                        w("502 5.5.2 unknown")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted():
+    made = []
+
+    def make(*a, **kw):
+        s = Scripted(*a, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+RETRY = "minimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n"
+
+
+@pytest.fixture
+def sink():
+    path = smtp_sink_path()
+    if not path:
+        pytest.skip("smtp-sink not found (tests/run.sh unpacks Debian's postfix into tests/.cache/postfix)")
+    d = tempfile.mkdtemp(prefix="poshta-sink-")
+    os.chmod(d, 0o777)
+    port = free_port()
+    args = [path]
+    if os.getuid() == 0:
+        args += ["-u", "nobody"]
+    args += ["-d", os.path.join(d, "%H%M%S."), f"127.0.0.1:{port}", "10"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield port, d
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def dumps(d):
+    return [os.path.join(d, n) for n in os.listdir(d)] if os.path.isdir(d) else []
+
+
+def test_relay_to_smtp_sink(make_poshta, sink):
+    port, d = sink
+    p = make_poshta(extra=f"relayhost = [127.0.0.1]:{port}\n")
+    send(p, ["someone@elsewhere.example", "other@elsewhere.example"])
+    files = wait_for(lambda: dumps(d), what="a message at smtp-sink")
+    time.sleep(0.3)
+    assert len(dumps(d)) == 1, "both recipients go in one transaction"
+    raw = open(files[0], "rb").read()
+    assert b"hello relay" in raw
+    assert b"Subject: relay test" in raw
+    # smtp-sink's dump records the envelope as named attributes.
+    assert b"scanner@lan.example" in raw
+    assert b"someone@elsewhere.example" in raw and b"other@elsewhere.example" in raw
+    wait_for(lambda: "Mail queue is empty" in p.cli("queue").stdout, what="an empty queue")
+    log = p.logtext()
+    assert f"to=<someone@elsewhere.example>, relay=127.0.0.1[127.0.0.1]:{port}" in log
+    assert "status=sent (250" in log
+
+
+def test_relay_body_is_intact_dot_stuffed(make_poshta, scripted):
+    peer = scripted()
+    p = make_poshta(extra=f"relayhost = [127.0.0.1]:{peer.port}\n")
+    body = "Subject: dots\n\n.leading dot\n..two\nplain\n" + "x" * 5000 + "\n"
+    send(p, ["a@elsewhere.example"], body=body)
+    wait_for(lambda: peer.messages, what="delivery")
+    data = peer.messages[0][2]
+    # RFC 5321 §4.5.2: transparency; CR LF line ends on the wire.
+    assert b"\r\n..leading dot\r\n...two\r\nplain\r\n" in data
+    assert b"x" * 5000 + b"\r\n" in data
+
+
+def test_451_defers_then_delivers(make_poshta, scripted):
+    peer = scripted(verdicts=["451 4.3.0 try again later", "250 2.0.0 Ok: queued as Y"])
+    p = make_poshta(extra=f"relayhost = [127.0.0.1]:{peer.port}\n" + RETRY)
+    send(p, ["later@elsewhere.example"])
+    wait_for(lambda: "status=deferred" in p.logtext(), what="deferral")
+    log = p.logtext()
+    assert "status=deferred (host 127.0.0.1[127.0.0.1]" in log and "451 4.3.0 try again later" in log
+    # The queue shows the reason until the retry (or the retry already happened).
+    out = p.cli("queue").stdout
+    assert "451 4.3.0 try again later" in out or peer.messages
+    wait_for(lambda: peer.messages, timeout=20, what="retry")
+    assert peer.messages[0][1] == ["later@elsewhere.example"]
+    wait_for(lambda: "Mail queue is empty" in p.cli("queue").stdout, what="an empty queue")
+
+
+def test_550_bounces(make_poshta, scripted):
+    peer = scripted(rcpt_reply="550 5.1.1 <nobody@elsewhere.example>: Recipient address rejected")
+    p = make_poshta(extra=f"relayhost = [127.0.0.1]:{peer.port}\n" + RETRY)
+    send(p, ["nobody@elsewhere.example"], sender="")
+    wait_for(lambda: "status=bounced" in p.logtext(), what="bounce")
+    assert "550 5.1.1 <nobody@elsewhere.example>: Recipient address rejected" in p.logtext()
+    assert "(in reply to RCPT TO command)" in p.logtext()
+    wait_for(lambda: "Mail queue is empty" in p.cli("queue").stdout, what="an empty queue")
+    assert not peer.messages
+
+
+def test_connection_refused_defers_with_reason(make_poshta):
+    port = free_port()  # nobody listens
+    p = make_poshta(extra=f"relayhost = [127.0.0.1]:{port}\n")
+    send(p, ["x@elsewhere.example"])
+    out = wait_for(lambda: (lambda o: o if "Connection refused" in o else None)(p.cli("queue").stdout),
+                   what="deferral")
+    assert f"connect to 127.0.0.1[127.0.0.1]:{port}: Connection refused" in out
+
+
+def test_unknown_host_defers(make_poshta):
+    p = make_poshta(extra="relayhost = [no-such-host.invalid]:25\n")
+    send(p, ["x@elsewhere.example"])
+    out = wait_for(lambda: (lambda o: o if "Host or domain name not found" in o else None)(p.cli("queue").stdout),
+                   what="deferral")
+    assert "no-such-host.invalid" in out
+
+
+def test_no_relayhost_needs_mx(make_poshta):
+    p = make_poshta()
+    send(p, ["x@elsewhere.example"])
+    wait_for(lambda: "MX lookup not available yet" in p.cli("queue").stdout, what="deferral")
+
+
+def test_hosts_file_name_and_transport_maps(make_poshta, scripted):
+    """transport_maps routes one domain to a peer by a name from /etc/hosts (localhost)."""
+    peer = scripted()
+    p = make_poshta(start=False)
+    with open(os.path.join(p.dir, "transport"), "w") as f:
+        f.write(f"lan.test smtp:[localhost]:{peer.port}\n")
+    p.extra = f"transport_maps = hash:{p.dir}/transport\ndisable_dns_lookups = yes\n"
+    p.write_config(p.extra)
+    p.start()
+    send(p, ["box@lan.test"])
+    wait_for(lambda: peer.messages, what="delivery")
+    assert peer.messages[0][1] == ["box@lan.test"]
+
+
+def test_expired_message_bounces(make_poshta, scripted):
+    peer = scripted(verdicts=["451 4.3.0 busy"])
+    p = make_poshta(extra=f"relayhost = [127.0.0.1]:{peer.port}\nmaximal_queue_lifetime = 0\n")
+    send(p, ["x@elsewhere.example"], sender="")
+    wait_for(lambda: "status=bounced" in p.logtext(), what="bounce")
+    assert "message expired" in p.logtext()
