@@ -26,11 +26,15 @@ use smol::Timer;
 use super::relay::{self, Dest, Item, ItemResult, RelayConf};
 use super::Ctx;
 use crate::config::Settings;
+use crate::delivery::dsn::{self, is_null_sender, DiagnosticCode, Notice, RecipientStatus};
 use crate::delivery::maildir::{self, MaildirDelivery};
 use crate::delivery::route::{retry_decision, route, Retry, RetryPolicy, Route};
 use crate::limits::{LOCAL_DELIVERY_BATCH_MESSAGES, LOCAL_DELIVERY_CONCURRENCY_MAX};
 use crate::policy::RcptClass;
 use crate::queue::{Job, Outcome};
+
+/// Why a local recipient bounces.
+const UNKNOWN_USER: &str = "unknown user (no such mailbox user)";
 
 /// One recipient's result for the log line.
 struct Res {
@@ -40,6 +44,11 @@ struct Res {
     relay: String,
     /// For sent: what to show in the log (`delivered to maildir`, the remote 250 reply).
     detail: String,
+    /// For a bounce: RFC 3463 status, RFC 3464 Diagnostic-Code (`smtp; ...` or
+    /// `X-Postfix; ...`), and the remote host that answered.
+    dsn: String,
+    diagnostic: String,
+    remote_mta: Option<String>,
 }
 
 fn res(idx: usize, outcome: Outcome, relay: &str) -> Res {
@@ -48,6 +57,9 @@ fn res(idx: usize, outcome: Outcome, relay: &str) -> Res {
         outcome,
         relay: relay.to_string(),
         detail: "delivered to maildir".into(),
+        dsn: String::new(),
+        diagnostic: String::new(),
+        remote_mta: None,
     }
 }
 
@@ -141,7 +153,7 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
                 RcptClass::UnknownLocal => outcomes[j].push(res(
                     *idx,
                     Outcome::Bounced {
-                        reason: "unknown user (no such mailbox user)".into(),
+                        reason: UNKNOWN_USER.into(),
                     },
                     "local",
                 )),
@@ -206,6 +218,9 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
                     outcome: r.outcome,
                     relay: r.relay,
                     detail: r.detail,
+                    dsn: r.dsn,
+                    diagnostic: r.diagnostic,
+                    remote_mta: r.remote_mta,
                 });
             }
         }
@@ -232,11 +247,34 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
                 }
             }
         }
+        // RFC 3464: one notification per message listing every failed recipient; queued
+        // before the failures are recorded, so a crash in between repeats the attempt
+        // rather than losing the notice.
+        if outs.iter().any(|r| matches!(r.outcome, Outcome::Bounced { .. })) && !is_null_sender(&job.sender) {
+            if let Err(e) = notify_sender(ctx, &s.myhostname, job, &outs, now).await {
+                crate::log::line(
+                    "bounce",
+                    format_args!(
+                        "qid={} warning: sender non-delivery notification not queued: {e}",
+                        job.qid
+                    ),
+                );
+                // Keep the recipients for another attempt: the notice must not be lost.
+                for r in outs.iter_mut() {
+                    if let Outcome::Bounced { reason } = &r.outcome {
+                        r.outcome = Outcome::Deferred {
+                            reason: format!("{reason} (bounce notification not queued: {e})"),
+                        };
+                    }
+                }
+            }
+        }
         for Res {
             idx,
             outcome,
             relay,
             detail,
+            ..
         } in &outs
         {
             let addr = job
@@ -265,6 +303,132 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
         }
         let done: Vec<(usize, Outcome)> = outs.into_iter().map(|r| (r.idx, r.outcome)).collect();
         ctx.queue.finish(job.qid, &done, now);
+    }
+}
+
+/// Build a bounce (RFC 3464 multipart/report) for the bounced recipients of `job` and queue
+/// it from the null sender (RFC 5321 §4.5.5) to the original sender. Returns its queue id.
+async fn notify_sender(ctx: &Rc<Ctx>, myhostname: &str, job: &Job, outs: &[Res], now: u64) -> Result<String, String> {
+    let failed: Vec<(String, String, Option<String>, bool, String)> = outs
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Bounced { .. }))
+        .map(|r| {
+            let addr = job
+                .recipients
+                .iter()
+                .find(|(i, _)| *i == r.idx)
+                .map(|(_, a)| a.clone())
+                .unwrap_or_default();
+            let reason = match &r.outcome {
+                Outcome::Bounced { reason } => reason.clone(),
+                _ => String::new(),
+            };
+            // An SMTP reply goes in as `smtp; <reply>` (RFC 3464 §2.3.6); anything else is
+            // a local text.
+            let (diag, is_smtp) = match r.diagnostic.strip_prefix("smtp; ") {
+                Some(reply) => (reply.to_string(), true),
+                None => (reason, false),
+            };
+            // RFC 3463: an unknown local user is 5.1.1; other local failures 5.0.0.
+            let status = match (r.dsn.is_empty(), reason_is_unknown_user(&r.outcome)) {
+                (false, _) => r.dsn.clone(),
+                (true, true) => "5.1.1".to_string(),
+                (true, false) => "5.0.0".to_string(),
+            };
+            (addr, status, r.remote_mta.clone(), is_smtp, diag)
+        })
+        .collect();
+    let seq = ctx.delivery_seq.get();
+    ctx.delivery_seq.set(seq + 1);
+    let qid = job.qid.to_string();
+    let notice = OwnedNotice {
+        myhostname: myhostname.to_string(),
+        sender: job.sender.clone(),
+        unique: format!("{now}.{qid}.{seq}"),
+        queue_id: qid,
+        arrival_secs: job.arrival_unix,
+        now_secs: now,
+        recipients: failed,
+        size_limit: crate::limits::DSN_ORIGINAL_BYTES_MAX,
+    };
+    let mut body = ctx.queue.body(job.qid).map_err(|e| format!("queue read: {e}"))?;
+    // The original is read from the segments: at most DSN_ORIGINAL_BYTES_MAX are kept, but
+    // the reader goes through the header; a blocking read, off the event loop.
+    let text = smol::unblock(move || notice.build(&mut body))
+        .await
+        .map_err(|e| format!("queue read: {e}"))?;
+    let Some(text) = text else {
+        return Ok(String::new());
+    };
+    let mut inc = ctx
+        .queue
+        .begin(crate::queue::Envelope {
+            sender: String::new(),
+            recipients: vec![job.sender.clone()],
+            arrival_unix: now,
+            client: "localhost[127.0.0.1]".into(),
+        })
+        .map_err(|e| e.to_string())?;
+    let new_qid = inc.qid().to_string();
+    for chunk in text.chunks(64 * 1024) {
+        inc.write(chunk).await.map_err(|e| e.to_string())?;
+    }
+    inc.commit().await.map_err(|e| e.to_string())?;
+    crate::log::line(
+        "bounce",
+        format_args!("qid={} sender non-delivery notification: {new_qid}", job.qid),
+    );
+    Ok(new_qid)
+}
+
+fn reason_is_unknown_user(o: &Outcome) -> bool {
+    matches!(o, Outcome::Bounced { reason } if reason.starts_with(UNKNOWN_USER))
+}
+
+/// A [`Notice`] with owned fields, to build a DSN on the thread pool.
+struct OwnedNotice {
+    myhostname: String,
+    sender: String,
+    queue_id: String,
+    arrival_secs: u64,
+    now_secs: u64,
+    unique: String,
+    recipients: Vec<(String, String, Option<String>, bool, String)>,
+    size_limit: usize,
+}
+
+impl OwnedNotice {
+    fn build(&self, original: &mut dyn std::io::Read) -> std::io::Result<Option<Vec<u8>>> {
+        let rs: Vec<RecipientStatus<'_>> = self
+            .recipients
+            .iter()
+            .map(|(addr, status, mta, smtp, d)| RecipientStatus {
+                final_recipient: addr,
+                original_recipient: Some(addr),
+                status,
+                remote_mta: mta.as_deref(),
+                diagnostic: if *smtp {
+                    DiagnosticCode::Smtp(d)
+                } else {
+                    DiagnosticCode::Unix(d)
+                },
+            })
+            .collect();
+        dsn::bounce(
+            &Notice {
+                myhostname: &self.myhostname,
+                sender: &self.sender,
+                queue_id: &self.queue_id,
+                arrival_secs: self.arrival_secs,
+                now_secs: self.now_secs,
+                unique: &self.unique,
+                recipients: &rs,
+                headers_only: false,
+                size_limit: self.size_limit,
+                retry_until_secs: None,
+            },
+            original,
+        )
     }
 }
 
@@ -309,7 +473,7 @@ async fn relay_all(
             // transport_maps sends a non-local domain to local delivery: no such mailbox.
             Route::Local => {
                 out.push(fixed(Outcome::Bounced {
-                    reason: "unknown user (no such mailbox user)".into(),
+                    reason: UNKNOWN_USER.into(),
                 }));
                 continue;
             }

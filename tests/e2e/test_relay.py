@@ -262,3 +262,58 @@ def test_expired_message_bounces(make_poshta, scripted):
     send(p, ["x@elsewhere.example"], sender="")
     wait_for(lambda: "status=bounced" in p.logtext(), what="bounce")
     assert "message expired" in p.logtext()
+
+
+def parse_dsn(raw):
+    msg = email.message_from_bytes(raw)
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    parts = msg.get_payload()
+    status = [p for p in parts if p.get_content_type() == "message/delivery-status"]
+    assert status, "no message/delivery-status part"
+    # email parses message/delivery-status as a list of header blocks.
+    blocks = status[0].get_payload()
+    return msg, blocks
+
+
+def test_550_from_local_sender_gives_dsn_in_mailbox(make_poshta, scripted):
+    peer = scripted(rcpt_reply="550 5.1.1 <gone@elsewhere.example>: Recipient address rejected: unknown")
+    p = make_poshta(extra=f"relayhost = [127.0.0.1]:{peer.port}\n")
+    send(p, ["gone@elsewhere.example"], sender="alice@example.org",
+         body="Subject: will bounce\nMessage-ID: <orig-1@example.org>\n\noriginal text\n")
+    msgs = p.wait_messages("alice", 1)
+    raw = p.read(msgs[0])
+    assert b"Return-Path: <>" in raw
+    msg, blocks = parse_dsn(raw)
+    per_rcpt = blocks[-1]
+    assert per_rcpt["Status"].startswith("5.1.1")
+    assert per_rcpt["Action"] == "failed"
+    assert "gone@elsewhere.example" in per_rcpt["Final-Recipient"]
+    diag = " ".join(per_rcpt["Diagnostic-Code"].split())
+    assert diag.startswith("smtp;") and "550 5.1.1 <gone@elsewhere.example>: Recipient address rejected" in diag
+    assert b"original text" in raw  # the original is returned
+    assert "sender non-delivery notification" in p.logtext()
+    wait_for(lambda: "Mail queue is empty" in p.cli("queue").stdout, what="an empty queue")
+
+
+def test_unknown_local_recipient_bounce_gives_dsn(make_poshta):
+    """A mailbox user removed after the message was accepted: the sender gets a DSN."""
+    p = make_poshta(extra="delivery_paused = yes\n")
+    send(p, ["bob@example.org"], sender="alice@example.org")
+    p.cli("user", "del", "bob", check=False)
+    p.write_config("")
+    p.stop()
+    p.start()
+    msgs = p.wait_messages("alice", 1)
+    msg, blocks = parse_dsn(p.read(msgs[0]))
+    assert blocks[-1]["Status"].startswith("5.1.1")
+    assert "bob@example.org" in blocks[-1]["Final-Recipient"]
+
+
+def test_null_sender_never_gets_dsn(make_poshta, scripted):
+    peer = scripted(rcpt_reply="550 5.1.1 no")
+    p = make_poshta(extra=f"relayhost = [127.0.0.1]:{peer.port}\n")
+    send(p, ["gone@elsewhere.example"], sender="")
+    wait_for(lambda: "status=bounced" in p.logtext(), what="bounce")
+    wait_for(lambda: "Mail queue is empty" in p.cli("queue").stdout, what="an empty queue")
+    assert "non-delivery notification" not in p.logtext()
