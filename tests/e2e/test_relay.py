@@ -317,3 +317,106 @@ def test_null_sender_never_gets_dsn(make_poshta, scripted):
     wait_for(lambda: "status=bounced" in p.logtext(), what="bounce")
     wait_for(lambda: "Mail queue is empty" in p.cli("queue").stdout, what="an empty queue")
     assert "non-delivery notification" not in p.logtext()
+
+
+def relay_pair(make_poshta, level="encrypt", ca=True, password="secret-alice"):
+    """Instance B: the smarthost (submission with STARTTLS and AUTH, mailboxes for b.example).
+    Instance A: relays everything non-local to B's submission port as B's user alice."""
+    b = make_poshta(extra="mydestination = b.example, $myhostname\n")
+    a = make_poshta(start=False)
+    pw = os.path.join(a.dir, "sasl_passwd")
+    with open(pw, "w") as f:
+        f.write(f"[localhost]:{b.sub_port} alice:{password}\n")
+    a.extra = (f"relayhost = [localhost]:{b.sub_port}\nsmtp_sasl_auth_enable = yes\n"
+               f"smtp_sasl_password_maps = hash:{pw}\nsmtp_tls_security_level = {level}\n"
+               + (f"smtp_tls_CAfile = {b.ca}\n" if ca else f"smtp_tls_CAfile = {a.ca}\n") + RETRY)
+    a.write_config(a.extra)
+    a.start()
+    return a, b
+
+
+def test_starttls_auth_relay_to_poshta(make_poshta):
+    a, b = relay_pair(make_poshta)
+    send(a, ["bob@b.example"], sender="alice@b.example", body="Subject: via smarthost\n\nover TLS\n")
+    msgs = b.wait_messages("bob", 1)
+    raw = b.read(msgs[0])
+    assert b"over TLS" in raw
+    # B's Received: line records the authenticated, encrypted submission.
+    assert b"ESMTPSA" in raw or b"TLS" in raw
+    assert f"relay=localhost[127.0.0.1]:{b.sub_port}" in a.logtext()
+    wait_for(lambda: "Mail queue is empty" in a.cli("queue").stdout, what="an empty queue")
+
+
+def test_untrusted_certificate_defers_never_plaintext(make_poshta):
+    # A trusts its own certificate, not B's: the handshake fails, nothing is sent.
+    a, b = relay_pair(make_poshta, ca=False)
+    send(a, ["bob@b.example"], sender="alice@b.example")
+    out = wait_for(lambda: (lambda o: o if "TLS handshake" in o else None)(a.cli("queue").stdout),
+                   what="deferral")
+    assert "failed" in out
+    time.sleep(0.5)
+    assert not b.new_messages("bob")
+
+
+def test_wrong_password_defers(make_poshta):
+    a, b = relay_pair(make_poshta, password="wrong")
+    send(a, ["bob@b.example"], sender="alice@b.example")
+    wait_for(lambda: "status=deferred" in a.logtext(), what="deferral")
+    assert "535" in a.logtext()
+    assert not b.new_messages("bob")
+
+
+def test_wrappermode_465(make_poshta):
+    b = make_poshta(extra="mydestination = b.example, $myhostname\n")
+    a = make_poshta(start=False)
+    pw = os.path.join(a.dir, "sasl_passwd")
+    with open(pw, "w") as f:
+        f.write(f"[localhost]:{b.subs_port} alice:secret-alice\n")
+    a.extra = (f"relayhost = [localhost]:{b.subs_port}\nsmtp_sasl_auth_enable = yes\n"
+               f"smtp_sasl_password_maps = {pw}\nsmtp_tls_security_level = encrypt\n"
+               f"smtp_tls_wrappermode = yes\nsmtp_tls_CAfile = {b.ca}\n")
+    a.write_config(a.extra)
+    a.start()
+    send(a, ["bob@b.example"], sender="alice@b.example")
+    b.wait_messages("bob", 1)
+
+
+def test_encrypt_without_starttls_offer_defers(make_poshta, scripted):
+    peer = scripted()  # offers no STARTTLS
+    p = make_poshta(extra=f"relayhost = [127.0.0.1]:{peer.port}\nsmtp_tls_security_level = encrypt\n"
+                          f"smtp_tls_CAfile = /dev/null\n")
+    send(p, ["x@elsewhere.example"])
+    wait_for(lambda: "status=deferred" in p.logtext(), what="deferral")
+    assert "TLS is required" in p.logtext()
+    assert not peer.messages
+
+
+def test_silent_peer_times_out(make_poshta):
+    """A peer that accepts the connection and never greets: smtp_helo_timeout defers."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(5)
+    try:
+        port = srv.getsockname()[1]
+        p = make_poshta(extra=f"relayhost = [127.0.0.1]:{port}\nsmtp_helo_timeout = 1s\n")
+        send(p, ["x@elsewhere.example"])
+        wait_for(lambda: "status=deferred" in p.logtext(), timeout=15, what="deferral")
+        assert "timed out while receiving the initial server greeting" in p.logtext()
+    finally:
+        srv.close()
+
+
+def test_garbage_peer_defers(make_poshta):
+    """A peer answering nonsense: malformed reply, deferred, the message stays queued."""
+    srv = socketserver.TCPServer(("127.0.0.1", 0), type("G", (socketserver.BaseRequestHandler,), {
+        "handle": lambda self: self.request.sendall(b"\x00\xffHELLO garbage\r\n" * 3)}))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        p = make_poshta(extra=f"relayhost = [127.0.0.1]:{srv.server_address[1]}\n")
+        send(p, ["x@elsewhere.example"])
+        wait_for(lambda: "status=deferred" in p.logtext(), what="deferral")
+        assert "malformed reply" in p.logtext()
+        assert "x@elsewhere.example" in p.cli("queue").stdout
+    finally:
+        srv.shutdown()
+        srv.server_close()
