@@ -90,7 +90,11 @@ impl RelayConf {
             },
             sasl,
             hosts,
-            tls_verified: verified_config(s.smtp_tls_ca_file.as_deref()),
+            // Parsing a system bundle costs milliseconds: only when certificates are checked.
+            tls_verified: match s.smtp_tls_security_level {
+                ClientTlsLevel::None | ClientTlsLevel::May => Err("certificates are not checked".into()),
+                _ => verified_config(s.smtp_tls_ca_file.as_deref()),
+            },
             tls_opportunistic: Arc::new(
                 with_versions(ClientConfig::builder_with_provider(Arc::new(
                     rustls::crypto::ring::default_provider(),
@@ -495,6 +499,7 @@ pub async fn deliver(
     let mut current: Option<usize> = None; // item in the client
     let mut failure: Option<RcptResult> = None;
     let mut buf = vec![0u8; READ_BYTES];
+    let mut closed_rounds = 0u32;
     // Each round reads or writes once, bounded in time by the stage timers; the number of
     // rounds is bounded by the bytes the peer sends (and the items).
     'session: loop {
@@ -569,7 +574,12 @@ pub async fn deliver(
             break;
         }
         if client.is_closed() {
-            continue; // poll once more for Closed
+            // Poll once more for Event::Closed; never spin.
+            closed_rounds += 1;
+            if closed_rounds > 1 {
+                break;
+            }
+            continue;
         }
         match within(stage_secs(s, client.stage()), conn.read(&mut buf)).await {
             None => client.timeout(),
@@ -653,5 +663,90 @@ async fn send_body(
         write_out(conn, client, s)
             .await
             .map_err(|e| format!("lost connection with {{peer}} while sending message body: {e}"))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(h: &str) -> Dest {
+        Dest {
+            host: h.into(),
+            port: 25,
+            mx_lookup: false,
+        }
+    }
+
+    #[test]
+    fn slots_bound_sessions_per_destination() {
+        let ex = smol::LocalExecutor::new();
+        smol::block_on(ex.run(async {
+            let d = dest("relay.test");
+            let a = Slot::take(&d, 2).await;
+            let _b = Slot::take(&d, 2).await;
+            // Another destination is not affected.
+            let _other = Slot::take(&dest("other.test"), 1).await;
+            let third = ex.spawn(async move { Slot::take(&dest("relay.test"), 2).await });
+            // The third waits while two are held.
+            let waited = smol::future::or(async { Some(third.await) }, async {
+                Timer::after(Duration::from_millis(50)).await;
+                None
+            })
+            .await;
+            assert!(waited.is_none());
+            let third = ex.spawn(async move { Slot::take(&dest("relay.test"), 2).await });
+            drop(a);
+            let got = smol::future::or(async { Some(third.await) }, async {
+                Timer::after(Duration::from_secs(2)).await;
+                None
+            })
+            .await;
+            assert!(got.is_some(), "a freed slot is taken");
+        }));
+        // A limit of 0 is treated as 1, never as "wait forever".
+        smol::block_on(async {
+            let _s = Slot::take(&dest("zero.test"), 0).await;
+        });
+    }
+
+    #[test]
+    fn nexthop_spellings_for_password_lookup() {
+        assert_eq!(
+            nexthop_of(&dest("smtp.example.net")).map(|n| n.host),
+            Some("smtp.example.net".into())
+        );
+        let v6 = Dest {
+            host: "::1".into(),
+            port: 587,
+            mx_lookup: false,
+        };
+        assert_eq!(nexthop_of(&v6).map(|n| (n.host, n.port)), Some(("::1".into(), 587)));
+        let mx = Dest {
+            host: "example.net".into(),
+            port: 25,
+            mx_lookup: true,
+        };
+        assert!(nexthop_of(&mx).is_some_and(|n| n.mx_lookup));
+    }
+
+    #[test]
+    fn every_stage_has_its_timeout_key() {
+        let mut s = crate::config::load(std::path::Path::new("/nonexistent/main.cf"))
+            .map(|l| l.settings)
+            .expect("defaults load");
+        s.smtp_rcpt_timeout_secs = 7;
+        s.smtp_data_xfer_timeout_secs = 9;
+        assert_eq!(stage_secs(&s, Stage::Rcpt), 7);
+        assert_eq!(stage_secs(&s, Stage::Body), 9);
+        assert_eq!(stage_secs(&s, Stage::Greeting), s.smtp_helo_timeout_secs);
+    }
+
+    #[test]
+    fn missing_ca_file_is_a_clear_reason() {
+        let e = verified_config(Some(std::path::Path::new("/nonexistent/ca.pem"))).err();
+        assert!(e.is_some_and(|e| e.contains("smtp_tls_CAfile")));
+        let e = verified_config(Some(std::path::Path::new("/dev/null"))).err();
+        assert!(e.is_some_and(|e| e.contains("no CA certificates")));
     }
 }
