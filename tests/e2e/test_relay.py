@@ -53,6 +53,7 @@ class Scripted:
         self.rcpt_reply = rcpt_reply
         self.messages = []  # (mail from, [rcpt], data)
         self.transactions = 0
+        self.connections = 0
         peer = self
 
         class H(socketserver.StreamRequestHandler):
@@ -60,6 +61,7 @@ class Scripted:
 
             def handle(self):
                 w = lambda t: self.wfile.write((t + "\r\n").encode())
+                peer.connections += 1
                 w("220 peer.test ESMTP scripted")
                 mail, rcpts = None, []
                 for _ in range(1000):
@@ -420,3 +422,13 @@ def test_garbage_peer_defers(make_poshta):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_recipient_limit_splits_transactions_in_one_session(make_poshta, scripted):
+    peer = scripted()
+    p = make_poshta(extra=f"relayhost = [127.0.0.1]:{peer.port}\nsmtp_destination_recipient_limit = 2\n")
+    send(p, ["r1@elsewhere.example", "r2@elsewhere.example", "r3@elsewhere.example"])
+    wait_for(lambda: len(peer.messages) >= 2, what="two transactions")
+    wait_for(lambda: "Mail queue is empty" in p.cli("queue").stdout, what="an empty queue")
+    assert sorted(len(m[1]) for m in peer.messages) == [1, 2]
+    assert peer.connections == 1, "the second transaction reuses the connection (RSET)"
