@@ -49,6 +49,20 @@ if [ ! -x "$f2b/usr/bin/fail2ban-regex" ]; then
 fi
 export FAIL2BAN_ROOT="$PWD/$f2b"
 
+# smtp-sink (a fake relay target for tests/e2e/test_relay.py), from Debian's postfix package,
+# unpacked the same way.
+pf=tests/.cache/postfix
+if [ ! -x "$pf/usr/sbin/smtp-sink" ]; then
+    mkdir -p "$pf"
+    if (cd tests/.cache && { apt-get download postfix >/dev/null 2>&1 ||
+            { [ "$(id -u)" = 0 ] && apt-get update -qq && apt-get download postfix >/dev/null 2>&1; }; }); then
+        dpkg -x tests/.cache/postfix_*.deb "$pf"
+    else
+        echo "tests/run.sh: could not download postfix; the smtp-sink test will be skipped" >&2
+    fi
+fi
+export SMTP_SINK="$PWD/$pf/usr/sbin/smtp-sink"
+
 cargo build --locked --all-targets
 cargo test --locked
 POSHTA_BIN="$PWD/target/debug/poshta" python3 -m pytest -q -p no:cacheprovider tests/e2e "$@"

@@ -8,6 +8,7 @@
 pub mod deliver;
 pub mod listen;
 pub mod pop3;
+pub mod relay;
 pub mod smtp;
 pub mod tls;
 

@@ -86,7 +86,7 @@ def test_relay_from_mynetworks_is_queued_and_listed(poshta):
     lines = out.splitlines()
     assert lines[0] == "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
     assert "scanner@lan.example" in lines[1]
-    assert "(delivery to remote domains is not available yet)" in out
+    assert "(MX lookup not available yet: set relayhost or disable_dns_lookups)" in out
     assert " " * 41 + "someone@elsewhere.example" in lines
     assert lines[-1] == "-- 0 Kbytes in 1 Request."
 
