@@ -236,7 +236,8 @@ pub enum ClientTlsLevel {
     None,
     /// STARTTLS when offered; no certificate check; plaintext otherwise.
     May,
-    /// TLS or defer; no certificate check (Postfix: encrypt).
+    /// TLS or defer. poshta also verifies the certificate here (stricter than Postfix's
+    /// encrypt, see net/relay.rs): never send to a peer it cannot authenticate.
     Encrypt,
     /// TLS with a certificate that verifies and matches the next-hop name (Postfix: verify).
     Verify,
