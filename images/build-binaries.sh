@@ -97,7 +97,9 @@ prepare_armv7() {
             sleep 5
         done
         [ $ok = 1 ] || die "could not download musl-dev:armhf"
-        dpkg-deb -x "$(ls "$apt"/musl-dev_*_armhf.deb | head -1)" "$ARMV7_SYSROOT"
+        local deb
+        for deb in "$apt"/musl-dev_*_armhf.deb; do :; done
+        dpkg-deb -x "$deb" "$ARMV7_SYSROOT"
     fi
     local lib=$ARMV7_SYSROOT/usr/lib/arm-linux-musleabihf
     # The specs file names /usr/...; point it into the unpacked tree.
@@ -134,7 +136,7 @@ build() { # TRIPLE
         armv7-unknown-linux-musleabihf)
             prepare_armv7
             export RUSTC_BOOTSTRAP=1
-            extra=(-Zbuild-std=std,panic_abort)
+            extra=("-Zbuild-std=std,panic_abort") # one argument: cargo's comma list
             ;;
         *) die "unknown target $t (x86_64-unknown-linux-musl, aarch64-unknown-linux-musl, armv7-unknown-linux-musleabihf)" ;;
     esac

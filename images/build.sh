@@ -80,9 +80,11 @@ fi
 
 rm -rf "$WORK"
 mkdir -p "$WORK/kernel" "$WORK/busybox" "$WORK/initramfs" "$WORK/rootfs"
-dpkg-deb -x "$(ls "$apt"/debs/linux-image-*-arm64_*.deb | head -1)" "$WORK/kernel"
-dpkg-deb -x "$(ls "$apt"/debs/busybox-static_*.deb | head -1)" "$WORK/busybox"
-KV=$(ls "$WORK/kernel/lib/modules" | head -1)
+for deb in "$apt"/debs/linux-image-*-arm64_*.deb; do :; done # the last (newest) one
+dpkg-deb -x "$deb" "$WORK/kernel"
+for deb in "$apt"/debs/busybox-static_*.deb; do :; done
+dpkg-deb -x "$deb" "$WORK/busybox"
+KV=$(basename "$(dirname "$(find "$WORK/kernel/lib/modules" -mindepth 2 -maxdepth 2 -name modules.order | head -1)")")
 log "kernel $KV"
 depmod -b "$WORK/kernel" "$KV"
 BB=$WORK/busybox/bin/busybox
@@ -106,7 +108,7 @@ for m in virtio_pci virtio_blk virtio_net ext4; do
     modprobe -d "$WORK/kernel" -S "$KV" --show-depends "$m" | awk '$1 == "insmod" {print $2}'
 done | awk '!seen[$0]++' | while read -r ko; do
     cp "$ko" "$I/modules/"
-    echo "$(basename "$ko")" >>"$I/modules/order"
+    basename "$ko" >>"$I/modules/order"
 done
 cat >"$I/init" <<'EOF'
 #!/bin/sh

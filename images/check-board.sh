@@ -17,10 +17,10 @@ if [ -z "$BIN" ]; then
         [ -x "$b" ] && BIN=$b && break
     done
 fi
-[ -n "$BIN" ] && [ -x "$BIN" ] || {
+if [ -z "$BIN" ] || [ ! -x "$BIN" ]; then
     echo "check-board: no poshta binary (build one, or pass its path)" >&2
     exit 1
-}
+fi
 BIN=$(realpath "$BIN")
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -32,7 +32,7 @@ for cf in "$ROOT"/board/*/main.cf; do
         echo "ok   $p/main.cf${out:+ ($(grep -c . <<<"$out") warning lines)}"
     else
         echo "FAIL $p/main.cf:"
-        sed 's/^/     /' <<<"$out"
+        printf '%s\n' "$out" | sed 's/^/     /'
         fail=1
     fi
     # The listeners and paths a profile sets must be what postconf reports (no typo'd key
@@ -54,7 +54,7 @@ if command -v systemd-analyze >/dev/null; then
         echo "ok   poshta.service (systemd-analyze verify)"
     else
         echo "FAIL poshta.service:"
-        sed 's/^/     /' <<<"$out"
+        printf '%s\n' "$out" | sed 's/^/     /'
         fail=1
     fi
 else

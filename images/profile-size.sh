@@ -69,7 +69,7 @@ EOF
     done
     echo pw | "$bin" user add alice --password-stdin -c "$d/main.cf" >/dev/null 2>&1
     t1=$(awk '{print $16+$17}' "/proc/$me/stat")
-    argon=$(((t1 - t0) * 1000 / $(getconf CLK_TCK) * 5 / 6))
+    argon=$(((t1 - t0) * 1000 * 5 / (6 * $(getconf CLK_TCK))))
     if command -v smtp-source >/dev/null; then
         "$bin" serve -c "$d/main.cf" >"$d/serve.log" 2>&1 &
         pid=$!
