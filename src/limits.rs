@@ -121,3 +121,6 @@ pub const TABLE_IF_DEPTH_MAX: usize = 32;
 /// Restriction names in access-table results may name further restrictions (Postfix
 /// restriction classes); nesting deeper than this is a configuration error.
 pub const RESTRICTION_NESTING_DEPTH_MAX: usize = 8;
+/// anvil: most clients tracked for the smtpd_client_* limits (memory stays bounded under a
+/// flood of addresses; see policy::anvil).
+pub const ANVIL_CLIENTS_MAX: usize = 10_000;

@@ -173,6 +173,13 @@ pub struct Settings {
     pub auth_failure_window_secs: u64,
     pub auth_failure_penalty_secs: u64,
     pub pop3d_autologout_secs: u64,
+    /// anvil-style client limits (0: no limit) and who is exempt.
+    pub smtpd_client_connection_count_limit: u32,
+    pub smtpd_client_connection_rate_limit: u32,
+    pub smtpd_client_message_rate_limit: u32,
+    pub smtpd_client_recipient_rate_limit: u32,
+    pub smtpd_client_event_limit_exceptions: Vec<String>,
+    pub anvil_rate_time_unit_secs: u64,
     pub pop3d_disable_plaintext_auth: bool,
     /// syslog_name: the log tag (`postfix-poshta/smtpd[pid]: ...`).
     pub syslog_name: String,
@@ -988,6 +995,17 @@ fn build_settings(
             &get("parent_domain_matches_subdomains").to_ascii_lowercase(),
         ),
         pop3d_autologout_secs: time("pop3d_autologout"),
+        smtpd_client_connection_count_limit: u32::try_from(int("smtpd_client_connection_count_limit"))
+            .unwrap_or(u32::MAX),
+        smtpd_client_connection_rate_limit: u32::try_from(int("smtpd_client_connection_rate_limit"))
+            .unwrap_or(u32::MAX),
+        smtpd_client_message_rate_limit: u32::try_from(int("smtpd_client_message_rate_limit")).unwrap_or(u32::MAX),
+        smtpd_client_recipient_rate_limit: u32::try_from(int("smtpd_client_recipient_rate_limit")).unwrap_or(u32::MAX),
+        smtpd_client_event_limit_exceptions: value::split_list(get("smtpd_client_event_limit_exceptions"))
+            .into_iter()
+            .map(|x| x.to_string())
+            .collect(),
+        anvil_rate_time_unit_secs: time("anvil_rate_time_unit"),
         pop3d_disable_plaintext_auth: typed(eff, dflt, "pop3d_disable_plaintext_auth", value::parse_bool),
         config_file,
         config_directory,

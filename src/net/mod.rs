@@ -37,9 +37,24 @@ pub struct Policy {
     pub router: Router,
     pub mynetworks: Networks,
     pub bare_newline_exclusions: Networks,
+    /// smtpd_client_event_limit_exceptions: clients the anvil limits do not count.
+    pub event_limit_exceptions: Networks,
 }
 
 impl Policy {
+    /// The anvil limits from the settings.
+    pub fn anvil_limits(&self) -> crate::policy::anvil::Limits {
+        let s = &self.settings;
+        crate::policy::anvil::Limits {
+            connection_count: s.smtpd_client_connection_count_limit,
+            connection_rate: s.smtpd_client_connection_rate_limit,
+            message_rate: s.smtpd_client_message_rate_limit,
+            recipient_rate: s.smtpd_client_recipient_rate_limit,
+            window_secs: s.anvil_rate_time_unit_secs.max(1),
+            entries_max: crate::limits::ANVIL_CLIENTS_MAX,
+        }
+    }
+
     pub fn build(settings: Settings) -> Result<Policy, String> {
         let users = Users::load(&settings.mailbox_users_file).map_err(|e| e.to_string())?;
         let router = Router::new(
@@ -51,6 +66,8 @@ impl Policy {
         let mynetworks = Networks::parse(&settings.mynetworks).map_err(|e| format!("mynetworks: {e}"))?;
         let bare_newline_exclusions = Networks::parse(&settings.smtpd_forbid_bare_newline_exclusions)
             .map_err(|e| format!("smtpd_forbid_bare_newline_exclusions: {e}"))?;
+        let event_limit_exceptions = Networks::parse(&settings.smtpd_client_event_limit_exceptions)
+            .map_err(|e| format!("smtpd_client_event_limit_exceptions: {e}"))?;
         let restrictions = crate::policy::restrictions::RestrictionLists::from_settings(&settings)?;
         let mut tables = crate::policy::table::TableSet::new(&settings.config_directory);
         for spec in restrictions.table_specs() {
@@ -64,6 +81,7 @@ impl Policy {
             router,
             mynetworks,
             bare_newline_exclusions,
+            event_limit_exceptions,
         })
     }
 }
@@ -84,6 +102,8 @@ pub struct Ctx {
     pub idle: event_listener::Event,
     /// The server certificate (None: smtpd_tls_cert_file/key_file empty: no TLS).
     pub tls: RefCell<Option<Rc<tls::TlsSource>>>,
+    /// Per-client connection, message and recipient counts (smtpd_client_*_limit).
+    pub anvil: RefCell<crate::policy::anvil::Anvil>,
     /// The password-checking thread.
     pub verifier: crate::auth::verify::Verifier,
     /// Failed logins per client (SMTP AUTH and POP3 share it).
@@ -124,18 +144,26 @@ impl Ctx {
 /// a shutdown waiting for sessions to end; a session drops it before lingering.
 pub struct SessionSlot {
     ctx: Rc<Ctx>,
+    /// Counted by anvil (released with the slot).
+    anvil_ip: Option<std::net::IpAddr>,
 }
 
 impl SessionSlot {
     pub fn take(ctx: &Rc<Ctx>) -> SessionSlot {
         ctx.sessions.set(ctx.sessions.get() + 1);
-        SessionSlot { ctx: ctx.clone() }
+        SessionSlot {
+            ctx: ctx.clone(),
+            anvil_ip: None,
+        }
     }
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
         self.ctx.sessions.set(self.ctx.sessions.get().saturating_sub(1));
+        if let Some(ip) = self.anvil_ip {
+            self.ctx.anvil.borrow_mut().disconnect(ip);
+        }
         self.ctx.idle.notify(usize::MAX);
     }
 }
@@ -262,6 +290,7 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
             return 1;
         }
     };
+    let anvil_limits = policy.anvil_limits();
     let ex = Rc::new(LocalExecutor::new());
     let ctx = Rc::new(Ctx {
         ex: ex.clone(),
@@ -275,6 +304,7 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         stop: event_listener::Event::new(),
         idle: event_listener::Event::new(),
         tls: RefCell::new(tls_source),
+        anvil: RefCell::new(crate::policy::anvil::Anvil::new(anvil_limits)),
         verifier,
         throttle: RefCell::new(crate::auth::throttle::Throttle::new(
             s.auth_failure_limit,
@@ -523,10 +553,29 @@ async fn accept_loop(ctx: Rc<Ctx>, service: Service, listener: Async<TcpListener
                 match service {
                     Service::Smtp(kind) if full => ctx.ex.spawn(smtp::refuse(ctx.clone(), stream, peer, kind)).detach(),
                     Service::Smtp(kind) => {
-                        let slot = SessionSlot::take(&ctx);
-                        ctx.ex
-                            .spawn(smtp::session(ctx.clone(), stream, peer, slot, kind))
-                            .detach();
+                        let ip = smtp::client_ip(&peer);
+                        let policy = ctx.policy();
+                        let counted = !policy.event_limit_exceptions.contains(ip);
+                        let verdict = if counted {
+                            let mut anvil = ctx.anvil.borrow_mut();
+                            anvil.set_limits(policy.anvil_limits());
+                            anvil.connect(ip, crate::time::now_unix())
+                        } else {
+                            Ok(())
+                        };
+                        match verdict {
+                            Ok(()) => {
+                                let mut slot = SessionSlot::take(&ctx);
+                                slot.anvil_ip = counted.then_some(ip);
+                                ctx.ex
+                                    .spawn(smtp::session(ctx.clone(), stream, peer, slot, kind))
+                                    .detach();
+                            }
+                            Err(exceeded) => ctx
+                                .ex
+                                .spawn(smtp::refuse_limited(ctx.clone(), stream, ip, kind, exceeded))
+                                .detach(),
+                        }
                     }
                     Service::Pop3 { implicit_tls } if full => {
                         ctx.ex.spawn(pop3::refuse(stream, peer, implicit_tls)).detach()

@@ -84,6 +84,46 @@ pub async fn refuse(ctx: Rc<Ctx>, mut stream: Async<TcpStream>, peer: SocketAddr
     .await;
 }
 
+/// Over a smtpd_client_connection_{count,rate}_limit: Postfix's reply and log line
+/// (`421 4.7.0 <host> Error: too many connections from <ip>`).
+pub async fn refuse_limited(
+    ctx: Rc<Ctx>,
+    mut stream: Async<TcpStream>,
+    ip: IpAddr,
+    kind: Kind,
+    exceeded: crate::policy::anvil::Exceeded,
+) {
+    use crate::policy::anvil::Exceeded;
+    let host = ctx.policy().settings.myhostname.clone();
+    let (what, n) = match exceeded {
+        Exceeded::ConnectionCount(n) => ("Connection concurrency limit exceeded", n),
+        _ => ("Connection rate limit exceeded", exceeded_count(exceeded)),
+    };
+    mlog!(
+        kind.service(),
+        "warning: {what}: {n} from unknown[{ip}] for service smtp"
+    );
+    if kind == Kind::Submissions {
+        return;
+    }
+    let msg = format!("421 4.7.0 {host} Error: too many connections from {ip}\r\n");
+    let _ = smol::future::or(async { stream.write_all(msg.as_bytes()).await }, async {
+        Timer::after(Duration::from_secs(5)).await;
+        Ok(())
+    })
+    .await;
+}
+
+fn exceeded_count(e: crate::policy::anvil::Exceeded) -> u32 {
+    use crate::policy::anvil::Exceeded;
+    match e {
+        Exceeded::ConnectionCount(n)
+        | Exceeded::ConnectionRate(n)
+        | Exceeded::MessageRate(n)
+        | Exceeded::RecipientRate(n) => n,
+    }
+}
+
 /// The open transaction as the shell sees it.
 #[derive(Default)]
 struct Txn {
@@ -298,6 +338,19 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                         server.reject(REPLY_NEED_TLS);
                         continue;
                     }
+                    // smtpd_client_message_rate_limit (anvil).
+                    if !policy.event_limit_exceptions.contains(ip) {
+                        let limited = ctx.anvil.borrow_mut().message(ip, crate::time::now_unix());
+                        if let Err(e) = limited {
+                            mlog!(
+                                svc,
+                                "warning: Message delivery request rate limit exceeded: {} from {client_name}[{ip}] for service smtp",
+                                exceeded_count(e)
+                            );
+                            server.reject(Reply::owned(450, format!("4.7.1 Error: too much mail from {ip}")));
+                            continue;
+                        }
+                    }
                     // Postfix's reject_sender_login_mismatch for authenticated clients: a
                     // user may send only as addresses that deliver to their own mailbox.
                     if let Some(u) = user.as_deref() {
@@ -359,6 +412,24 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                             format!("5.1.1 <{to}>: Recipient address rejected: User unknown in local recipient table"),
                         )),
                         (None, _) => Ok(()),
+                    };
+                    // smtpd_client_recipient_rate_limit (anvil): counts accepted recipients.
+                    let outcome = match outcome {
+                        Ok(()) if !policy.event_limit_exceptions.contains(ip) => {
+                            let limited = ctx.anvil.borrow_mut().recipient(ip, crate::time::now_unix());
+                            match limited {
+                                Ok(()) => Ok(()),
+                                Err(e) => {
+                                    mlog!(
+                                        svc,
+                                        "warning: Recipient address rate limit exceeded: {} from {client_name}[{ip}] for service smtp",
+                                        exceeded_count(e)
+                                    );
+                                    Err(Reply::owned(450, format!("4.7.1 Error: too many recipients from {ip}")))
+                                }
+                            }
+                        }
+                        other => other,
                     };
                     match outcome {
                         Ok(()) => {

@@ -168,6 +168,7 @@ pub enum RcptClass {
 
 pub mod access;
 pub mod aliases;
+pub mod anvil;
 pub mod restrictions;
 pub mod router;
 pub mod table;
