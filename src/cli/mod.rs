@@ -178,6 +178,32 @@ pub struct QueueArgs {
 
 /// Parse argv and run; returns the exit status.
 pub fn main() -> i32 {
+    // One binary, several names (Postfix's commands): argv[0] picks the program.
+    let args: Vec<String> = std::env::args().collect();
+    let name = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("poshta")
+        .to_string();
+    if name == "postmap" {
+        let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+        return match PostmapArgs::from_args(&["postmap"], &rest) {
+            Ok(a) => postmap::run(a),
+            Err(e) => {
+                let (text, code) = match e.status {
+                    Ok(()) => (e.output, 0),
+                    Err(()) => (e.output, 64), // EX_USAGE
+                };
+                if code == 0 {
+                    println!("{text}");
+                } else {
+                    eprintln!("{text}");
+                }
+                code
+            }
+        };
+    }
     let top: Top = argh::from_env();
     match top.cmd {
         Cmd::Serve(a) => serve::run(a),

@@ -63,3 +63,18 @@ def test_bad_restriction_name_is_a_config_error(make_poshta):
     r = p.cli("check", check=False)
     assert r.returncode != 0
     assert "reject_everything_bad" in r.stderr
+
+
+def test_postmap_by_its_own_name(tmp_path):
+    from conftest import BIN
+    link = tmp_path / "postmap"
+    link.symlink_to(BIN)
+    table = tmp_path / "access"
+    table.write_text("127.1.2.4 OK\n127.1.2.0/24 REJECT\n")
+    import subprocess
+    r = subprocess.run([str(link), "-q", "127.1.2.4", f"cidr:{table}"], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout.strip()) == (0, "OK")
+    bad = tmp_path / "bad"
+    bad.write_text("ok.example OK\nlonely\n")
+    r = subprocess.run([str(link), f"hash:{bad}"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and f"{bad}:2" in r.stderr
