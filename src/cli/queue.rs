@@ -110,6 +110,8 @@ mod tests {
             size: 2048,
             arrival_unix: 1_795_827_152,
             sender: String::new(),
+            held: false,
+            in_flight: false,
             recipients: vec![
                 (
                     "a@remote.example".into(),
