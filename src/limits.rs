@@ -121,3 +121,8 @@ pub const TABLE_IF_DEPTH_MAX: usize = 32;
 /// Restriction names in access-table results may name further restrictions (Postfix
 /// restriction classes); nesting deeper than this is a configuration error.
 pub const RESTRICTION_NESTING_DEPTH_MAX: usize = 8;
+/// One request line on the control socket (`poshta queue`), LF included: room for about
+/// 240 queue ids.
+pub const CONTROL_REQUEST_BYTES_MAX: usize = 4096;
+/// A control client's time to send its request, and for each write of the response.
+pub const CONTROL_CLIENT_TIMEOUT_SECS: u64 = 10;
