@@ -26,7 +26,9 @@
 //! They talk to the daemon over its control socket (`net::control` documents the protocol).
 //! When the daemon is not running, the listing is read from the log read-only (`queue::scan`:
 //! held messages are marked, nothing is in flight); every other action fails with
-//! `poshta: fatal: the mail system is down (no control socket at PATH)`.
+//! `poshta: fatal: the mail system is down (no control socket at PATH)`. The listing also
+//! falls back to the log (with a warning) when the daemon does not answer or the socket may
+//! not be used (it is 0600: the control actions need the daemon's user).
 //!
 //! Exit status: 0 done; 1 an id was unknown (`poshta: ID: no such message`) or the daemon
 //! refused the request; 64 usage; 69 the mail system is down; 75 the daemon did not answer
@@ -190,6 +192,9 @@ fn list(dir: &Path, sock: &Path) -> i32 {
         }
         // No daemon: read the log ourselves.
         Err(CtlError::Down) => {}
+        // A daemon we may not talk to (another user) or that does not answer: the log
+        // still tells what is queued, only in-flight marks are missing.
+        Err(CtlError::Broken(why)) => eprintln!("poshta: warning: {why}; listing the queue from disk"),
         Err(e) => return failed(sock, e),
     }
     if !dir.exists() {
