@@ -124,3 +124,8 @@ pub const RESTRICTION_NESTING_DEPTH_MAX: usize = 8;
 /// anvil: most clients tracked for the smtpd_client_* limits (memory stays bounded under a
 /// flood of addresses; see policy::anvil).
 pub const ANVIL_CLIENTS_MAX: usize = 10_000;
+/// One request line on the control socket (`poshta queue`), LF included: room for about
+/// 240 queue ids.
+pub const CONTROL_REQUEST_BYTES_MAX: usize = 4096;
+/// A control client's time to send its request, and for each write of the response.
+pub const CONTROL_CLIENT_TIMEOUT_SECS: u64 = 10;

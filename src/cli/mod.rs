@@ -167,13 +167,18 @@ pub struct UserListArgs {
     pub config: Option<PathBuf>,
 }
 
-/// List the mail queue like Postfix's mailq.
+/// List or control the mail queue, like Postfix's mailq / postqueue / postsuper / postcat:
+/// `queue` (list), `queue flush`, `queue hold ID|ALL...`, `queue release ID|ALL...`,
+/// `queue delete ID|ALL...`, `queue show ID`. All but the listing need the running daemon.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "queue")]
 pub struct QueueArgs {
     /// main.cf to use
     #[argh(option, short = 'c')]
     pub config: Option<PathBuf>,
+    /// action (list, flush, hold, release, delete, show) and its queue ids
+    #[argh(positional)]
+    pub args: Vec<String>,
 }
 
 /// Parse argv and run; returns the exit status.

@@ -9,10 +9,46 @@
 //!
 //! -- 2 Kbytes in 1 Request.
 //! ```
-//! `*` after the id marks a message being delivered in Postfix; poshta reads the log
-//! read-only, so it marks nothing. The null sender is shown as MAILER-DAEMON.
+//! After the id, `!` marks a held message and `*` one being delivered (Postfix's showq
+//! marks). The null sender is shown as MAILER-DAEMON.
+//!
+//! # Actions
+//!
+//! ```text
+//! poshta queue [list]            the listing (postqueue -p)
+//! poshta queue flush             every deferred message is due now (postqueue -f)
+//! poshta queue hold ID|ALL...    not delivered until released (postsuper -h)
+//! poshta queue release ID|ALL... (postsuper -H)
+//! poshta queue delete ID|ALL...  removed from the queue (postsuper -d)
+//! poshta queue show ID           envelope, then the message as queued (postcat -q)
+//! ```
+//!
+//! They talk to the daemon over its control socket (`net::control` documents the protocol).
+//! When the daemon is not running, the listing is read from the log read-only (`queue::scan`:
+//! held messages are marked, nothing is in flight); every other action fails with
+//! `poshta: fatal: the mail system is down (no control socket at PATH)`. The listing also
+//! falls back to the log (with a warning) when the daemon does not answer or the socket may
+//! not be used (it is 0600: the control actions need the daemon's user).
+//!
+//! Exit status: 0 done; 1 an id was unknown (`poshta: ID: no such message`) or the daemon
+//! refused the request; 64 usage; 69 the mail system is down; 75 the daemon did not answer
+//! properly (timeout, short reply).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
 
 use crate::queue::{MessageInfo, RcptState};
+
+const EXIT_NO_SUCH: i32 = 1;
+const EXIT_USAGE: i32 = 64;
+const EXIT_UNAVAILABLE: i32 = 69;
+const EXIT_TEMPFAIL: i32 = 75;
+/// The status line of a control response.
+const STATUS_LINE_BYTES_MAX: u64 = 4096;
+/// How long the CLI waits for each read or write on the control socket.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Format a queue listing exactly like Postfix's showq.
 pub fn format_mailq(msgs: &[MessageInfo]) -> String {
@@ -38,9 +74,16 @@ pub fn format_mailq(msgs: &[MessageInfo]) -> String {
         // asctime() truncated to 20 characters, as showq prints it.
         let arrival = format!("{:<20.20}", crate::time::mailq(m.arrival_unix) + " ");
         // postqueue's showq_compat: "%-11s %7ld %20.20s %s" with the status mark after the id.
+        let mark = if m.held {
+            "!"
+        } else if m.in_flight {
+            "*"
+        } else {
+            ""
+        };
         out.push_str(&format!(
             "{:<11} {:>7} {} {}\n",
-            m.qid.to_string(),
+            format!("{}{}", m.qid, mark),
             m.size,
             arrival,
             sender
@@ -67,16 +110,93 @@ pub fn format_mailq(msgs: &[MessageInfo]) -> String {
     out
 }
 
-pub fn run(args: super::QueueArgs) -> i32 {
-    let path = crate::config::config_path(args.config.as_deref());
-    let loaded = match crate::config::load(&path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("poshta: fatal: {}: {}", path.display(), e);
-            return 1;
+/// Why a control request did not get an answer.
+#[derive(Debug)]
+enum CtlError {
+    /// No daemon: no socket, or nobody listening on it.
+    Down,
+    /// The daemon said ERR.
+    Refused(String),
+    /// Anything else (timeout, short or malformed reply).
+    Broken(String),
+}
+
+/// Send one request and copy the response body to `out`.
+fn request(sock: &Path, line: &str, out: &mut dyn Write) -> Result<(), CtlError> {
+    let stream = match UnixStream::connect(sock) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(CtlError::Down)
         }
+        Err(e) => return Err(CtlError::Broken(format!("{}: {e}", sock.display()))),
     };
-    let dir = &loaded.settings.queue_directory;
+    let broken = |e: std::io::Error| CtlError::Broken(format!("{}: {e}", sock.display()));
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(broken)?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT)).map_err(broken)?;
+    (&stream).write_all(format!("{line}\n").as_bytes()).map_err(broken)?;
+    let mut r = BufReader::new(&stream);
+    let mut status = String::new();
+    (&mut r)
+        .take(STATUS_LINE_BYTES_MAX)
+        .read_line(&mut status)
+        .map_err(broken)?;
+    let status = status
+        .strip_suffix('\n')
+        .ok_or_else(|| CtlError::Broken("no reply from the daemon".into()))?;
+    if let Some(text) = status.strip_prefix("ERR ") {
+        return Err(CtlError::Refused(text.to_string()));
+    }
+    let len: u64 = status
+        .strip_prefix("OK ")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| CtlError::Broken(format!("bad reply from the daemon: {status:.80}")))?;
+    let n = std::io::copy(&mut (&mut r).take(len), out).map_err(broken)?;
+    if n != len {
+        return Err(CtlError::Broken(format!("reply cut short after {n} of {len} bytes")));
+    }
+    Ok(())
+}
+
+/// Report a failed request; returns the exit status.
+fn failed(sock: &Path, e: CtlError) -> i32 {
+    match e {
+        CtlError::Down => {
+            eprintln!(
+                "poshta: fatal: the mail system is down (no control socket at {})",
+                sock.display()
+            );
+            EXIT_UNAVAILABLE
+        }
+        CtlError::Refused(t) => {
+            eprintln!("poshta: fatal: {t}");
+            EXIT_NO_SUCH
+        }
+        CtlError::Broken(t) => {
+            eprintln!("poshta: fatal: {t}");
+            EXIT_TEMPFAIL
+        }
+    }
+}
+
+fn list(dir: &Path, sock: &Path) -> i32 {
+    let mut body = Vec::new();
+    match request(sock, "LIST", &mut body) {
+        Ok(()) => {
+            let _ = std::io::stdout().write_all(&body);
+            return 0;
+        }
+        // No daemon: read the log ourselves.
+        Err(CtlError::Down) => {}
+        // A daemon we may not talk to (another user) or that does not answer: the log
+        // still tells what is queued, only in-flight marks are missing.
+        Err(CtlError::Broken(why)) => eprintln!("poshta: warning: {why}; listing the queue from disk"),
+        Err(e) => return failed(sock, e),
+    }
     if !dir.exists() {
         print!("{}", format_mailq(&[]));
         return 0;
@@ -91,6 +211,86 @@ pub fn run(args: super::QueueArgs) -> i32 {
             1
         }
     }
+}
+
+pub fn run(args: super::QueueArgs) -> i32 {
+    let path = crate::config::config_path(args.config.as_deref());
+    let loaded = match crate::config::load(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("poshta: fatal: {}: {}", path.display(), e);
+            return 1;
+        }
+    };
+    let dir = &loaded.settings.queue_directory;
+    let sock = crate::net::control::socket_path(dir);
+    let action = args.args.first().map(|a| a.to_ascii_lowercase());
+    let ids = args.args.get(1..).unwrap_or(&[]);
+    // Ids go on one request line: no spaces or line ends inside one.
+    if ids
+        .iter()
+        .any(|i| i.is_empty() || i.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()))
+    {
+        eprintln!("poshta: fatal: bad queue id");
+        return EXIT_USAGE;
+    }
+    let verb = match (action.as_deref(), ids.len()) {
+        (None, _) | (Some("list"), 0) => return list(dir, &sock),
+        (Some("flush"), 0) => "FLUSH",
+        (Some("show"), 1) => "SHOW",
+        (Some("hold"), 1..) => "HOLD",
+        (Some("release"), 1..) => "RELEASE",
+        (Some("delete"), 1..) => "DELETE",
+        _ => {
+            eprintln!("poshta: fatal: usage: poshta queue [list | flush | show ID | hold|release|delete ID|ALL...]");
+            return EXIT_USAGE;
+        }
+    };
+    let line = std::iter::once(verb)
+        .chain(ids.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.len() >= crate::limits::CONTROL_REQUEST_BYTES_MAX {
+        eprintln!("poshta: fatal: too many queue ids in one command");
+        return EXIT_USAGE;
+    }
+    if verb == "SHOW" {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        return match request(&sock, &line, &mut out) {
+            Ok(()) => 0,
+            Err(e) => {
+                let _ = out.flush();
+                failed(&sock, e)
+            }
+        };
+    }
+    let mut body = Vec::new();
+    if let Err(e) = request(&sock, &line, &mut body) {
+        return failed(&sock, e);
+    }
+    if verb == "FLUSH" {
+        return 0;
+    }
+    // "+ ID: what" / "- ID: no such message", one per message (postsuper logs the like).
+    let mut status = 0;
+    let mut count = 0usize;
+    for l in String::from_utf8_lossy(&body).lines() {
+        if let Some(ok) = l.strip_prefix("+ ") {
+            eprintln!("poshta: {ok}");
+            count += 1;
+        } else if let Some(bad) = l.strip_prefix("- ") {
+            eprintln!("poshta: {bad}");
+            status = EXIT_NO_SUCH;
+        }
+    }
+    let what = match verb {
+        "HOLD" => "Placed on hold",
+        "RELEASE" => "Released from hold",
+        _ => "Deleted",
+    };
+    eprintln!("poshta: {what}: {count} message{}", if count == 1 { "" } else { "s" });
+    status
 }
 
 #[cfg(test)]
@@ -110,6 +310,8 @@ mod tests {
             size: 2048,
             arrival_unix: 1_795_827_152,
             sender: String::new(),
+            held: false,
+            in_flight: false,
             recipients: vec![
                 (
                     "a@remote.example".into(),
@@ -140,5 +342,36 @@ mod tests {
         assert_eq!(lines[4], format!("{}b@remote.example", " ".repeat(41)));
         assert_eq!(lines[5], "");
         assert_eq!(lines[6], "-- 2 Kbytes in 1 Request.");
+    }
+
+    #[test]
+    fn held_and_active_marks() {
+        let mut m = MessageInfo {
+            qid: QueueId(0xAB),
+            size: 10,
+            arrival_unix: 1_795_827_152,
+            sender: "s@x".into(),
+            held: true,
+            in_flight: true,
+            recipients: vec![("r@y".into(), RcptState::Pending)],
+        };
+        let s = format_mailq(std::slice::from_ref(&m));
+        assert_eq!(s.lines().nth(1), Some("0000000000AB!      10 Sat Nov 28 00:52:32  s@x"));
+        m.held = false;
+        let s = format_mailq(&[m]);
+        assert_eq!(s.lines().nth(1), Some("0000000000AB*      10 Sat Nov 28 00:52:32  s@x"));
+    }
+
+    #[test]
+    fn daemon_down_is_reported() {
+        let dir = std::env::temp_dir().join(format!("poshta-qctl-{}", std::process::id()));
+        let sock = dir.join("control");
+        let mut out = Vec::new();
+        assert!(matches!(request(&sock, "FLUSH", &mut out), Err(CtlError::Down)));
+        // A stale socket file with nobody listening is "down" too.
+        let _ = std::fs::create_dir_all(&dir);
+        drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
+        assert!(matches!(request(&sock, "FLUSH", &mut out), Err(CtlError::Down)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

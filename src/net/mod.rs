@@ -5,6 +5,7 @@
 //! [`Ctx`] behind `Rc` + `RefCell`/`Cell`; no borrow is held across an `.await`. Blocking
 //! file work (Maildir writes with fsync, queue writes) goes to `smol::unblock`.
 
+pub mod control;
 pub mod deliver;
 pub mod listen;
 pub mod pop3;
@@ -233,6 +234,13 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
             None => String::new(),
         }
     );
+    let control = match control::bind(&s.queue_directory) {
+        Ok(l) => l,
+        Err(e) => {
+            mlog!("master", "fatal: control socket {}: {e}", control::socket_path(&s.queue_directory).display());
+            return 1;
+        }
+    };
     let mut listeners = Vec::new();
     let services = [
         (Service::Smtp(smtp::Kind::Smtp), &s.smtpd_listen),
@@ -319,6 +327,7 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         env!("CARGO_PKG_VERSION"),
         config_file.display()
     );
+    ex.spawn(control::serve(ctx.clone(), control)).detach();
     smol::block_on(ex.run(run(ctx, listeners, config_file.to_path_buf())))
 }
 

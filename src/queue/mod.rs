@@ -168,8 +168,23 @@ pub struct MessageInfo {
     pub size: u64,
     pub arrival_unix: u64,
     pub sender: String,
+    /// On hold (`poshta queue hold`): mailq marks it with `!`.
+    pub held: bool,
+    /// A delivery attempt is running (only the daemon knows; mailq marks it with `*`).
+    pub in_flight: bool,
     /// Recipients not yet final, with their state.
     pub recipients: Vec<(String, RcptState)>,
+}
+
+/// What `Queue::delete` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// Gone from the queue.
+    Deleted,
+    /// A delivery attempt is running: the `Deleted` record is written, so it stays deleted
+    /// after a restart, but the attempt in progress completes (it may still deliver); the
+    /// message leaves the index when the attempt finishes.
+    AfterAttempt,
 }
 
 /// A delivery job: one message with the recipients due now.
@@ -783,6 +798,17 @@ impl Queue {
         let Some(m) = inner.index.get_mut(&qid) else {
             return;
         };
+        if m.deleted {
+            // Deleted during the attempt: its Deleted record is already in the log.
+            let first_lsn = m.first_lsn;
+            inner.index.remove(&qid);
+            let end = inner.appended_lsn();
+            inner.retire.push_back((end, first_lsn));
+            drop(inner);
+            self.shared.work.notify(1);
+            self.shared.changed.notify(usize::MAX);
+            return;
+        }
         let changes = schedule::apply_outcomes(&opts, m, outcomes, now_unix);
         let all_final = m.all_final();
         let first_lsn = m.first_lsn;
@@ -848,7 +874,110 @@ impl Queue {
 
     /// Every message in the queue, oldest first.
     pub fn list(&self) -> Vec<MessageInfo> {
-        self.shared.inner.borrow().index.values().map(Msg::info).collect()
+        self.shared
+            .inner
+            .borrow()
+            .index
+            .values()
+            .filter(|m| !m.deleted)
+            .map(Msg::info)
+            .collect()
+    }
+
+    /// The envelope of a queued message (`poshta queue show`).
+    pub fn envelope(&self, qid: QueueId) -> Result<Envelope, QueueError> {
+        let inner = self.shared.inner.borrow();
+        let m = inner
+            .index
+            .get(&qid)
+            .filter(|m| !m.deleted)
+            .ok_or(QueueError::UnknownId(qid))?;
+        Ok(Envelope {
+            sender: m.sender.clone(),
+            recipients: m.recipients.clone(),
+            arrival_unix: m.arrival_unix,
+            client: m.client.clone(),
+        })
+    }
+
+    /// Append a control record for a queued (not deleted) message; the caller `sync`s.
+    fn control(&self, qid: QueueId, rec: Record<'_>, f: impl FnOnce(&mut Msg)) -> Result<(), QueueError> {
+        let mut inner = self.shared.inner.borrow_mut();
+        if inner.writer_lost {
+            return Err(inner.writer_lost_error());
+        }
+        match inner.index.get(&qid) {
+            Some(m) if !m.deleted => {}
+            _ => return Err(QueueError::UnknownId(qid)),
+        }
+        inner.append(&rec)?;
+        if let Some(m) = inner.index.get_mut(&qid) {
+            f(m);
+        }
+        drop(inner);
+        self.shared.work.notify(1);
+        Ok(())
+    }
+
+    /// Put a message on hold (postsuper -h): it is not offered for delivery until released;
+    /// an attempt already running completes. Logged (`Held`), so it survives a restart.
+    /// Holding a held message is a no-op. Call `sync` for durability.
+    pub fn hold(&self, qid: QueueId) -> Result<(), QueueError> {
+        if self
+            .shared
+            .inner
+            .borrow()
+            .index
+            .get(&qid)
+            .is_some_and(|m| m.held && !m.deleted)
+        {
+            return Ok(());
+        }
+        self.control(qid, Record::Held { qid }, |m| m.held = true)
+    }
+
+    /// Release a held message (postsuper -H); releasing one not held is a no-op.
+    pub fn release(&self, qid: QueueId) -> Result<(), QueueError> {
+        if self
+            .shared
+            .inner
+            .borrow()
+            .index
+            .get(&qid)
+            .is_some_and(|m| !m.held && !m.deleted)
+        {
+            return Ok(());
+        }
+        self.control(qid, Record::Released { qid }, |m| m.held = false)?;
+        self.poke();
+        Ok(())
+    }
+
+    /// Delete a message (postsuper -d): logged (`Deleted`), so it stays deleted after a
+    /// restart. See [`Deletion`] for a message being delivered. Call `sync` for durability.
+    pub fn delete(&self, qid: QueueId) -> Result<Deletion, QueueError> {
+        self.control(qid, Record::Deleted { qid }, |m| m.deleted = true)?;
+        let mut inner = self.shared.inner.borrow_mut();
+        let Some(m) = inner.index.get(&qid) else {
+            return Ok(Deletion::Deleted);
+        };
+        if m.in_flight {
+            return Ok(Deletion::AfterAttempt);
+        }
+        let first_lsn = m.first_lsn;
+        inner.index.remove(&qid);
+        let end = inner.appended_lsn();
+        inner.retire.push_back((end, first_lsn));
+        Ok(Deletion::Deleted)
+    }
+
+    /// postqueue -f: every deferred recipient of a message not held is due now; wakes the
+    /// runner. Returns how many messages became due. Not logged (a restart retries anyway
+    /// what is due by then).
+    pub fn flush(&self, now_unix: u64) -> usize {
+        let n = schedule::flush(&mut self.shared.inner.borrow_mut().index, now_unix);
+        self.poke();
+        n
     }
 
     /// Write and fsync everything pending (shutdown).
@@ -970,6 +1099,8 @@ impl Incoming {
                 chunks: std::mem::take(&mut self.chunks),
                 first_lsn: self.first_lsn,
                 in_flight: false,
+                held: false,
+                deleted: false,
             };
             let (tx, rx) = smol::channel::bounded(1);
             // The writer indexes the message (or aborts it) even if this future is dropped.

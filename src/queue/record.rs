@@ -40,7 +40,8 @@
 //! most limits::QUEUE_CHUNK_BYTES_MAX data bytes, never empty), `Commit` (total body size),
 //! then per-recipient outcomes `Delivered` / `Deferred` / `Bounced` (rcpt = index in the
 //! envelope), and `Done` once every recipient is final. `Aborted` ends a message that will
-//! never be committed. Recipient outcomes may land in later segments than the envelope.
+//! never be committed. Queue control (`poshta queue`) adds `Held` / `Released` (the last one
+//! wins: a held message is not delivered) and `Deleted` (ends the message like `Done`). Recipient outcomes may land in later segments than the envelope.
 //!
 //! # Recovery rules
 //!
@@ -115,6 +116,19 @@ pub enum Record<'a> {
     Aborted {
         qid: QueueId,
     },
+    /// `poshta queue hold`: not delivered until `Released` (postsuper -h).
+    Held {
+        qid: QueueId,
+    },
+    /// `poshta queue release`: delivered again (postsuper -H).
+    Released {
+        qid: QueueId,
+    },
+    /// `poshta queue delete`: the message is gone, whatever its recipients' states
+    /// (postsuper -d). Recovery treats it like `Done`.
+    Deleted {
+        qid: QueueId,
+    },
 }
 
 impl Record<'_> {
@@ -127,7 +141,10 @@ impl Record<'_> {
             | Record::Deferred { qid, .. }
             | Record::Bounced { qid, .. }
             | Record::Done { qid }
-            | Record::Aborted { qid } => *qid,
+            | Record::Aborted { qid }
+            | Record::Held { qid }
+            | Record::Released { qid }
+            | Record::Deleted { qid } => *qid,
         }
     }
 }

@@ -166,6 +166,8 @@ fn apply(parts: &mut HashMap<QueueId, Partial>, rec: Record<'_>, lsn: u64, frame
                 chunks: Vec::new(),
                 first_lsn: lsn,
                 in_flight: false,
+                held: false,
+                deleted: false,
             };
             parts.insert(
                 qid,
@@ -222,8 +224,18 @@ fn apply(parts: &mut HashMap<QueueId, Partial>, rec: Record<'_>, lsn: u64, frame
                 },
             )
         }
-        Record::Done { qid } | Record::Aborted { qid } => {
+        Record::Done { qid } | Record::Aborted { qid } | Record::Deleted { qid } => {
             parts.remove(&qid);
+        }
+        Record::Held { qid } => {
+            if let Some(p) = parts.get_mut(&qid) {
+                p.msg.held = true;
+            }
+        }
+        Record::Released { qid } => {
+            if let Some(p) = parts.get_mut(&qid) {
+                p.msg.held = false;
+            }
         }
     }
     Ok(())

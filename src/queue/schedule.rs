@@ -26,6 +26,11 @@ pub struct Msg {
     /// Log position of its first record (segments from there on must stay).
     pub first_lsn: u64,
     pub in_flight: bool,
+    /// On hold (`poshta queue hold`): never offered for delivery until released.
+    pub held: bool,
+    /// Deleted while in flight: its `Deleted` record is written; it leaves the index when the
+    /// attempt finishes, and is neither listed nor offered again.
+    pub deleted: bool,
 }
 
 fn is_final(s: &RcptState) -> bool {
@@ -69,6 +74,8 @@ impl Msg {
             size: self.size,
             arrival_unix: self.arrival_unix,
             sender: self.sender.clone(),
+            held: self.held,
+            in_flight: self.in_flight,
             recipients: self
                 .recipients
                 .iter()
@@ -94,7 +101,7 @@ pub fn take_ready(index: &mut BTreeMap<QueueId, Msg>, now_unix: u64, max: usize)
         if jobs.len() >= max {
             break;
         }
-        if m.in_flight {
+        if m.in_flight || m.held || m.deleted {
             continue;
         }
         let recipients = m.due(now_unix);
@@ -113,9 +120,32 @@ pub fn take_ready(index: &mut BTreeMap<QueueId, Msg>, now_unix: u64, max: usize)
     jobs
 }
 
+/// `poshta queue flush`: every deferred recipient of a message not held is due at `now`.
+/// Returns how many messages became due. In memory only: a restart retries what is due then.
+pub fn flush(index: &mut BTreeMap<QueueId, Msg>, now_unix: u64) -> usize {
+    let mut n = 0;
+    for m in index.values_mut().filter(|m| !m.held && !m.deleted) {
+        let mut any = false;
+        for s in &mut m.states {
+            if let RcptState::Deferred { next_try_unix, .. } = s {
+                if *next_try_unix > now_unix {
+                    *next_try_unix = now_unix;
+                    any = true;
+                }
+            }
+        }
+        n += usize::from(any);
+    }
+    n
+}
+
 /// Earliest due time among messages not in flight.
 pub fn next_due(index: &BTreeMap<QueueId, Msg>) -> Option<u64> {
-    index.values().filter(|m| !m.in_flight).filter_map(Msg::due_at).min()
+    index
+        .values()
+        .filter(|m| !m.in_flight && !m.held && !m.deleted)
+        .filter_map(Msg::due_at)
+        .min()
 }
 
 /// A state change to log: (recipient index, new state).
@@ -182,6 +212,8 @@ mod tests {
             chunks: vec![],
             first_lsn: 0,
             in_flight: false,
+            held: false,
+            deleted: false,
         }
     }
 

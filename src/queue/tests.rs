@@ -1046,3 +1046,117 @@ fn a_zeroed_header_of_the_last_segment_is_a_torn_creation_but_a_foreign_one_is_n
         Err(QueueError::Corrupt { .. })
     ));
 }
+
+// ---------------------------------------------------------------------------------------
+// Queue control: hold, release, delete, flush
+
+#[test]
+fn hold_release_delete_survive_reopen() {
+    let dir = TempDir::new("control");
+    {
+        let (q, _) = open(dir.path(), 1 << 30);
+        let (a, b, c) = run(&q, async {
+            let a = put(&q, "a", 1, b"aaa").await.expect("a");
+            let b = put(&q, "b", 1, b"bbb").await.expect("b");
+            let c = put(&q, "c", 2, b"ccc").await.expect("c");
+            (a, b, c)
+        });
+        q.hold(a).expect("hold a");
+        q.hold(a).expect("hold a twice is a no-op");
+        q.hold(b).expect("hold b");
+        q.release(b).expect("release b");
+        q.release(c).expect("release of a message not held is a no-op");
+        assert_eq!(q.delete(c).expect("delete c"), Deletion::Deleted);
+        // Unknown and already deleted ids are refused with the id.
+        assert!(matches!(q.delete(c), Err(QueueError::UnknownId(x)) if x == c));
+        assert!(matches!(q.hold(QueueId(7)), Err(QueueError::UnknownId(_))));
+        assert!(matches!(q.release(QueueId(7)), Err(QueueError::UnknownId(_))));
+        assert_eq!(
+            QueueError::UnknownId(QueueId(7)).to_string(),
+            "000000000007: no such message"
+        );
+        // Held messages are not offered, and do not make the runner wake up.
+        let jobs = q.ready(NOW, 10);
+        assert_eq!(jobs.iter().map(|j| j.qid).collect::<Vec<_>>(), vec![b]);
+        q.finish(b, &[(0, Outcome::Deferred { reason: "busy".into() })], NOW);
+        assert_eq!(q.next_due(), Some(NOW + 300));
+        let l = q.list();
+        assert_eq!(
+            l.iter().map(|m| (m.qid, m.held)).collect::<Vec<_>>(),
+            vec![(a, true), (b, false)]
+        );
+        assert!(q.envelope(c).is_err());
+        assert_eq!(q.envelope(a).expect("env").sender, "a@example.org");
+        run(&q, async { q.sync().await.expect("sync") });
+    }
+    // Recovery replays Held / Released / Deleted, and so does the read-only scan.
+    let scanned = scan(dir.path()).expect("scan");
+    assert_eq!(scanned.iter().map(|m| m.held).collect::<Vec<_>>(), vec![true, false]);
+    let (q, _) = open(dir.path(), 1 << 30);
+    let l = q.list();
+    assert_eq!(l.len(), 2);
+    assert!(l[0].held && !l[1].held);
+    let (a, b) = (l[0].qid, l[1].qid);
+    assert!(q.ready(NOW, 10).is_empty(), "a held, b deferred");
+    assert_eq!(
+        q.ready(NOW + 300, 10).iter().map(|j| j.qid).collect::<Vec<_>>(),
+        vec![b]
+    );
+    q.release(a).expect("release a");
+    assert_eq!(
+        q.ready(NOW + 300, 10).iter().map(|j| j.qid).collect::<Vec<_>>(),
+        vec![a]
+    );
+    run(&q, async { q.sync().await.expect("sync") });
+    drop(q);
+    let (q, _) = open(dir.path(), 1 << 30);
+    assert!(q.list().iter().all(|m| !m.held), "release survives reopen");
+}
+
+#[test]
+fn delete_in_flight_finishes_the_attempt_then_goes() {
+    let dir = TempDir::new("delflight");
+    {
+        let (q, _) = open(dir.path(), 1 << 30);
+        let a = run(&q, put(&q, "a", 1, b"x")).expect("a");
+        assert_eq!(q.ready(NOW, 10).len(), 1);
+        assert_eq!(q.delete(a).expect("delete"), Deletion::AfterAttempt);
+        assert!(q.list().is_empty(), "not listed once deleted");
+        assert!(matches!(q.delete(a), Err(QueueError::UnknownId(_))));
+        // The body stays readable for the attempt in progress.
+        assert_eq!(body_of(&q, a), b"x");
+        q.finish(a, &[(0, Outcome::Deferred { reason: "busy".into() })], NOW);
+        assert!(q.ready(NOW + 100_000, 10).is_empty());
+        assert_eq!(q.next_due(), None);
+        run(&q, async { q.sync().await.expect("sync") });
+    }
+    // Crash-equivalent: the Deleted record alone makes it gone after a restart.
+    let (q, rep) = open(dir.path(), 1 << 30);
+    assert_eq!(rep.messages, 0);
+    assert!(q.list().is_empty());
+}
+
+#[test]
+fn flush_makes_deferred_messages_due_but_not_held_ones() {
+    let dir = TempDir::new("flush");
+    let (q, _) = open(dir.path(), 1 << 30);
+    let (a, b) = run(&q, async {
+        (
+            put(&q, "a", 1, b"a").await.expect("a"),
+            put(&q, "b", 1, b"b").await.expect("b"),
+        )
+    });
+    assert_eq!(q.ready(NOW, 10).len(), 2);
+    for id in [a, b] {
+        q.finish(id, &[(0, Outcome::Deferred { reason: "busy".into() })], NOW);
+    }
+    q.hold(b).expect("hold");
+    let later = NOW + 10;
+    assert!(q.ready(later, 10).is_empty());
+    assert_eq!(q.flush(later), 1);
+    assert_eq!(q.next_due(), Some(later));
+    assert_eq!(q.ready(later, 10).iter().map(|j| j.qid).collect::<Vec<_>>(), vec![a]);
+    // Flushing again with nothing deferred in the future changes nothing.
+    assert_eq!(q.flush(later), 0);
+    run(&q, async { q.sync().await.expect("sync") });
+}
