@@ -237,7 +237,11 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
     let control = match control::bind(&s.queue_directory) {
         Ok(l) => l,
         Err(e) => {
-            mlog!("master", "fatal: control socket {}: {e}", control::socket_path(&s.queue_directory).display());
+            mlog!(
+                "master",
+                "fatal: control socket {}: {e}",
+                control::socket_path(&s.queue_directory).display()
+            );
             return 1;
         }
     };

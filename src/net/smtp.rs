@@ -134,6 +134,8 @@ struct Txn {
     write_failed: Option<Reply>,
     /// An access table said DISCARD: accept, tell the client it was accepted, drop it.
     discard: bool,
+    /// An access table said HOLD: queue the message on hold.
+    hold: bool,
 }
 
 impl Txn {
@@ -442,9 +444,14 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                                 txn.discard = true;
                             }
                             if let Some(why) = verdict.hold {
-                                // The queue has no hold state yet (queue control comes with
-                                // relaying): say so, and deliver.
-                                mlog!(svc, "warning: sid={sid} hold: {why}: HOLD is not supported yet; the message is delivered");
+                                // access(5) HOLD: the message is queued but held until
+                                // `poshta queue release` (postsuper -H).
+                                mlog!(
+                                    svc,
+                                    "sid={sid} hold: RCPT from {client_name}[{ip}]: {why}; from=<{}> to=<{to}>",
+                                    txn.from.as_deref().unwrap_or("")
+                                );
+                                txn.hold = true;
                             }
                             txn.rcpts.push(to);
                             server.accept();
@@ -576,6 +583,13 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                             let qid = inc.qid();
                             match inc.commit().await {
                                 Ok(()) => {
+                                    // Held before anything else runs (no await in between),
+                                    // so the runner never picks it up.
+                                    if txn.hold {
+                                        if let Err(e) = ctx.queue.hold(qid) {
+                                            mlog!(svc, "warning: sid={sid} qid={qid} hold: {e}");
+                                        }
+                                    }
                                     mlog!(
                                         "qmgr",
                                         "qid={qid} from=<{}>, size={size}, nrcpt={} (queue active)",

@@ -78,3 +78,20 @@ def test_postmap_by_its_own_name(tmp_path):
     bad.write_text("ok.example OK\nlonely\n")
     r = subprocess.run([str(link), f"hash:{bad}"], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and f"{bad}:2" in r.stderr
+
+
+def test_hold_action_queues_on_hold_until_released(make_poshta):
+    p = make_poshta(start=False)
+    senders = os.path.join(p.dir, "sender_access")
+    write(senders, "review@suspect.example HOLD needs a look\n")
+    p.write_config(f"smtpd_sender_restrictions = check_sender_access hash:{senders}")
+    p.start()
+    send(p, ["alice@example.org"], sender="review@suspect.example")
+    time.sleep(1)
+    assert p.new_messages("alice") == []
+    listing = p.cli("queue").stdout
+    held = [l for l in listing.splitlines() if "review@suspect.example" in l]
+    assert held and held[0].split()[0].endswith("!"), listing
+    qid = held[0].split()[0].rstrip("!*")
+    p.cli("queue", "release", qid)
+    p.wait_messages("alice", 1)
