@@ -191,6 +191,14 @@ pub fn main() -> i32 {
         .and_then(|n| n.to_str())
         .unwrap_or("poshta")
         .to_string();
+    if name == "mailq" {
+        // mailq (sendmail -bp): list the queue; the main.cf comes from POSHTA_CONFIG or the
+        // default, as for Postfix's mailq.
+        return queue::run(QueueArgs {
+            config: None,
+            args: Vec::new(),
+        });
+    }
     if name == "postmap" {
         let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
         return match PostmapArgs::from_args(&["postmap"], &rest) {

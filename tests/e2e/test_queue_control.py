@@ -178,3 +178,14 @@ def test_daemon_down(deferred):
         r = p.cli("queue", *args, check=False)
         assert r.returncode == 69, r
         assert r.stderr.strip() == f"poshta: fatal: the mail system is down (no control socket at {sock})"
+
+
+def test_mailq_by_its_own_name(poshta, tmp_path):
+    import subprocess
+    from conftest import BIN
+    link = tmp_path / "mailq"
+    link.symlink_to(BIN)
+    r = subprocess.run([str(link)], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, POSHTA_CONFIG=poshta.cf))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "Mail queue is empty\n"
