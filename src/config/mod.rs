@@ -794,6 +794,8 @@ fn build_settings(
                 .and_then(|n| usize::try_from(n).map_err(|_| ()))
         })
     };
+    // Counts that are u32 in Settings (the key table caps integers at i32::MAX anyway).
+    let int32 = |name: &str| -> u32 { u32::try_from(int(name)).unwrap_or(u32::MAX) };
     let time = |name: &str| -> u64 {
         let unit = match keys::find(name).map(|k| k.kind) {
             Some(Kind::Time { unit }) => unit,
@@ -980,7 +982,7 @@ fn build_settings(
             "reject_authenticated_sender_login_mismatch",
             value::parse_bool,
         ),
-        auth_failure_limit: u32::try_from(int("auth_failure_limit")).unwrap_or(u32::MAX),
+        auth_failure_limit: int32("auth_failure_limit"),
         auth_failure_window_secs: time("auth_failure_window"),
         auth_failure_penalty_secs: time("auth_failure_penalty"),
         syslog_name: get("syslog_name").to_string(),
@@ -995,12 +997,10 @@ fn build_settings(
             &get("parent_domain_matches_subdomains").to_ascii_lowercase(),
         ),
         pop3d_autologout_secs: time("pop3d_autologout"),
-        smtpd_client_connection_count_limit: u32::try_from(int("smtpd_client_connection_count_limit"))
-            .unwrap_or(u32::MAX),
-        smtpd_client_connection_rate_limit: u32::try_from(int("smtpd_client_connection_rate_limit"))
-            .unwrap_or(u32::MAX),
-        smtpd_client_message_rate_limit: u32::try_from(int("smtpd_client_message_rate_limit")).unwrap_or(u32::MAX),
-        smtpd_client_recipient_rate_limit: u32::try_from(int("smtpd_client_recipient_rate_limit")).unwrap_or(u32::MAX),
+        smtpd_client_connection_count_limit: int32("smtpd_client_connection_count_limit"),
+        smtpd_client_connection_rate_limit: int32("smtpd_client_connection_rate_limit"),
+        smtpd_client_message_rate_limit: int32("smtpd_client_message_rate_limit"),
+        smtpd_client_recipient_rate_limit: int32("smtpd_client_recipient_rate_limit"),
         smtpd_client_event_limit_exceptions: value::split_list(get("smtpd_client_event_limit_exceptions"))
             .into_iter()
             .map(|x| x.to_string())

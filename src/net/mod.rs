@@ -384,6 +384,15 @@ pub async fn send_all(stream: &mut tls::Stream, bytes: &[u8], timeout: Duration)
     matches!(wrote, Ok(true))
 }
 
+/// Refuse a connection before any session: send `line` (if the client can read plaintext)
+/// within a few seconds, then close.
+pub async fn refuse_connection(stream: Async<std::net::TcpStream>, line: Option<&str>) {
+    if let Some(line) = line {
+        let mut stream = tls::Stream::Plain(stream);
+        send_all(&mut stream, line.as_bytes(), Duration::from_secs(5)).await;
+    }
+}
+
 fn join_addrs(a: &[std::net::SocketAddr]) -> String {
     a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smol::io::{AsyncReadExt, AsyncWriteExt};
-use smol::{Async, Timer};
+use smol::Async;
 
 use super::smtp::{client_ip, linger, log_tls, verify_login};
 use super::tls::{self, Stream};
@@ -26,23 +26,15 @@ use crate::proto::sasl::Credentials;
 
 const SVC: &str = "pop3d";
 
-/// Over the session cap.
-pub async fn refuse(mut stream: Async<TcpStream>, peer: SocketAddr, implicit_tls: bool) {
+/// Over the session cap (on 995 a plaintext reply means nothing: just close).
+pub async fn refuse(stream: Async<TcpStream>, peer: SocketAddr, implicit_tls: bool) {
     mlog!(
         SVC,
         "warning: too many sessions: refusing unknown[{}]",
         client_ip(&peer)
     );
-    if !implicit_tls {
-        let _ = smol::future::or(
-            async { stream.write_all(b"-ERR [SYS/TEMP] Too many connections\r\n").await },
-            async {
-                Timer::after(Duration::from_secs(5)).await;
-                Ok(())
-            },
-        )
-        .await;
-    }
+    let line = "-ERR [SYS/TEMP] Too many connections\r\n";
+    super::refuse_connection(stream, (!implicit_tls).then_some(line)).await;
 }
 
 async fn write_out(stream: &mut Stream, server: &mut Server, timeout: Duration) -> bool {

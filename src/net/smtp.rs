@@ -65,63 +65,39 @@ pub fn client_ip(peer: &SocketAddr) -> IpAddr {
 }
 
 /// Over the session cap: say so (421, RFC 5321 §3.8) instead of leaving the client hanging.
-pub async fn refuse(ctx: Rc<Ctx>, mut stream: Async<TcpStream>, peer: SocketAddr, kind: Kind) {
+/// On the implicit-TLS port a plaintext reply means nothing to the client: just close.
+pub async fn refuse(ctx: Rc<Ctx>, stream: Async<TcpStream>, peer: SocketAddr, kind: Kind) {
     let host = ctx.policy().settings.myhostname.clone();
     mlog!(
         kind.service(),
         "warning: too many sessions: refusing unknown[{}]",
         client_ip(&peer)
     );
-    if kind == Kind::Submissions {
-        // A plaintext reply means nothing to a client expecting a TLS handshake.
-        return;
-    }
-    let msg = format!("421 4.7.0 {host} Error: too many connections\r\n");
-    let _ = smol::future::or(async { stream.write_all(msg.as_bytes()).await }, async {
-        Timer::after(Duration::from_secs(5)).await;
-        Ok(())
-    })
-    .await;
+    let line = format!("421 4.7.0 {host} Error: too many connections\r\n");
+    super::refuse_connection(stream, (kind != Kind::Submissions).then_some(line.as_str())).await;
 }
 
 /// Over a smtpd_client_connection_{count,rate}_limit: Postfix's reply and log line
 /// (`421 4.7.0 <host> Error: too many connections from <ip>`).
 pub async fn refuse_limited(
     ctx: Rc<Ctx>,
-    mut stream: Async<TcpStream>,
+    stream: Async<TcpStream>,
     ip: IpAddr,
     kind: Kind,
     exceeded: crate::policy::anvil::Exceeded,
 ) {
-    use crate::policy::anvil::Exceeded;
     let host = ctx.policy().settings.myhostname.clone();
-    let (what, n) = match exceeded {
-        Exceeded::ConnectionCount(n) => ("Connection concurrency limit exceeded", n),
-        _ => ("Connection rate limit exceeded", exceeded_count(exceeded)),
+    let what = match exceeded {
+        crate::policy::anvil::Exceeded::ConnectionCount(_) => "Connection concurrency limit exceeded",
+        _ => "Connection rate limit exceeded",
     };
     mlog!(
         kind.service(),
-        "warning: {what}: {n} from unknown[{ip}] for service smtp"
+        "warning: {what}: {} from unknown[{ip}] for service smtp",
+        exceeded.count()
     );
-    if kind == Kind::Submissions {
-        return;
-    }
-    let msg = format!("421 4.7.0 {host} Error: too many connections from {ip}\r\n");
-    let _ = smol::future::or(async { stream.write_all(msg.as_bytes()).await }, async {
-        Timer::after(Duration::from_secs(5)).await;
-        Ok(())
-    })
-    .await;
-}
-
-fn exceeded_count(e: crate::policy::anvil::Exceeded) -> u32 {
-    use crate::policy::anvil::Exceeded;
-    match e {
-        Exceeded::ConnectionCount(n)
-        | Exceeded::ConnectionRate(n)
-        | Exceeded::MessageRate(n)
-        | Exceeded::RecipientRate(n) => n,
-    }
+    let line = format!("421 4.7.0 {host} Error: too many connections from {ip}\r\n");
+    super::refuse_connection(stream, (kind != Kind::Submissions).then_some(line.as_str())).await;
 }
 
 /// The open transaction as the shell sees it.
@@ -347,7 +323,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                             mlog!(
                                 svc,
                                 "warning: Message delivery request rate limit exceeded: {} from {client_name}[{ip}] for service smtp",
-                                exceeded_count(e)
+                                e.count()
                             );
                             server.reject(Reply::owned(450, format!("4.7.1 Error: too much mail from {ip}")));
                             continue;
@@ -425,7 +401,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                                     mlog!(
                                         svc,
                                         "warning: Recipient address rate limit exceeded: {} from {client_name}[{ip}] for service smtp",
-                                        exceeded_count(e)
+                                        e.count()
                                     );
                                     Err(Reply::owned(450, format!("4.7.1 Error: too many recipients from {ip}")))
                                 }

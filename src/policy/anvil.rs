@@ -43,6 +43,18 @@ pub enum Exceeded {
     RecipientRate(u32),
 }
 
+impl Exceeded {
+    /// The count that went over the limit.
+    pub fn count(self) -> u32 {
+        match self {
+            Exceeded::ConnectionCount(n)
+            | Exceeded::ConnectionRate(n)
+            | Exceeded::MessageRate(n)
+            | Exceeded::RecipientRate(n) => n,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Anvil {
     limits: Limits,
