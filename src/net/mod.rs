@@ -33,6 +33,8 @@ pub struct Policy {
     /// smtpd_*_restrictions and the access tables they name (reloaded when a file changes).
     pub restrictions: crate::policy::restrictions::RestrictionLists,
     pub tables: RefCell<crate::policy::table::TableSet>,
+    /// When the table files were last looked at (see `refresh_tables`).
+    tables_checked: Cell<Option<std::time::Instant>>,
     /// The mailbox users, shared with password checks on the thread pool.
     pub users: std::sync::Arc<Users>,
     pub router: Router,
@@ -43,6 +45,24 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Pick up changed access tables (no postmap, no restart), looking at the files at most
+    /// once a second: the stat calls run on the event loop, and a busy server asks for every
+    /// recipient. A table with errors keeps its last good version (the error says so).
+    pub fn refresh_tables(&self, svc: &str) {
+        let now = std::time::Instant::now();
+        if self
+            .tables_checked
+            .get()
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.tables_checked.set(Some(now));
+        for e in self.tables.borrow_mut().refresh() {
+            mlog!(svc, "warning: {e}");
+        }
+    }
+
     /// The anvil limits from the settings.
     pub fn anvil_limits(&self) -> crate::policy::anvil::Limits {
         let s = &self.settings;
@@ -78,6 +98,7 @@ impl Policy {
             settings,
             restrictions,
             tables: RefCell::new(tables),
+            tables_checked: Cell::new(None),
             users,
             router,
             mynetworks,

@@ -372,13 +372,8 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                     };
                     // smtpd_delay_reject = yes: client, HELO and sender restrictions run here
                     // too, so the log shows the whole envelope (Postfix's default).
-                    let verdict = {
-                        let mut tables = policy.tables.borrow_mut();
-                        for e in tables.refresh() {
-                            mlog!(svc, "warning: {e}; keeping the last good version");
-                        }
-                        policy.restrictions.check_rcpt(&facts, &tables)
-                    };
+                    policy.refresh_tables(svc);
+                    let verdict = policy.restrictions.check_rcpt(&facts, &policy.tables.borrow());
                     for line in &verdict.log {
                         mlog!(svc, "warning: {line}");
                     }
