@@ -25,7 +25,6 @@ use smol::Timer;
 
 use super::relay::{self, Dest, Item, ItemResult, RelayConf};
 use super::Ctx;
-use crate::config::Settings;
 use crate::delivery::dsn::{self, is_null_sender, DiagnosticCode, Notice, RecipientStatus};
 use crate::delivery::maildir::{self, MaildirDelivery};
 use crate::delivery::route::{retry_decision, route, Retry, RetryPolicy, Route};
@@ -171,10 +170,7 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
             .enumerate()
             .map(|(j, job)| (j, job.qid, job.sender.clone(), job.size))
             .collect();
-        Some(
-            ctx.ex
-                .spawn(async move { relay_all(&c, &p.settings, &items, remote).await }),
-        )
+        Some(ctx.ex.spawn(async move { relay_all(&c, &p, &items, remote).await }))
     };
     if !locals.is_empty() {
         let hostname = s.myhostname.clone();
@@ -432,17 +428,35 @@ impl OwnedNotice {
     }
 }
 
+/// How long a loaded RelayConf is reused: changed map, hosts or CA files are picked up
+/// within this time (and at once after a reload).
+const RELAY_CONF_TTL: Duration = Duration::from_secs(10);
+
+/// The routing maps, /etc/hosts, passwords and TLS roots, loaded off the event loop and
+/// reused for RELAY_CONF_TTL (parsing a system CA bundle alone costs milliseconds: once per
+/// batch added up under load).
+async fn relay_conf(ctx: &Rc<Ctx>, policy: &Rc<super::Policy>) -> Rc<RelayConf> {
+    if let Some((p, at, conf)) = ctx.relay_conf.borrow().as_ref() {
+        if Rc::ptr_eq(p, policy) && at.elapsed() < RELAY_CONF_TTL {
+            return conf.clone();
+        }
+    }
+    let settings = policy.settings.clone();
+    let conf = Rc::new(smol::unblock(move || RelayConf::load(&settings)).await);
+    *ctx.relay_conf.borrow_mut() = Some((policy.clone(), Instant::now(), conf.clone()));
+    conf
+}
+
 /// Route the batch's remote recipients and deliver them: one session per next hop, the
 /// sessions running concurrently (each bounded by the per-destination limit).
 async fn relay_all(
     ctx: &Rc<Ctx>,
-    s: &Settings,
+    policy: &Rc<super::Policy>,
     jobs: &[(usize, crate::queue::QueueId, String, u64)],
     remote: Vec<(usize, usize, String)>,
 ) -> Vec<ItemResult> {
-    let settings = s.clone();
-    // Blocking: map files, the hosts file, the CA bundle.
-    let conf = Rc::new(smol::unblock(move || RelayConf::load(&settings)).await);
+    let s = &policy.settings;
+    let conf = relay_conf(ctx, policy).await;
     let mut out = Vec::new();
     // next hop -> items (per job: chunks of smtp_destination_recipient_limit recipients)
     let mut dests: Vec<(Dest, Vec<Item>)> = Vec::new();

@@ -108,6 +108,9 @@ impl Policy {
     }
 }
 
+/// A loaded relay configuration: the policy it came from, when, and the data.
+pub type CachedRelayConf = (Rc<Policy>, std::time::Instant, Rc<relay::RelayConf>);
+
 /// Process-wide state of the daemon.
 pub struct Ctx {
     pub ex: Rc<LocalExecutor<'static>>,
@@ -126,6 +129,9 @@ pub struct Ctx {
     pub tls: RefCell<Option<Rc<tls::TlsSource>>>,
     /// Per-client connection, message and recipient counts (smtpd_client_*_limit).
     pub anvil: RefCell<crate::policy::anvil::Anvil>,
+    /// The relay's loaded maps and TLS roots, with the policy they came from and when
+    /// (see net::deliver::relay_conf).
+    pub relay_conf: RefCell<Option<CachedRelayConf>>,
     /// The password-checking thread.
     pub verifier: crate::auth::verify::Verifier,
     /// Failed logins per client (SMTP AUTH and POP3 share it).
@@ -338,6 +344,7 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         idle: event_listener::Event::new(),
         tls: RefCell::new(tls_source),
         anvil: RefCell::new(crate::policy::anvil::Anvil::new(anvil_limits)),
+        relay_conf: RefCell::new(None),
         verifier,
         throttle: RefCell::new(crate::auth::throttle::Throttle::new(
             s.auth_failure_limit,
