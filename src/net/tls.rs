@@ -395,14 +395,18 @@ impl Stream {
     /// TCP write side. Bounded by a fixed few seconds (a client that reads nothing).
     pub async fn shutdown_write(&mut self) -> io::Result<()> {
         let closing = async { self.close().await };
-        smol::future::or(closing, async {
+        let r = smol::future::or(closing, async {
             Timer::after(CLOSE_TIMEOUT).await;
             Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "timeout closing the connection",
             ))
         })
-        .await
+        .await;
+        // async-io's poll_close only flushes: the FIN must be sent by hand, or a client
+        // that reads until end of stream waits for the linger timeout.
+        let fin = self.tcp().get_ref().shutdown(std::net::Shutdown::Write);
+        r.and(fin)
     }
 
     /// STARTTLS (RFC 3207) / STLS (RFC 2595 §4): run the server side of a TLS handshake on
