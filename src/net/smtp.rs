@@ -235,6 +235,28 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
     let require_tls = kind == Kind::Smtp && s.smtpd_tls_security_level == TlsSecurityLevel::Encrypt;
     let timeout = Duration::from_secs(s.smtpd_timeout_secs.max(1));
     let mut server = Server::new(params);
+    // smtpd_delay_reject = no: the client restrictions run at connect (Postfix's smtpd);
+    // a refusal replaces the greeting and every later command but QUIT gets 503.
+    if !policy.restrictions.delay_reject {
+        let mut facts = Facts::new(ip);
+        facts.client_name = &client_name;
+        facts.trusted = trusted;
+        policy.refresh_tables(svc);
+        let verdict = policy
+            .restrictions
+            .check(Stage::Client, &facts, &policy.tables.borrow());
+        for line in &verdict.log {
+            mlog!(svc, "warning: {line}");
+        }
+        if let Some(reply) = verdict.decision.reply() {
+            mlog!(
+                svc,
+                "NOQUEUE: reject: CONNECT from {client_name}[{ip}]: {}; proto=SMTP",
+                reply.first_line()
+            );
+            server.deny_access(reply.clone());
+        }
+    }
     let mut buf = vec![0u8; crate::limits::SESSION_READ_BYTES];
     let mut helo = String::new();
     let mut esmtp = false;
@@ -250,6 +272,29 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                     helo = domain;
                     esmtp = e;
                     txn.reset();
+                    // smtpd_delay_reject = no: the HELO restrictions run at HELO.
+                    if !policy.restrictions.delay_reject {
+                        let mut facts = Facts::new(ip);
+                        facts.client_name = &client_name;
+                        facts.helo = (!helo.is_empty()).then_some(helo.as_str());
+                        facts.trusted = trusted;
+                        facts.sasl_user = user.as_deref();
+                        policy.refresh_tables(svc);
+                        let verdict = policy.restrictions.check(Stage::Helo, &facts, &policy.tables.borrow());
+                        for line in &verdict.log {
+                            mlog!(svc, "warning: {line}");
+                        }
+                        if let Some(reply) = verdict.decision.reply() {
+                            mlog!(
+                                svc,
+                                "NOQUEUE: reject: HELO from {client_name}[{ip}]: {}; proto=SMTP helo=<{helo}>",
+                                reply.first_line()
+                            );
+                            counts.rejected += 1;
+                            server.reject(reply.clone());
+                            continue;
+                        }
+                    }
                     server.accept();
                 }
                 Event::StartTls => {
@@ -349,6 +394,52 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                                 continue;
                             }
                         }
+                    }
+                    // smtpd_delay_reject = no: the sender restrictions run at MAIL.
+                    let mut early_discard = None;
+                    let mut early_hold = None;
+                    if !policy.restrictions.delay_reject {
+                        let domain_of = |a: &str| a.rsplit_once('@').map(|(_, d)| policy.router.is_local_domain(d));
+                        let mut facts = Facts::new(ip);
+                        facts.client_name = &client_name;
+                        facts.helo = (!helo.is_empty()).then_some(helo.as_str());
+                        facts.sender = Some(&from);
+                        facts.sasl_user = user.as_deref();
+                        facts.trusted = trusted;
+                        facts.sender_domain_is_local = domain_of(&from).unwrap_or(false);
+                        policy.refresh_tables(svc);
+                        let verdict = policy
+                            .restrictions
+                            .check(Stage::Sender, &facts, &policy.tables.borrow());
+                        for line in &verdict.log {
+                            mlog!(svc, "warning: {line}");
+                        }
+                        if let Some(reply) = verdict.decision.reply() {
+                            mlog!(
+                                svc,
+                                "NOQUEUE: reject: MAIL from {client_name}[{ip}]: {}; from=<{from}> proto=ESMTP helo=<{helo}>",
+                                reply.first_line()
+                            );
+                            counts.rejected += 1;
+                            server.reject(reply.clone());
+                            continue;
+                        }
+                        early_discard = verdict.discard;
+                        early_hold = verdict.hold;
+                    }
+                    if let Some(why) = early_discard {
+                        mlog!(
+                            svc,
+                            "sid={sid} discard: MAIL from {client_name}[{ip}]: {why}; from=<{from}> proto=ESMTP helo=<{helo}>"
+                        );
+                        txn.discard = true;
+                    }
+                    if let Some(why) = early_hold {
+                        mlog!(
+                            svc,
+                            "sid={sid} hold: MAIL from {client_name}[{ip}]: {why}; from=<{from}> proto=ESMTP helo=<{helo}>"
+                        );
+                        txn.hold = true;
                     }
                     txn.from = Some(from);
                     server.accept();

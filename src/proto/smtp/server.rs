@@ -450,6 +450,8 @@ pub struct Server {
     close_reason: AbortReason,
     /// The authcid of a successful AUTH (RFC 4954 §4: at most one per session).
     user: Option<String>,
+    /// [`Server::deny_access`] was called: every command but QUIT gets 503.
+    access_denied: bool,
 }
 
 impl Server {
@@ -467,12 +469,24 @@ impl Server {
             closed: false,
             close_reason: AbortReason::Disconnected,
             user: None,
+            access_denied: false,
             params,
         };
         // RFC 5321 §4.2: the greeting; §4.3.1.
         let greeting = Reply::owned(220, format!("{} ESMTP poshta", s.params.hostname));
         s.reply(greeting);
         s
+    }
+
+    /// The client restrictions refused this client at connect (Postfix's smtpd with
+    /// smtpd_delay_reject = no): `reply` (4xx/5xx) replaces the 220 greeting (RFC 5321
+    /// §3.1 allows a 554 greeting; the client should then QUIT), and every later command
+    /// except QUIT gets `503 5.7.0 Error: access denied for NAME[IP]`, as Postfix answers.
+    /// Call before any input.
+    pub fn deny_access(&mut self, reply: Reply) {
+        self.out.clear();
+        self.reply(reply);
+        self.access_denied = true;
     }
 
     /// Bytes received from the client. Ignored once closed.
@@ -952,6 +966,34 @@ impl Server {
         let Some((_, check)) = COMMANDS.iter().find(|(name, _)| verb.eq_ignore_ascii_case(name)) else {
             return self.reply(UNKNOWN);
         };
+        if self.access_denied && !verb.eq_ignore_ascii_case("QUIT") {
+            let denied = Reply::owned(
+                503,
+                format!(
+                    "5.7.0 Error: access denied for {}[{}]",
+                    self.params.client_name, self.params.client_ip
+                ),
+            );
+            // A BDAT chunk's bytes are data, not commands: skip them (RFC 3030 §2).
+            return match check(self, arg) {
+                Ok(Cmd::Bdat { size, .. }) if size > 0 => {
+                    self.skip = Some(Skip {
+                        remaining: size,
+                        reply: denied,
+                    })
+                }
+                Err(Refuse {
+                    then: Then::SkipChunk(n),
+                    ..
+                }) if n > 0 => {
+                    self.skip = Some(Skip {
+                        remaining: n,
+                        reply: denied,
+                    })
+                }
+                _ => self.reply(denied),
+            };
+        }
         match check(self, arg) {
             Ok(cmd) => self.apply(cmd),
             Err(Refuse {
@@ -1479,6 +1521,33 @@ mod tests {
             "250-mx.example.org\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250-AUTH PLAIN\r\n\
              250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
         );
+    }
+
+    #[test]
+    fn access_denied_at_connect_answers_503_until_quit() {
+        let mut s = Server::new(params());
+        s.deny_access(Reply::owned(
+            554,
+            "5.7.1 <unknown[127.0.0.9]>: Client host rejected: Access denied".to_string(),
+        ));
+        let denied = format!(
+            "503 5.7.0 Error: access denied for {}[{}]\r\n",
+            s.params.client_name, s.params.client_ip
+        );
+        assert_eq!(
+            out(&mut s),
+            "554 5.7.1 <unknown[127.0.0.9]>: Client host rejected: Access denied\r\n"
+        );
+        // No events reach the session: nothing is taken from a refused client. A BDAT
+        // chunk is skipped as data, not read as commands.
+        s.input(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nBDAT 10 LAST\r\nHELO x\r\nXYZZY\r\n");
+        assert_eq!(s.poll(), None);
+        assert_eq!(
+            out(&mut s),
+            format!("{denied}{denied}{denied}502 5.5.2 Error: command not recognized\r\n")
+        );
+        s.input(b"QUIT\r\n");
+        assert_eq!(s.poll(), Some(Event::Quit));
     }
 
     #[test]
