@@ -96,6 +96,46 @@ fn check_unusable_directories_and_users_file() {
 }
 
 #[test]
+fn check_loads_the_access_tables_with_file_and_line() {
+    let d = TempDir::new("tables");
+    let access = d.write("access", "# ok\n127.0.0.4 OK\n127.0.0.0/24 REJECT\nnot-an-address OK\n");
+    let senders = d.write("senders", "good.example OK\nbad.example\n");
+    let re = d.write("senders.re", "/unclosed( REJECT\n");
+    let cf = d.write(
+        "main.cf",
+        &format!(
+            "smtpd_client_restrictions = check_client_access cidr:{}\n\
+             smtpd_sender_restrictions = check_sender_access hash:{}, check_sender_access regexp:{}\n",
+            access.display(),
+            senders.display(),
+            re.display()
+        ),
+    );
+    let o = poshta(&["check"], &cf);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("{}:4: error:", access.display())), "{err}");
+    assert!(err.contains(&format!("{}:2: error:", senders.display())), "{err}");
+    assert!(err.contains(&format!("{}:1: error:", re.display())), "{err}");
+
+    // A CIDR entry with host bits set only warns, as Postfix does; an unknown restriction
+    // name is an error naming the key and its line.
+    std::fs::write(&access, "127.0.0.4/24 OK\n").unwrap();
+    std::fs::write(&senders, "good.example OK\n").unwrap();
+    std::fs::write(&re, "/^x/ REJECT\n").unwrap();
+    let o = poshta(&["check"], &cf);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains(&format!("{}:1: warning:", access.display())), "{err}");
+    let cf2 = d.write("main2.cf", "\nsmtpd_helo_restrictions = reject_everything_now\n");
+    let o = poshta(&["check"], &cf2);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("{}:2: error:", cf2.display())), "{err}");
+    assert!(err.contains("reject_everything_now"), "{err}");
+}
+
+#[test]
 fn check_missing_file_uses_defaults() {
     let d = TempDir::new("missing");
     let o = poshta(&["check"], &d.0.join("main.cf"));

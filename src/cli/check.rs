@@ -8,6 +8,12 @@
 //! as writable directories or can be created (the nearest existing ancestor is a
 //! writable directory), that maillog_file's directory can be written, and that the
 //! mailbox users file, when present, is a readable file.
+//!
+//! The restriction lists are parsed as the daemon does (unknown names, a missing
+//! reject_unauth_destination), and every table they name (`check_*_access type:path`)
+//! is read and parsed: each error and warning is reported with the table's file:line,
+//! as `postmap` would, so a broken map is found before the daemon keeps its last good
+//! version of it.
 
 use crate::config::{self, Diagnostic, Loaded, Severity};
 use rustix::fs::Access;
@@ -35,6 +41,7 @@ pub fn run(args: super::CheckArgs) -> i32 {
         );
     }
     diags.extend(check_files(&loaded));
+    diags.extend(check_tables(&loaded));
     for d in &diags {
         eprintln!("poshta: {d}");
     }
@@ -170,6 +177,56 @@ fn dir_usable(dir: &Path) -> Result<(), String> {
             Err(e) => return Err(format!("cannot inspect {}: {e}", cur.display())),
         }
     }
+}
+
+/// The restriction lists and every table they name: parse errors and warnings with the
+/// table's own file:line.
+pub fn check_tables(loaded: &Loaded) -> Vec<Diagnostic> {
+    use crate::policy::table::{parse_spec, read_text, Table};
+    let s = &loaded.settings;
+    let mut out = Vec::new();
+    let lists = match crate::policy::restrictions::RestrictionLists::from_settings(s) {
+        Ok(l) => l,
+        Err(e) => {
+            // The message names the key; point at the first restriction key set.
+            let key = [
+                "smtpd_client_restrictions",
+                "smtpd_helo_restrictions",
+                "smtpd_sender_restrictions",
+                "smtpd_relay_restrictions",
+                "smtpd_recipient_restrictions",
+                "smtpd_data_restrictions",
+            ]
+            .into_iter()
+            .find(|k| e.contains(k));
+            out.push(diag(loaded, key, Severity::Error, e));
+            return out;
+        }
+    };
+    let as_diag = |e: &crate::policy::table::TableError, severity: Severity| Diagnostic {
+        file: e.file.clone(),
+        line: e.line,
+        severity,
+        message: e.msg.clone(),
+    };
+    for spec in lists.table_specs() {
+        let (ty, path) = match parse_spec(&spec, &s.config_directory) {
+            Ok(x) => x,
+            Err(e) => {
+                out.push(as_diag(&e, Severity::Error));
+                continue;
+            }
+        };
+        // The text, not a compiled index: the index is only as good as its source.
+        match read_text(&path)
+            .map_err(|e| vec![e])
+            .and_then(|text| Table::parse_all(ty, &path, &text))
+        {
+            Ok(t) => out.extend(t.warnings.iter().map(|w| as_diag(w, Severity::Warning))),
+            Err(errs) => out.extend(errs.iter().map(|e| as_diag(e, Severity::Error))),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -346,7 +346,7 @@ impl Table {
     }
 }
 
-fn read_text(path: &Path) -> Result<String, TableError> {
+pub fn read_text(path: &Path) -> Result<String, TableError> {
     let err = |line: usize, msg: String| TableError {
         file: path.to_path_buf(),
         line,
