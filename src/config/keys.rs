@@ -111,6 +111,7 @@ pub const KEYS: &[Key] = &[
     later("allow_mail_to_files", Text("alias, forward"), List, "Where `/file` destinations are allowed."),
     k("anvil_rate_time_unit", Text("60s"), Time { unit: 's' }, "The time unit of the smtpd_client_*_rate_limit counts."),
     later("append_dot_mydomain", Text("no"), Bool, "Append .$mydomain to addresses without a domain."),
+    k("auth_cache_ttl", Text("1h"), Time { unit: 's' }, "poshta (like Dovecot's auth_cache_ttl): how long a successful login (SMTP AUTH, POP3) is remembered so the same name and password skip the slow argon2id check; 0 turns the cache off. Only successes are kept, as a keyed MAC in memory; any change to the users file drops them."),
     k("auth_failure_limit", Text("5"), Int { min: 1 }, "poshta: failed logins (SMTP AUTH, POP3) from one client within auth_failure_window before it is locked out."),
     k("auth_failure_penalty", Text("15m"), Time { unit: 's' }, "poshta: how long a client that failed too often is refused (421 / -ERR)."),
     k("auth_failure_window", Text("10m"), Time { unit: 's' }, "poshta: the window in which auth_failure_limit failures lock a client out."),

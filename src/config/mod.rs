@@ -169,6 +169,8 @@ pub struct Settings {
     pub smtpd_sasl_auth_enable: bool,
     /// reject_authenticated_sender_login_mismatch (poshta's switch for Postfix's restriction).
     pub reject_authenticated_sender_login_mismatch: bool,
+    /// auth_cache_ttl (0: no cache).
+    pub auth_cache_ttl_secs: u64,
     pub auth_failure_limit: u32,
     pub auth_failure_window_secs: u64,
     pub auth_failure_penalty_secs: u64,
@@ -982,6 +984,7 @@ fn build_settings(
             "reject_authenticated_sender_login_mismatch",
             value::parse_bool,
         ),
+        auth_cache_ttl_secs: time("auth_cache_ttl"),
         auth_failure_limit: int32("auth_failure_limit"),
         auth_failure_window_secs: time("auth_failure_window"),
         auth_failure_penalty_secs: time("auth_failure_penalty"),

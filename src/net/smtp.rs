@@ -146,7 +146,8 @@ pub async fn verify_login(ctx: &Ctx, policy: &Policy, creds: &Credentials) -> Op
     let users = policy.users.clone();
     let lookup = name.clone().unwrap_or_else(|| "\u{0}nobody".to_string());
     let password = creds.password.clone();
-    let ok = ctx.verifier.verify(users, lookup, password).await;
+    let ttl = std::time::Duration::from_secs(policy.settings.auth_cache_ttl_secs);
+    let ok = ctx.verifier.verify(users, lookup, password, ttl).await;
     match (ok, proxy, name) {
         (true, false, Some(n)) => Some(n),
         _ => None,
