@@ -8,6 +8,7 @@
 pub mod control;
 pub mod deliver;
 pub mod listen;
+pub mod pickup;
 pub mod pop3;
 pub mod relay;
 pub mod smtp;
@@ -272,6 +273,19 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
             return 1;
         }
     };
+    // Local submission (sendmail): bound with the control socket, before any privilege drop.
+    // Without it local programs still work through maildrop/.
+    let pickup_listener = match pickup::bind(&s.queue_directory) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            mlog!(
+                "master",
+                "warning: pickup socket {}: {e}; local mail is taken from maildrop only",
+                pickup::socket_path(&s.queue_directory).display()
+            );
+            None
+        }
+    };
     let mut listeners = Vec::new();
     let services = [
         (Service::Smtp(smtp::Kind::Smtp), &s.smtpd_listen),
@@ -360,6 +374,9 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         config_file.display()
     );
     ex.spawn(control::serve(ctx.clone(), control)).detach();
+    // Makes maildrop/ as the user the loop runs as, so it must start after a privilege drop.
+    ex.spawn(pickup::serve(ctx.clone(), pickup_listener, s.queue_directory.clone()))
+        .detach();
     smol::block_on(ex.run(run(ctx, listeners, config_file.to_path_buf())))
 }
 
