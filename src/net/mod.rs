@@ -203,6 +203,11 @@ fn load_config(path: &std::path::Path) -> Result<Loaded, String> {
 
 /// `poshta serve`: returns the exit status.
 pub fn serve(config_file: &std::path::Path) -> i32 {
+    // Files the daemon creates are its own (queue segments, mail) unless it sets a mode on
+    // purpose (the pickup socket and maildrop/): Postfix's master does the same. The queue
+    // directory is searchable by local users (net::pickup), so this is what keeps queued
+    // mail unreadable to them.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let loaded = match load_config(config_file) {
         Ok(l) => l,
         Err(e) => {

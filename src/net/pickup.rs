@@ -16,9 +16,10 @@
 //!
 //! The socket is bound before a root daemon gives up root (next to the control socket); the
 //! maildrop directory is made by the running event loop, so it belongs to whatever user the
-//! daemon runs as (mail_owner after a root start, else the user who started it). The queue
-//! directory must stay searchable by everyone (mode 0755 or 0711) for local users to reach
-//! either; the daemon warns at start when it is not.
+//! daemon runs as (mail_owner after a root start, else the user who started it). Local
+//! users must reach both, so the queue directory gets search permission for everyone at
+//! start (0711: still nobody else may list it); queue segments are 0600 (the daemon's umask
+//! is 077, and older segments are made 0600 then).
 //!
 //! A maildrop file is 0644, named with 128 random bits in a directory nobody but the daemon
 //! may list: other users cannot find it, the daemon (running as mail_owner, not as the
@@ -252,17 +253,36 @@ pub fn bind(queue_dir: &Path) -> std::io::Result<Async<UnixListener>> {
     }
     let l = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
-    if let Ok(m) = std::fs::metadata(queue_dir) {
-        if m.mode() & 0o001 == 0 {
-            mlog!(
-                "pickup",
-                "warning: {} is not searchable by other users (mode {:o}): local users cannot submit mail with sendmail",
-                queue_dir.display(),
-                m.mode() & 0o7777
-            );
+    open_queue_dir(queue_dir)?;
+    Async::new(l)
+}
+
+/// Local users must reach public/ and maildrop/ in the queue directory: it gets search
+/// permission for everyone (0711: nobody else may list it). Queue segments are made 0600
+/// (the daemon's umask is 077); segments from before that rule are made 0600 here.
+fn open_queue_dir(queue_dir: &Path) -> std::io::Result<()> {
+    let mode = std::fs::metadata(queue_dir)?.mode() & 0o7777;
+    for e in std::fs::read_dir(queue_dir)? {
+        let e = e?;
+        let is_segment = e.file_name().to_str().is_some_and(|n| n.ends_with(".log"));
+        if is_segment {
+            let m = e.metadata()?;
+            if m.is_file() && m.mode() & 0o077 != 0 {
+                std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o600))?;
+            }
         }
     }
-    Async::new(l)
+    if mode & 0o011 != 0o011 {
+        std::fs::set_permissions(queue_dir, std::fs::Permissions::from_mode(mode | 0o011))?;
+        mlog!(
+            "pickup",
+            "{}: mode {:o} -> {:o} (local users reach public/pickup and maildrop/)",
+            queue_dir.display(),
+            mode,
+            mode | 0o011
+        );
+    }
+    Ok(())
 }
 
 /// Make maildrop/ (1733) as the user the daemon now runs as. Runs in the event loop, i.e.
