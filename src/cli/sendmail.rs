@@ -409,6 +409,9 @@ fn fill_in(s: &crate::config::Settings, sender: &str, full_name: &str) -> (Strin
     )
 }
 
+/// A message being processed into its temporary file.
+type MsgWriter = Processor<std::io::BufWriter<std::fs::File>>;
+
 /// Where a message went.
 pub enum Handed {
     Queued(String),
@@ -669,7 +672,8 @@ fn smtp_mode(prog: &str, flags: &Flags, loaded: &Loaded) -> i32 {
     let mut buf = vec![0u8; crate::limits::SESSION_READ_BYTES];
     let mut from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
-    let mut msg: Option<Result<Processor<std::io::BufWriter<std::fs::File>>, (i32, String)>> = None;
+    // The message being received, or why it failed (answered at its end).
+    let mut msg: Option<Result<MsgWriter, (i32, String)>> = None;
     let mut last_cr = false;
     loop {
         while let Some(ev) = server.poll() {

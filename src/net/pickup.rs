@@ -629,43 +629,44 @@ fn open_dropped(path: &Path) -> Result<Option<(std::fs::File, u32, u64)>, String
     Ok(Some((file, meta.uid(), meta.len())))
 }
 
+/// An opened maildrop file: the file, its owner, the head, the message bytes read past it.
+type Opened = (std::fs::File, u32, Submission, Vec<u8>);
+
 async fn import_file(ctx: &Rc<Ctx>, path: &Path) -> Import {
     let p = path.to_path_buf();
     // Open and read the head off the event loop (a file read may block).
-    let opened = smol::unblock(
-        move || -> Result<(std::fs::File, u32, Submission, Vec<u8>), Result<(), String>> {
-            let (mut file, uid, len) = match open_dropped(&p) {
-                Ok(Some(x)) => x,
-                // Vanished meanwhile: nothing to do.
-                Ok(None) => return Err(Ok(())),
-                Err(e) => return Err(Err(e)),
-            };
-            let mut buf = Vec::new();
-            let mut chunk = vec![0u8; 16 * 1024];
-            loop {
-                match parse_head(&buf) {
-                    Ok(Some((sub, n))) => {
-                        if n as u64 + sub.size != len {
-                            return Err(Err(format!(
-                                "file has {len} bytes, head and size say {}",
-                                n as u64 + sub.size
-                            )));
-                        }
-                        let rest = buf.split_off(n);
-                        return Ok((file, uid, sub, rest));
+    let opened = smol::unblock(move || -> Result<Opened, Result<(), String>> {
+        let (mut file, uid, len) = match open_dropped(&p) {
+            Ok(Some(x)) => x,
+            // Vanished meanwhile: nothing to do.
+            Ok(None) => return Err(Ok(())),
+            Err(e) => return Err(Err(e)),
+        };
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            match parse_head(&buf) {
+                Ok(Some((sub, n))) => {
+                    if n as u64 + sub.size != len {
+                        return Err(Err(format!(
+                            "file has {len} bytes, head and size say {}",
+                            n as u64 + sub.size
+                        )));
                     }
-                    Ok(None) => {}
-                    Err(r) => return Err(Err(r.text)),
+                    let rest = buf.split_off(n);
+                    return Ok((file, uid, sub, rest));
                 }
-                let room = (limits::PICKUP_HEAD_BYTES_MAX + 1 - buf.len()).min(chunk.len());
-                match file.read(&mut chunk[..room]) {
-                    Ok(0) => return Err(Err("truncated head".into())),
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    Err(e) => return Err(Err(format!("read: {e}"))),
-                }
+                Ok(None) => {}
+                Err(r) => return Err(Err(r.text)),
             }
-        },
-    )
+            let room = (limits::PICKUP_HEAD_BYTES_MAX + 1 - buf.len()).min(chunk.len());
+            match file.read(&mut chunk[..room]) {
+                Ok(0) => return Err(Err("truncated head".into())),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(Err(format!("read: {e}"))),
+            }
+        }
+    })
     .await;
     let (file, uid, sub, rest) = match opened {
         Ok(x) => x,
