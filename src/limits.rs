@@ -129,3 +129,25 @@ pub const ANVIL_CLIENTS_MAX: usize = 10_000;
 pub const CONTROL_REQUEST_BYTES_MAX: usize = 4096;
 /// A control client's time to send its request, and for each write of the response.
 pub const CONTROL_CLIENT_TIMEOUT_SECS: u64 = 10;
+/// `sendmail` handoffs served at once on the pickup socket; more wait in the listen backlog.
+pub const PICKUP_CLIENTS_MAX: usize = 16;
+/// The envelope part of a pickup submission (magic, sender, recipients, size lines).
+pub const PICKUP_HEAD_BYTES_MAX: usize = 300 * 1024;
+/// Recipients of one `sendmail` submission (the queue's envelope record must stay well
+/// under QUEUE_RECORD_BYTES_MAX: 1000 paths of at most 256 octets).
+pub const PICKUP_RECIPIENTS_MAX: usize = 1000;
+/// A pickup client's time for each read and write (the message is complete in a file
+/// before the client connects, so only a stuck client takes this long).
+pub const PICKUP_CLIENT_TIMEOUT_SECS: u64 = 30;
+/// How often the daemon looks into maildrop/ for messages dropped while it was down or busy.
+pub const PICKUP_SCAN_SECS: u64 = 5;
+/// Maildrop files imported per scan (the rest wait for the next scan).
+pub const PICKUP_SCAN_FILES_MAX: usize = 1000;
+/// A maildrop temporary file older than this was left by a `sendmail` that died; removed.
+pub const PICKUP_TMP_STALE_SECS: u64 = 86_400;
+/// One header field (with its continuation lines) on the `sendmail` path: Postfix's
+/// header_size_limit. The excess is discarded, as Postfix does (with -t it is an error).
+pub const SENDMAIL_HEADER_FIELD_BYTES_MAX: usize = 102_400;
+/// Longer input lines are handled in pieces of this size (memory stays bounded for any
+/// line length; the line itself is kept whole).
+pub const SENDMAIL_LINE_PIECE_BYTES: usize = 64 * 1024;

@@ -63,6 +63,22 @@ if [ ! -x "$pf/usr/sbin/smtp-sink" ]; then
 fi
 export SMTP_SINK="$PWD/$pf/usr/sbin/smtp-sink"
 
+# bsd-mailx (Debian's mail(1), which always runs /usr/sbin/sendmail) for
+# tests/e2e/test_sendmail.py, unpacked: installing it would pull in exim4. It needs
+# liblockfile1 (libbsd0 is in the base system); the test puts that library on
+# LD_LIBRARY_PATH.
+mx=tests/.cache/bsd-mailx
+if [ ! -x "$mx/usr/bin/bsd-mailx" ] || ! ls "$mx"/usr/lib/*/liblockfile.so.1 >/dev/null 2>&1; then
+    mkdir -p "$mx"
+    if (cd tests/.cache && { apt-get download bsd-mailx liblockfile1 >/dev/null 2>&1 ||
+            { [ "$(id -u)" = 0 ] && apt-get update -qq && apt-get download bsd-mailx liblockfile1 >/dev/null 2>&1; }; }); then
+        for deb in tests/.cache/bsd-mailx_*.deb tests/.cache/liblockfile1_*.deb; do dpkg -x "$deb" "$mx"; done
+    else
+        echo "tests/run.sh: could not download bsd-mailx; its test will be skipped" >&2
+    fi
+fi
+export BSD_MAILX_ROOT="$PWD/$mx"
+
 cargo build --locked --all-targets
 cargo test --locked
 POSHTA_BIN="$PWD/target/debug/poshta" python3 -m pytest -q -p no:cacheprovider tests/e2e "$@"

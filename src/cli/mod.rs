@@ -1,4 +1,4 @@
-//! Command-line entry: argv[0] dispatch (later: sendmail, mailq, newaliases) and argh
+//! Command-line entry: argv[0] dispatch (sendmail, mailq, newaliases, postmap) and argh
 //! subcommands. Every subcommand takes `-c PATH` (main.cf); POSHTA_CONFIG does the same.
 
 use argh::FromArgs;
@@ -6,9 +6,13 @@ use std::path::PathBuf;
 
 pub mod check;
 pub mod init;
+pub mod install;
+pub mod newaliases;
 pub mod postconf;
 pub mod postmap;
 pub mod queue;
+pub mod sendmail;
+pub mod sendmail_msg;
 pub mod serve;
 pub mod user;
 
@@ -29,6 +33,7 @@ pub enum Cmd {
     Postmap(PostmapArgs),
     User(UserArgs),
     Queue(QueueArgs),
+    Install(InstallArgs),
 }
 
 /// Run the mail server (SMTP in, queue, local delivery).
@@ -181,6 +186,23 @@ pub struct QueueArgs {
     pub args: Vec<String>,
 }
 
+/// Put poshta in place of the system MTA's commands: /usr/sbin/sendmail, /usr/bin/mailq and
+/// /usr/bin/newaliases become links to this binary (another MTA's files are refused unless
+/// --force).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "install")]
+pub struct InstallArgs {
+    /// make the links
+    #[argh(switch)]
+    pub links: bool,
+    /// replace files that are not poshta (kept as PATH.poshta-orig)
+    #[argh(switch)]
+    pub force: bool,
+    /// install under this directory instead of /
+    #[argh(option)]
+    pub root: Option<PathBuf>,
+}
+
 /// Parse argv and run; returns the exit status.
 pub fn main() -> i32 {
     // One binary, several names (Postfix's commands): argv[0] picks the program.
@@ -191,13 +213,10 @@ pub fn main() -> i32 {
         .and_then(|n| n.to_str())
         .unwrap_or("poshta")
         .to_string();
-    if name == "mailq" {
-        // mailq (sendmail -bp): list the queue; the main.cf comes from POSHTA_CONFIG or the
-        // default, as for Postfix's mailq.
-        return queue::run(QueueArgs {
-            config: None,
-            args: Vec::new(),
-        });
+    if matches!(name.as_str(), "sendmail" | "mailq" | "newaliases") {
+        // The Sendmail-compatible commands (sendmail -bp = mailq, -bi = newaliases): their
+        // own option syntax and main.cf lookup (cli::sendmail).
+        return sendmail::main(&name, args.get(1..).unwrap_or(&[]));
     }
     if name == "postmap" {
         let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
@@ -226,5 +245,6 @@ pub fn main() -> i32 {
         Cmd::Postmap(a) => postmap::run(a),
         Cmd::User(a) => user::run(a),
         Cmd::Queue(a) => queue::run(a),
+        Cmd::Install(a) => install::run(a),
     }
 }

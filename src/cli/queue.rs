@@ -222,10 +222,15 @@ pub fn run(args: super::QueueArgs) -> i32 {
             return 1;
         }
     };
-    let dir = &loaded.settings.queue_directory;
+    run_in(&loaded.settings.queue_directory, &args.args)
+}
+
+/// The queue command for a queue directory (mailq and `sendmail -bp`/`-q` come here with
+/// their own configuration lookup).
+pub fn run_in(dir: &Path, args: &[String]) -> i32 {
     let sock = crate::net::control::socket_path(dir);
-    let action = args.args.first().map(|a| a.to_ascii_lowercase());
-    let ids = args.args.get(1..).unwrap_or(&[]);
+    let action = args.first().map(|a| a.to_ascii_lowercase());
+    let ids = args.get(1..).unwrap_or(&[]);
     // Ids go on one request line: no spaces or line ends inside one.
     if ids
         .iter()

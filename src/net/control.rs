@@ -19,7 +19,8 @@
 //! (including the LF), words separated by spaces:
 //!
 //! ```text
-//! request  = "LIST" / "FLUSH" / "SHOW" SP id / ("HOLD" / "RELEASE" / "DELETE") 1*(SP target) LF
+//! request  = "LIST" / "FLUSH" / "RELOAD" / "SHOW" SP id
+//!          / ("HOLD" / "RELEASE" / "DELETE") 1*(SP target) LF
 //! target   = id / "ALL"
 //! id       = 1*16HEXDIG          ; a queue id as mailq prints it
 //! response = "OK" SP length LF body   ; body: exactly `length` bytes
@@ -30,6 +31,9 @@
 //! - `LIST`: the listing in postqueue -p format (`cli::queue::format_mailq`): `!` after a
 //!   held message's id, `*` after one being delivered.
 //! - `FLUSH`: `N\n`, the number of messages that became due (postqueue -f). Not logged.
+//! - `RELOAD`: `reload requested\n`. The daemon sends itself SIGHUP, so the reload is the
+//!   very same as `kill -HUP` (main.cf, users, aliases, certificate); it runs right after
+//!   the reply, and its outcome is logged (`newaliases` uses this).
 //! - `HOLD` / `RELEASE` / `DELETE`: one line per message, `+ ID: held` (`released`,
 //!   `deleted`, `deleted after the current delivery attempt`) or `- ID: no such message`.
 //!   The records are durable (fsynced) before the response is sent. `ALL` means every
@@ -187,6 +191,19 @@ async fn client(ctx: &Rc<Ctx>, mut stream: UnixStream) {
             let n = q.flush(crate::time::now_unix());
             mlog!("control", "flush: {n} messages due now");
             reply_ok(&mut stream, format!("{n}\n").as_bytes()).await;
+        }
+        ("RELOAD", []) => {
+            // The same path as SIGHUP (net::reload), without a second copy of it.
+            match rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::HUP) {
+                Ok(()) => {
+                    mlog!("control", "reload requested");
+                    reply_ok(&mut stream, b"reload requested\n").await;
+                }
+                Err(e) => {
+                    mlog!("control", "warning: reload: {e}");
+                    reply_err(&mut stream, &format!("reload: {e}")).await;
+                }
+            }
         }
         ("SHOW", [id]) => show(ctx, &mut stream, id).await,
         ("HOLD", [_, ..]) => act(ctx, &mut stream, Action::Hold, &args).await,

@@ -8,6 +8,7 @@
 pub mod control;
 pub mod deliver;
 pub mod listen;
+pub mod pickup;
 pub mod pop3;
 pub mod relay;
 pub mod smtp;
@@ -202,6 +203,11 @@ fn load_config(path: &std::path::Path) -> Result<Loaded, String> {
 
 /// `poshta serve`: returns the exit status.
 pub fn serve(config_file: &std::path::Path) -> i32 {
+    // Files the daemon creates are its own (queue segments, mail) unless it sets a mode on
+    // purpose (the pickup socket and maildrop/): Postfix's master does the same. The queue
+    // directory is searchable by local users (net::pickup), so this is what keeps queued
+    // mail unreadable to them.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let loaded = match load_config(config_file) {
         Ok(l) => l,
         Err(e) => {
@@ -270,6 +276,19 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
                 control::socket_path(&s.queue_directory).display()
             );
             return 1;
+        }
+    };
+    // Local submission (sendmail): bound with the control socket, before any privilege drop.
+    // Without it local programs still work through maildrop/.
+    let pickup_listener = match pickup::bind(&s.queue_directory) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            mlog!(
+                "master",
+                "warning: pickup socket {}: {e}; local mail is taken from maildrop only",
+                pickup::socket_path(&s.queue_directory).display()
+            );
+            None
         }
     };
     let mut listeners = Vec::new();
@@ -360,6 +379,9 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
         config_file.display()
     );
     ex.spawn(control::serve(ctx.clone(), control)).detach();
+    // Makes maildrop/ as the user the loop runs as, so it must start after a privilege drop.
+    ex.spawn(pickup::serve(ctx.clone(), pickup_listener, s.queue_directory.clone()))
+        .detach();
     smol::block_on(ex.run(run(ctx, listeners, config_file.to_path_buf())))
 }
 
