@@ -261,6 +261,9 @@ impl Client {
             write_frame(&mut w, &last).map_err(|e| e.to_string())?;
             recv_response(sock).map(|(r, _)| r)
         });
+        if let (Some(re), Ok(_)) = (&read_error, &r) {
+            return Err(DeliveryError::temporary(format!("queue read: {re}")));
+        }
         match r {
             Ok(Response::Done { ok: true, reason, .. }) => Ok(reason),
             Ok(Response::Done { permanent, reason, .. }) => Err(DeliveryError { permanent, reason }),
