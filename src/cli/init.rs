@@ -80,7 +80,14 @@ fn root_setup(path: &Path, out: &mut Vec<String>) -> Result<(), String> {
     if nix::unistd::User::from_name(name).ok().flatten().is_none() {
         let useradd = std::process::Command::new("useradd")
             .args(["--system", "--user-group", "--no-create-home"])
-            .args(["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "--comment", "poshta mail system"])
+            .args([
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                "poshta mail system",
+            ])
             .arg(name)
             .status();
         let ok = match useradd {
@@ -92,7 +99,9 @@ fn root_setup(path: &Path, out: &mut Vec<String>) -> Result<(), String> {
                 .is_ok_and(|st| st.success()),
         };
         if !ok || nix::unistd::User::from_name(name).ok().flatten().is_none() {
-            return Err(format!("could not create the mail_owner user {name} (useradd --system {name})"));
+            return Err(format!(
+                "could not create the mail_owner user {name} (useradd --system {name})"
+            ));
         }
         out.push(format!("poshta: created system user {name} (mail_owner)"));
     }
@@ -114,7 +123,10 @@ fn root_setup(path: &Path, out: &mut Vec<String>) -> Result<(), String> {
                 std::os::unix::fs::lchown(key, None, Some(u.gid.as_raw()))
                     .and_then(|()| std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o640)))
                     .map_err(|e| format!("chmod {}: {e}", key.display()))?;
-                out.push(format!("poshta: {} is root:{name} 0640 (the daemon runs as {name})", key.display()));
+                out.push(format!(
+                    "poshta: {} is root:{name} 0640 (the daemon runs as {name})",
+                    key.display()
+                ));
                 if let Some(dir) = key.parent() {
                     let dm = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                     if dm.is_dir() && dm.uid() == 0 && dm.mode() & 0o777 == 0o700 {

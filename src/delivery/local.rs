@@ -75,7 +75,9 @@ impl Ident {
         let u = if uid == 0 {
             nix::unistd::User::from_name(DEFAULT_PRIVS).ok().flatten()
         } else {
-            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten()
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
         };
         match u {
             Some(u) if u.uid.as_raw() != 0 => Ok(Ident::from_user(&u)),
@@ -110,7 +112,12 @@ impl Meta {
     /// Return-Path: and Delivered-To: (RFC 5321 §4.4; Delivered-To as Postfix, for loop
     /// detection). Control characters in either would inject header lines: refused.
     pub fn prepend(&self) -> Result<String, DeliveryError> {
-        if self.sender.chars().chain(self.recipient.chars()).any(|c| c.is_control()) {
+        if self
+            .sender
+            .chars()
+            .chain(self.recipient.chars())
+            .any(|c| c.is_control())
+        {
             return Err(DeliveryError::permanent("control character in an envelope address"));
         }
         Ok(format!(
@@ -177,7 +184,15 @@ pub fn deliver_mailbox(
     if hm.is_empty() {
         let path = cfg.mail_spool_directory.join(&user.name);
         let owner = (user.uid, mail_gid(user.gid));
-        write_here(cfg, &AgentKind::Mbox { path: path.clone(), owner: Some(owner) }, meta, body)?;
+        write_here(
+            cfg,
+            &AgentKind::Mbox {
+                path: path.clone(),
+                owner: Some(owner),
+            },
+            meta,
+            body,
+        )?;
         return Ok(format!("delivered to mailbox {}", path.display()));
     }
     if hm.starts_with('/') || hm.split('/').any(|c| c == "..") {
@@ -212,7 +227,10 @@ pub fn append_file(
     body: &mut dyn Read,
 ) -> Result<String, DeliveryError> {
     if !path.is_absolute() {
-        return Err(DeliveryError::permanent(format!("{}: not an absolute path", path.display())));
+        return Err(DeliveryError::permanent(format!(
+            "{}: not an absolute path",
+            path.display()
+        )));
     }
     write_as(
         cfg,
@@ -508,8 +526,12 @@ pub fn run_command(command: &str, who: &Ident, meta: &Meta, body: &mut dyn Read)
             "command {command:?} exited with EX_TEMPFAIL"
         ))),
         Ok(st) => match st.code() {
-            Some(c) => Err(DeliveryError::permanent(format!("Command died with status {c}: \"{command}\""))),
-            None => Err(DeliveryError::temporary(format!("command {command:?} killed by a signal"))),
+            Some(c) => Err(DeliveryError::permanent(format!(
+                "Command died with status {c}: \"{command}\""
+            ))),
+            None => Err(DeliveryError::temporary(format!(
+                "command {command:?} killed by a signal"
+            ))),
         },
         Err(e) => Err(DeliveryError::temporary(format!("command {command:?}: {e}"))),
     }
@@ -581,9 +603,20 @@ mod tests {
         run_command(&cmd, &who, &meta(), &mut &b"Subject: x\n\nbody\n"[..]).unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(text.starts_with("From a@example.org "), "{text}");
-        assert!(text.contains("Delivered-To: b@example.org\nSubject: x\n\nbody\nb@example.org\n"), "{text}");
-        assert!(!run_command("exit 75", &who, &meta(), &mut &b""[..]).unwrap_err().permanent);
-        assert!(run_command("exit 67", &who, &meta(), &mut &b""[..]).unwrap_err().permanent);
+        assert!(
+            text.contains("Delivered-To: b@example.org\nSubject: x\n\nbody\nb@example.org\n"),
+            "{text}"
+        );
+        assert!(
+            !run_command("exit 75", &who, &meta(), &mut &b""[..])
+                .unwrap_err()
+                .permanent
+        );
+        assert!(
+            run_command("exit 67", &who, &meta(), &mut &b""[..])
+                .unwrap_err()
+                .permanent
+        );
         // A command that reads nothing still gets the whole body consumed.
         let big = vec![b'x'; 1 << 20];
         run_command("true", &who, &meta(), &mut &big[..]).unwrap();

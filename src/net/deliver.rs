@@ -28,12 +28,12 @@ use super::Ctx;
 use crate::delivery::dsn::{self, is_null_sender, DiagnosticCode, Notice, RecipientStatus};
 use crate::delivery::local::{self, Ident, LocalConfig, Meta};
 use crate::delivery::maildir::{self, MaildirDelivery};
-use crate::delivery::DeliveryError;
 use crate::delivery::route::{retry_decision, route, Retry, RetryPolicy, Route};
+use crate::delivery::DeliveryError;
 use crate::limits::{LOCAL_DELIVERY_BATCH_MESSAGES, LOCAL_DELIVERY_CONCURRENCY_MAX, LOOP_HEADER_SCAN_BYTES_MAX};
 use crate::policy::aliases::{Source, Target};
-use crate::privsep::Work;
 use crate::policy::RcptClass;
+use crate::privsep::Work;
 use crate::queue::{Job, Outcome};
 
 /// Why a local recipient bounces.
@@ -488,7 +488,12 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
         })
         .await;
         for (j, idx, r) in results {
-            subs.push(Sub { job: j, idx, r, dsn: "" });
+            subs.push(Sub {
+                job: j,
+                idx,
+                r,
+                dsn: "",
+            });
         }
     }
     for (j, idx, alias_addr, targets) in forwards {
@@ -497,7 +502,12 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
             .await
             .map(|qid| format!("forwarded as {qid} to {}", targets.join(", ")))
             .map_err(|e| DeliveryError::temporary(format!("forwarding to {}: {e}", targets.join(", "))));
-        subs.push(Sub { job: j, idx, r, dsn: "" });
+        subs.push(Sub {
+            job: j,
+            idx,
+            r,
+            dsn: "",
+        });
     }
     // One outcome per recipient: any deferred part defers it (the delivered parts are
     // delivered again with it later, as Postfix's local(8) does), else any bounced part
@@ -519,7 +529,10 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
             .iter()
             .filter_map(|p| p.r.as_ref().err().filter(|e| !e.permanent).map(|e| e.reason.as_str()))
             .collect();
-        let bounced: Vec<&Sub> = parts.iter().filter(|p| p.r.as_ref().is_err_and(|e| e.permanent)).collect();
+        let bounced: Vec<&Sub> = parts
+            .iter()
+            .filter(|p| p.r.as_ref().is_err_and(|e| e.permanent))
+            .collect();
         let mut r = res(idx, Outcome::Delivered, "local");
         r.service = service;
         if !deferred.is_empty() {
@@ -534,9 +547,17 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
             r.outcome = Outcome::Bounced {
                 reason: reason.join("; "),
             };
-            r.dsn = bounced.iter().map(|p| p.dsn).find(|d| !d.is_empty()).unwrap_or("").to_string();
+            r.dsn = bounced
+                .iter()
+                .map(|p| p.dsn)
+                .find(|d| !d.is_empty())
+                .unwrap_or("")
+                .to_string();
         } else {
-            let details: Vec<&str> = parts.iter().filter_map(|p| p.r.as_ref().ok().map(String::as_str)).collect();
+            let details: Vec<&str> = parts
+                .iter()
+                .filter_map(|p| p.r.as_ref().ok().map(String::as_str))
+                .collect();
             r.detail = details.join("; ");
         }
         if let Some(o) = outcomes.get_mut(j) {

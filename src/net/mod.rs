@@ -46,17 +46,20 @@ pub struct Policy {
     alias_files: RefCell<AliasFiles>,
 }
 
+/// (mtime, mtime nsec, size, inode) of a file; None when it is missing.
+type FileStamp = Option<(i64, i64, u64, u64)>;
+
 /// The alias_maps files as last looked at.
 struct AliasFiles {
     /// (path, (mtime, mtime nsec, size, inode) or None when missing).
-    stamps: Vec<(std::path::PathBuf, Option<(i64, i64, u64, u64)>)>,
+    stamps: Vec<(std::path::PathBuf, FileStamp)>,
     checked: Option<std::time::Instant>,
     /// No good table has been loaded yet (a broken file at start): unknown local
     /// recipients get a temporary error instead of 550, and delivery defers them.
     failed: bool,
 }
 
-fn alias_stamp(p: &std::path::Path) -> Option<(i64, i64, u64, u64)> {
+fn alias_stamp(p: &std::path::Path) -> FileStamp {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(p)
         .ok()

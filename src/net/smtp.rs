@@ -384,10 +384,9 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                         // No alias table could be loaded yet: the name may be an alias, so
                         // only a temporary refusal is honest (Postfix: "temporary lookup
                         // failure").
-                        (None, RcptClass::UnknownLocal) if policy.aliases_failed() => Err(Reply::owned(
-                            451,
-                            format!("4.3.0 <{to}>: Temporary lookup failure"),
-                        )),
+                        (None, RcptClass::UnknownLocal) if policy.aliases_failed() => {
+                            Err(Reply::owned(451, format!("4.3.0 <{to}>: Temporary lookup failure")))
+                        }
                         // smtpd_reject_unlisted_recipient (Postfix default yes).
                         (None, RcptClass::UnknownLocal) => Err(Reply::owned(
                             550,

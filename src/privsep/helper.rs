@@ -76,7 +76,9 @@ impl State {
     /// The file an alias's targets came from (the first alias file that exists), whose
     /// owner a command or file target of `Source::Alias` runs as.
     fn alias_file(&self) -> Option<PathBuf> {
-        crate::net::alias_paths(&self.settings).into_iter().find(|p| p.is_file())
+        crate::net::alias_paths(&self.settings)
+            .into_iter()
+            .find(|p| p.is_file())
     }
 }
 
@@ -86,7 +88,10 @@ pub fn main(config_file: &Path) -> i32 {
     let loaded = match crate::config::load(config_file) {
         Ok(l) if !l.has_errors() => l,
         Ok(_) => {
-            eprintln!("poshta delivery-helper: {}: configuration errors", config_file.display());
+            eprintln!(
+                "poshta delivery-helper: {}: configuration errors",
+                config_file.display()
+            );
             return 1;
         }
         Err(e) => {
@@ -157,7 +162,10 @@ pub fn serve(sock: UnixStream, mut st: State, config_file: Option<&Path>) -> i32
             }
             Request::OpenMbox { user } => match open_mbox(&mut st, &user) {
                 Ok(handle) => {
-                    let fd_ok = st.open.get(&handle).map(|(_, lock)| send_with_fd(&sock, handle, lock.file()));
+                    let fd_ok = st
+                        .open
+                        .get(&handle)
+                        .map(|(_, lock)| send_with_fd(&sock, handle, lock.file()));
                     match fd_ok {
                         Some(Ok(())) => continue,
                         Some(Err(e)) => {
@@ -417,8 +425,13 @@ fn open_checked(path: &Path, (uid, gid): (u32, u32)) -> Result<File, String> {
     let (fd, created) = match rustix::fs::openat(CWD, path, flags, Mode::empty()) {
         Ok(fd) => (fd, false),
         Err(rustix::io::Errno::NOENT) => (
-            rustix::fs::openat(CWD, path, flags | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600))
-                .map_err(refuse)?,
+            rustix::fs::openat(
+                CWD,
+                path,
+                flags | OFlags::CREATE | OFlags::EXCL,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(refuse)?,
             true,
         ),
         Err(e) => return Err(refuse(e)),

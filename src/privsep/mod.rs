@@ -226,7 +226,10 @@ impl Client {
         };
         let r = f(sock);
         if let Err(e) = &r {
-            crate::mlog!("local", "warning: delivery helper: {e}; local deliveries will be deferred");
+            crate::mlog!(
+                "local",
+                "warning: delivery helper: {e}; local deliveries will be deferred"
+            );
             *guard = None;
         }
         r
@@ -257,7 +260,11 @@ impl Client {
                     }
                 }
             }
-            let last = if read_error.is_some() { Request::Abort } else { Request::End };
+            let last = if read_error.is_some() {
+                Request::Abort
+            } else {
+                Request::End
+            };
             write_frame(&mut w, &last).map_err(|e| e.to_string())?;
             recv_response(sock).map(|(r, _)| r)
         });
@@ -267,7 +274,9 @@ impl Client {
         match r {
             Ok(Response::Done { ok: true, reason, .. }) => Ok(reason),
             Ok(Response::Done { permanent, reason, .. }) => Err(DeliveryError { permanent, reason }),
-            Ok(other) => Err(DeliveryError::temporary(format!("delivery helper: unexpected {other:?}"))),
+            Ok(other) => Err(DeliveryError::temporary(format!(
+                "delivery helper: unexpected {other:?}"
+            ))),
             Err(e) => Err(DeliveryError::temporary(match read_error {
                 Some(r) => format!("queue read: {r}"),
                 None => format!("delivery helper: {e}"),
@@ -392,7 +401,10 @@ pub fn prepare_dirs(s: &crate::config::Settings) -> Result<(), String> {
             )
         })?;
     if u.uid.is_root() {
-        return Err(format!("mail_owner {} has uid 0; it must be an unprivileged user", s.mail_owner));
+        return Err(format!(
+            "mail_owner {} has uid 0; it must be an unprivileged user",
+            s.mail_owner
+        ));
     }
     let (uid, gid) = (u.uid.as_raw(), u.gid.as_raw());
     for dir in [&s.queue_directory, &s.virtual_mailbox_base] {

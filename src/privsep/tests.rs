@@ -85,7 +85,9 @@ fn meta(seq: u64) -> Meta {
 fn mailbox_delivery_and_pop3_open_close() {
     let Some(f) = fixture("mbox", "") else { return };
     let work = Work::Mailbox { user: f.user.clone() };
-    let r = f.client.deliver(&work, &meta(1), &mut &b"Subject: one\n\nFrom here\n"[..]);
+    let r = f
+        .client
+        .deliver(&work, &meta(1), &mut &b"Subject: one\n\nFrom here\n"[..]);
     assert!(r.as_ref().is_ok_and(|d| d.contains("delivered to mailbox")), "{r:?}");
     let path = f.dir.join("spool").join(&f.user);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -100,13 +102,18 @@ fn mailbox_delivery_and_pop3_open_close() {
     file.read_to_string(&mut got).unwrap();
     assert_eq!(got, text);
     // While it is open, a delivery to it defers at once, and a second open is refused.
-    let e = f.client.deliver(&work, &meta(2), &mut &b"Subject: two\n\nx\n"[..]).unwrap_err();
+    let e = f
+        .client
+        .deliver(&work, &meta(2), &mut &b"Subject: two\n\nx\n"[..])
+        .unwrap_err();
     assert!(!e.permanent && e.reason.contains("locked"), "{e}");
     assert!(f.client.open_mbox(&f.user).unwrap_err().contains("locked"));
     smol::block_on(f.client.close_mbox_async(handle)).unwrap();
     assert!(!dotlock_path(&path).exists());
     assert!(f.client.close_mbox(handle).is_err(), "a handle closes once");
-    f.client.deliver(&work, &meta(3), &mut &b"Subject: three\n\nx\n"[..]).unwrap();
+    f.client
+        .deliver(&work, &meta(3), &mut &b"Subject: three\n\nx\n"[..])
+        .unwrap();
     let r = MboxReader::open(&path).unwrap();
     assert_eq!(r.scan().unwrap().len(), 2);
 }
