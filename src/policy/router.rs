@@ -350,6 +350,30 @@ mod tests {
     }
 
     #[test]
+    fn lookup_order_aliases_then_mailbox_users_then_system_users() {
+        let (a, _) = Aliases::parse(Path::new("aliases"), b"alice: bob@example.com\nsupport: alice\n").unwrap();
+        let r = router("+").with_aliases(Arc::new(a));
+        // An alias wins over a mailbox user of the same name (Postfix: aliases first).
+        assert_eq!(r.classify("alice@example.org"), RcptClass::Alias { name: "alice".into() });
+        assert_eq!(r.classify("Support+x@example.org"), RcptClass::Alias { name: "support".into() });
+        assert_eq!(r.classify("mary@example.org"), local("mary"));
+        assert_eq!(r.user_class("alice"), local("alice"));
+        // Off: no passwd lookups at all.
+        assert_eq!(r.classify("root@example.org"), RcptClass::UnknownLocal);
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap();
+        if valid_system_name(&me.name) && !r.is_mailbox_user(&me.name) {
+            let sys = router("+").with_system_users(SystemUsers::OnlyUid(me.uid.as_raw()));
+            let addr = format!("{}@example.org", me.name);
+            assert_eq!(sys.classify(&addr), RcptClass::System { user: me.name.clone() });
+            let other = router("+").with_system_users(SystemUsers::OnlyUid(me.uid.as_raw() + 1));
+            assert_eq!(other.classify(&addr), RcptClass::UnknownLocal);
+        }
+        for bad in ["", "-x", ".x", "a/b", "A", "a b", &"x".repeat(33)] {
+            assert!(!valid_system_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn unicode_local_part_does_not_panic() {
         let r = router("+");
         assert_eq!(r.classify("ÄLICE+tag@example.org"), RcptClass::UnknownLocal);
