@@ -6,6 +6,7 @@
 //! - `queue`    the append-only log queue (records, segments, recovery, index)
 //! - `delivery` local delivery (Maildir) and, later, relay
 //! - `policy`   relay decision and recipient classification
+//! - `privsep`  the privileged delivery helper (started as root) and its client
 //! - `auth`     mailbox users file and password hashes
 //! - `config`   main.cf parsing, the key table, `check` and `postconf`
 //! - `cli`      subcommands
@@ -20,6 +21,7 @@ pub mod log;
 pub mod mailbox;
 pub mod net;
 pub mod policy;
+pub mod privsep;
 pub mod proto;
 pub mod queue;
 pub mod time;

@@ -151,3 +151,16 @@ pub const SENDMAIL_HEADER_FIELD_BYTES_MAX: usize = 102_400;
 /// Longer input lines are handled in pieces of this size (memory stays bounded for any
 /// line length; the line itself is kept whole).
 pub const SENDMAIL_LINE_PIECE_BYTES: usize = 64 * 1024;
+/// A `|command` alias target may run this long (Postfix command_time_limit is 1000 s; the
+/// delivery helper serves one request at a time, so poshta bounds it tighter), then it is
+/// killed and the delivery deferred.
+pub const LOCAL_COMMAND_TIME_LIMIT_SECS: u64 = 300;
+/// One frame of the privileged helper protocol (a body chunk plus its framing).
+pub const PRIVSEP_FRAME_BYTES_MAX: usize = 80 * 1024;
+/// Body bytes per data frame sent to the privileged helper.
+pub const PRIVSEP_CHUNK_BYTES: usize = 64 * 1024;
+/// Mailboxes the privileged helper keeps open and locked for POP3 sessions at once.
+pub const PRIVSEP_OPEN_MBOXES_MAX: usize = 256;
+/// Header bytes read from a queued message to count Received: and find Delivered-To:
+/// lines (loop detection); a header longer than this is judged by what was read.
+pub const LOOP_HEADER_SCAN_BYTES_MAX: usize = 256 * 1024;

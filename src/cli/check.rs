@@ -42,6 +42,7 @@ pub fn run(args: super::CheckArgs) -> i32 {
     }
     diags.extend(check_files(&loaded));
     diags.extend(check_tables(&loaded));
+    diags.extend(check_aliases(&loaded));
     for d in &diags {
         eprintln!("poshta: {d}");
     }
@@ -50,6 +51,53 @@ pub fn run(args: super::CheckArgs) -> i32 {
     } else {
         0
     }
+}
+
+/// alias_maps: every error with its file:line (as the daemon would log it), warnings, and
+/// a warning when `postmaster` reaches nobody (RFC 5321 §4.5.1 requires the mailbox).
+/// As root, also that mail_owner exists.
+pub fn check_aliases(loaded: &Loaded) -> Vec<Diagnostic> {
+    let s = &loaded.settings;
+    let mut out = Vec::new();
+    let conv = |d: &crate::policy::aliases::Diagnostic, severity| Diagnostic {
+        file: d.file.clone(),
+        line: d.line,
+        severity,
+        message: d.message.clone(),
+    };
+    match crate::net::load_aliases(s) {
+        Ok((aliases, warnings)) => {
+            for w in warnings {
+                out.push(diag(loaded, Some("alias_maps"), Severity::Warning, w));
+            }
+            let users = crate::auth::users::Users::load(&s.mailbox_users_file).unwrap_or_default();
+            let router = crate::policy::Router::new(s.mydestination.clone(), s.recipient_delimiter.clone(), users)
+                .with_system_users(crate::policy::router::SystemUsers::All);
+            let resolves = aliases.postmaster_resolves(
+                |d| router.is_local_domain(d),
+                |u| router.user_class(u).is_local_recipient(),
+            );
+            // RFC 5321 §4.5.1: a server must accept mail for postmaster.
+            if !resolves {
+                out.push(diag(
+                    loaded,
+                    Some("alias_maps"),
+                    Severity::Warning,
+                    "postmaster does not resolve to a mailbox (RFC 5321 §4.5.1 requires one): add `postmaster: root` (and root: a real user) to the aliases file".into(),
+                ));
+            }
+        }
+        Err(e) => out.extend(e.errors.iter().map(|d| conv(d, Severity::Error))),
+    }
+    if rustix::process::geteuid().is_root() && nix::unistd::User::from_name(&s.mail_owner).ok().flatten().is_none() {
+        out.push(diag(
+            loaded,
+            Some("mail_owner"),
+            Severity::Error,
+            format!("mail_owner {} does not exist (`poshta init` creates it)", s.mail_owner),
+        ));
+    }
+    out
 }
 
 /// A diagnostic about key `key` (at its line in main.cf when set there).

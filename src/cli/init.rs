@@ -46,13 +46,100 @@ pub fn run(args: InitArgs) -> i32 {
             return 1;
         }
     }
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
+    if let Err(e) = result {
+        eprintln!("poshta: fatal: {e}");
+        return 1;
+    }
+    if rustix::process::geteuid().is_root() {
+        let mut out = Vec::new();
+        let r = root_setup(&path, &mut out);
+        for line in &out {
+            println!("{line}");
+        }
+        if let Err(e) = r {
             eprintln!("poshta: fatal: {e}");
-            1
+            return 1;
         }
     }
+    0
+}
+
+/// As root (see docs/privileges.md): create mail_owner when it is missing (useradd
+/// --system, or busybox adduser -S), give it the queue and mail directories, and make a
+/// freshly made TLS key `root:mail_owner 0640` in a `root:mail_owner 2750` directory, so the
+/// daemon can read a replaced key after dropping root (files copied into the setgid
+/// directory get its group).
+fn root_setup(path: &Path, out: &mut Vec<String>) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let loaded = config::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let s = &loaded.settings;
+    let name = s.mail_owner.as_str();
+    if !crate::policy::router::valid_system_name(name) {
+        return Err(format!("mail_owner {name:?} is not a valid user name"));
+    }
+    if nix::unistd::User::from_name(name).ok().flatten().is_none() {
+        let useradd = std::process::Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home"])
+            .args([
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                "poshta mail system",
+            ])
+            .arg(name)
+            .status();
+        let ok = match useradd {
+            Ok(st) => st.success(),
+            // busybox (the board images): adduser -S (system) -D (no password) -H (no home).
+            Err(_) => std::process::Command::new("adduser")
+                .args(["-S", "-D", "-H", "-h", "/var/empty", "-s", "/sbin/nologin", name])
+                .status()
+                .is_ok_and(|st| st.success()),
+        };
+        if !ok || nix::unistd::User::from_name(name).ok().flatten().is_none() {
+            return Err(format!(
+                "could not create the mail_owner user {name} (useradd --system {name})"
+            ));
+        }
+        out.push(format!("poshta: created system user {name} (mail_owner)"));
+    }
+    let u = nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("mail_owner {name} does not exist"))?;
+    if u.uid.is_root() {
+        return Err(format!("mail_owner {name} has uid 0; it must be an unprivileged user"));
+    }
+    for dir in [&s.queue_directory, &s.virtual_mailbox_base] {
+        std::os::unix::fs::lchown(dir, Some(u.uid.as_raw()), Some(u.gid.as_raw()))
+            .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+    }
+    if let Some(key) = &s.smtpd_tls_key_file {
+        if let Ok(m) = std::fs::symlink_metadata(key) {
+            // Only a key as `poshta init` makes it (root, 0600): an admin's own choice stays.
+            if m.is_file() && m.uid() == 0 && m.gid() == 0 && m.mode() & 0o777 == 0o600 {
+                std::os::unix::fs::lchown(key, None, Some(u.gid.as_raw()))
+                    .and_then(|()| std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o640)))
+                    .map_err(|e| format!("chmod {}: {e}", key.display()))?;
+                out.push(format!(
+                    "poshta: {} is root:{name} 0640 (the daemon runs as {name})",
+                    key.display()
+                ));
+                if let Some(dir) = key.parent() {
+                    let dm = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                    if dm.is_dir() && dm.uid() == 0 && dm.mode() & 0o777 == 0o700 {
+                        std::os::unix::fs::lchown(dir, None, Some(u.gid.as_raw()))
+                            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2750)))
+                            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+                        out.push(format!("poshta: {}/ is root:{name} 2750", dir.display()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The host name to use: `--hostname`, else the system name if it is fully qualified,

@@ -236,6 +236,18 @@ pub fn main() -> i32 {
             }
         };
     }
+    // Internal programs of privilege separation (not for people: no help text).
+    match args.get(1).map(String::as_str) {
+        Some("delivery-helper") => {
+            let Some(cf) = args.get(3).filter(|_| args.get(2).map(String::as_str) == Some("-c")) else {
+                eprintln!("poshta delivery-helper: usage: poshta delivery-helper -c MAIN.CF");
+                return 64;
+            };
+            return crate::privsep::helper::main(std::path::Path::new(cf));
+        }
+        Some("delivery-agent") => return crate::delivery::local::agent_main(),
+        _ => {}
+    }
     let top: Top = argh::from_env();
     match top.cmd {
         Cmd::Serve(a) => serve::run(a),

@@ -119,7 +119,25 @@ pub fn add(users_file: &Path, mailbox_base: &Path, name: &str, password: &str) -
             "added user {name}, but could not create the Maildir {}: {e}",
             md.display()
         )
-    })
+    })?;
+    give_to_base_owner(mailbox_base, &md).map_err(|e| format!("added user {name}, but chown {}: {e}", md.display()))
+}
+
+/// As root, the new Maildir belongs to whoever owns virtual_mailbox_base (mail_owner: the
+/// daemon delivers as that user after dropping root; docs/privileges.md).
+fn give_to_base_owner(base: &Path, md: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let b = std::fs::metadata(base)?;
+    if b.uid() == 0 {
+        return Ok(());
+    }
+    for p in [md.to_path_buf(), md.join("cur"), md.join("new"), md.join("tmp")] {
+        std::os::unix::fs::lchown(&p, Some(b.uid()), Some(b.gid()))?;
+    }
+    Ok(())
 }
 
 /// Set `name`'s password.

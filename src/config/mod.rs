@@ -235,6 +235,22 @@ pub struct Settings {
     pub smtpd_delay_reject: bool,
     /// parent_domain_matches_subdomains entries (lowercased feature names).
     pub parent_domain_matches_subdomains: Vec<String>,
+    /// alias_maps entries as written (`hash:/etc/aliases`); see policy::aliases.
+    pub alias_maps: Vec<String>,
+    /// alias_database as written (what `newaliases` checks).
+    pub alias_database: String,
+    /// allow_mail_to_commands / allow_mail_to_files classes (lowercased: alias, forward,
+    /// include).
+    pub allow_mail_to_commands: Vec<String>,
+    pub allow_mail_to_files: Vec<String>,
+    /// hopcount_limit: more Received: headers than this bounce as a mail loop (5.4.6).
+    pub hopcount_limit: usize,
+    /// mail_owner: the user the daemon runs as after binding its ports (as root).
+    pub mail_owner: String,
+    /// mail_spool_directory: mbox mailboxes of system users (`/var/mail`).
+    pub mail_spool_directory: PathBuf,
+    /// mailbox_size_limit (bytes; 0: no limit).
+    pub mailbox_size_limit: u64,
 }
 
 /// smtp_tls_security_level (Postfix names; empty means `none`, as Postfix where empty falls
@@ -1010,6 +1026,14 @@ fn build_settings(
             .collect(),
         anvil_rate_time_unit_secs: time("anvil_rate_time_unit"),
         pop3d_disable_plaintext_auth: typed(eff, dflt, "pop3d_disable_plaintext_auth", value::parse_bool),
+        alias_maps: value::split_list(get("alias_maps")),
+        alias_database: get("alias_database").trim().to_string(),
+        allow_mail_to_commands: value::split_list(&get("allow_mail_to_commands").to_ascii_lowercase()),
+        allow_mail_to_files: value::split_list(&get("allow_mail_to_files").to_ascii_lowercase()),
+        hopcount_limit: int("hopcount_limit").max(1),
+        mail_owner: get("mail_owner").trim().to_string(),
+        mail_spool_directory: path("mail_spool_directory"),
+        mailbox_size_limit: typed(eff, dflt, "mailbox_size_limit", value::parse_u64),
         config_file,
         config_directory,
     }

@@ -1,6 +1,7 @@
 //! Delivery agents.
 
 pub mod dsn;
+pub mod local;
 pub mod maildir;
 pub mod mbox;
 pub mod route;

@@ -26,10 +26,14 @@ use smol::Timer;
 use super::relay::{self, Dest, Item, ItemResult, RelayConf};
 use super::Ctx;
 use crate::delivery::dsn::{self, is_null_sender, DiagnosticCode, Notice, RecipientStatus};
+use crate::delivery::local::{self, Ident, LocalConfig, Meta};
 use crate::delivery::maildir::{self, MaildirDelivery};
 use crate::delivery::route::{retry_decision, route, Retry, RetryPolicy, Route};
-use crate::limits::{LOCAL_DELIVERY_BATCH_MESSAGES, LOCAL_DELIVERY_CONCURRENCY_MAX};
+use crate::delivery::DeliveryError;
+use crate::limits::{LOCAL_DELIVERY_BATCH_MESSAGES, LOCAL_DELIVERY_CONCURRENCY_MAX, LOOP_HEADER_SCAN_BYTES_MAX};
+use crate::policy::aliases::{Source, Target};
 use crate::policy::RcptClass;
+use crate::privsep::Work;
 use crate::queue::{Job, Outcome};
 
 /// Why a local recipient bounces.
@@ -48,6 +52,8 @@ struct Res {
     dsn: String,
     diagnostic: String,
     remote_mta: Option<String>,
+    /// The log's service name when not derived from `relay` (`local`, `virtual`).
+    service: &'static str,
 }
 
 fn res(idx: usize, outcome: Outcome, relay: &str) -> Res {
@@ -59,6 +65,7 @@ fn res(idx: usize, outcome: Outcome, relay: &str) -> Res {
         dsn: String::new(),
         diagnostic: String::new(),
         remote_mta: None,
+        service: "",
     }
 }
 
@@ -112,51 +119,315 @@ struct Local {
     size: u64,
 }
 
+/// One delivery for a system user, an alias command or an alias file (through the
+/// privileged helper, or in this process when there is none).
+struct Helped {
+    job: usize,
+    idx: usize,
+    work: Work,
+    meta: Meta,
+    body: crate::queue::BodyReader,
+}
+
+/// Loop facts from a message's header.
+#[derive(Debug, Default, Clone)]
+struct LoopFacts {
+    /// Received: lines (hopcount_limit).
+    received: usize,
+    /// Delivered-To: values, lowercased.
+    delivered_to: Vec<String>,
+}
+
+/// Count Received: and collect Delivered-To: in the header (at most
+/// LOOP_HEADER_SCAN_BYTES_MAX bytes). Blocking.
+fn scan_header(body: &mut dyn std::io::Read) -> LoopFacts {
+    use std::io::BufRead;
+    let mut facts = LoopFacts::default();
+    let mut r = std::io::BufReader::new(std::io::Read::take(body, LOOP_HEADER_SCAN_BYTES_MAX as u64));
+    let mut line = Vec::new();
+    // Bounded by the take() above.
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let l = String::from_utf8_lossy(&line);
+        let l = l.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = l.split_once(':') {
+            if name.eq_ignore_ascii_case("received") {
+                facts.received += 1;
+            } else if name.eq_ignore_ascii_case("delivered-to") {
+                facts.delivered_to.push(value.trim().to_lowercase());
+            }
+        }
+    }
+    facts
+}
+
+/// A sub-delivery's result, for the recipient it belongs to.
+struct Sub {
+    job: usize,
+    idx: usize,
+    r: Result<String, DeliveryError>,
+    /// RFC 3463 status for a failure ("" = the default for the reason).
+    dsn: &'static str,
+}
+
+fn fail(job: usize, idx: usize, e: DeliveryError, dsn: &'static str) -> Sub {
+    Sub {
+        job,
+        idx,
+        r: Err(e),
+        dsn,
+    }
+}
+
+/// A unique id for an mbox message (the Maildir scheme, see delivery::mbox).
+fn uidl(secs: u64, micros: u32, seq: u64) -> String {
+    format!("{secs}.M{micros}P{}Q{seq}", std::process::id())
+}
+
+/// Deliver one [`Helped`] (blocking): through the helper, or here with our own rights.
+fn run_helped(h: &mut Helped, cfg: &LocalConfig) -> Result<String, DeliveryError> {
+    if let Some(c) = crate::privsep::client() {
+        return c.deliver(&h.work, &h.meta, &mut h.body);
+    }
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| Ident::from_user(&u))
+        .ok_or_else(|| DeliveryError::temporary("no passwd entry for our own uid"))?;
+    match &h.work {
+        Work::Mailbox { user } => {
+            let who = crate::policy::router::system_user(user)
+                .map(|u| Ident::from_user(&u))
+                .ok_or_else(|| DeliveryError::permanent(format!("unknown user: \"{user}\"")))?;
+            local::deliver_mailbox(cfg, &who, &h.meta, &mut h.body)
+        }
+        Work::AliasCommand { command, .. } => local::run_command(command, &me, &h.meta, &mut h.body),
+        Work::AliasFile { path, .. } => local::append_file(cfg, &me, std::path::Path::new(path), &h.meta, &mut h.body),
+    }
+}
+
 async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
     let policy = ctx.policy();
+    policy.refresh_aliases("local");
     let s = &policy.settings;
     let started = Instant::now();
+    let (secs, micros) = crate::time::now();
     // Per job: results in any order.
     let mut outcomes: Vec<Vec<Res>> = (0..jobs.len()).map(|_| Vec::new()).collect();
     let mut locals = Vec::new();
+    let mut helped: Vec<Helped> = Vec::new();
+    let mut subs: Vec<Sub> = Vec::new();
+    // Alias recipients with remote targets: (job, idx, alias address, targets).
+    let mut forwards: Vec<(usize, usize, String, Vec<String>)> = Vec::new();
     // Remote recipients: (job, rcpt index, address), routed below.
     let mut remote: Vec<(usize, usize, String)> = Vec::new();
+    let facts = loop_facts(ctx, &jobs).await;
+    let next_seq = || {
+        let seq = ctx.delivery_seq.get();
+        ctx.delivery_seq.set(seq + 1);
+        seq
+    };
     for (j, job) in jobs.iter().enumerate() {
+        let f = facts.get(j).cloned().unwrap_or_default();
         for (idx, addr) in &job.recipients {
-            match policy.router.classify(addr) {
-                RcptClass::Local { user } => match ctx.queue.body(job.qid) {
-                    Ok(body) => {
-                        let seq = ctx.delivery_seq.get();
-                        ctx.delivery_seq.set(seq + 1);
-                        locals.push(Local {
-                            job: j,
-                            idx: *idx,
-                            maildir: s.virtual_mailbox_base.join(&user),
-                            body,
-                            seq,
-                            // RFC 5321 §4.4: the final delivery adds Return-Path:;
-                            // Delivered-To: marks the mailbox (loop detection, as Postfix's
-                            // local/virtual do).
-                            prepend: format!("Return-Path: <{}>\nDelivered-To: {}\n", job.sender, addr),
-                            size: job.size,
-                        })
-                    }
-                    Err(e) => outcomes[j].push(res(
-                        *idx,
-                        Outcome::Deferred {
-                            reason: format!("queue read: {e}"),
-                        },
-                        "local",
+            let (j, idx) = (j, *idx);
+            // Postfix: more Received: headers than hopcount_limit is a mail loop.
+            if f.received > s.hopcount_limit {
+                subs.push(fail(
+                    j,
+                    idx,
+                    DeliveryError::permanent(format!(
+                        "mail forwarding loop: too many hops ({} Received: headers, hopcount_limit {})",
+                        f.received, s.hopcount_limit
                     )),
+                    "5.4.6",
+                ));
+                continue;
+            }
+            let class = policy.router.classify(addr);
+            let is_loop = |a: &str| f.delivered_to.iter().any(|d| d == &a.to_lowercase());
+            if class.is_local_recipient() && is_loop(addr) {
+                subs.push(fail(
+                    j,
+                    idx,
+                    DeliveryError::permanent(format!("mail forwarding loop for {addr}")),
+                    "5.4.6",
+                ));
+                continue;
+            }
+            let domain = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or(s.myhostname.as_str());
+            let meta = |recipient: String, seq: u64| Meta {
+                sender: job.sender.clone(),
+                recipient,
+                time_secs: secs,
+                time_micros: micros,
+                uidl: uidl(secs, micros, seq),
+                seq,
+                size: job.size,
+            };
+            match class {
+                RcptClass::Local { user } => match ctx.queue.body(job.qid) {
+                    Ok(body) => locals.push(Local {
+                        job: j,
+                        idx,
+                        maildir: s.virtual_mailbox_base.join(&user),
+                        body,
+                        seq: next_seq(),
+                        // RFC 5321 §4.4: the final delivery adds Return-Path:;
+                        // Delivered-To: marks the mailbox (loop detection, as Postfix's
+                        // local/virtual do).
+                        prepend: format!("Return-Path: <{}>\nDelivered-To: {}\n", job.sender, addr),
+                        size: job.size,
+                    }),
+                    Err(e) => subs.push(fail(j, idx, DeliveryError::temporary(format!("queue read: {e}")), "")),
                 },
-                RcptClass::UnknownLocal => outcomes[j].push(res(
-                    *idx,
-                    Outcome::Bounced {
-                        reason: UNKNOWN_USER.into(),
-                    },
-                    "local",
+                RcptClass::System { user } => match ctx.queue.body(job.qid) {
+                    Ok(body) => helped.push(Helped {
+                        job: j,
+                        idx,
+                        work: Work::Mailbox { user },
+                        meta: meta(addr.clone(), next_seq()),
+                        body,
+                    }),
+                    Err(e) => subs.push(fail(j, idx, DeliveryError::temporary(format!("queue read: {e}")), "")),
+                },
+                RcptClass::Alias { name } => {
+                    let aliases = policy.router.aliases();
+                    let ex = aliases.expand(&name, |d| policy.router.is_local_domain(d));
+                    let mut remote_targets = Vec::new();
+                    for e in ex.errors {
+                        let dsn = if e.reason.contains("loop") { "5.4.6" } else { "" };
+                        subs.push(fail(
+                            j,
+                            idx,
+                            DeliveryError {
+                                permanent: e.permanent,
+                                reason: e.reason,
+                            },
+                            dsn,
+                        ));
+                    }
+                    for t in ex.deliveries {
+                        let body = match ctx.queue.body(job.qid) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                subs.push(fail(j, idx, DeliveryError::temporary(format!("queue read: {e}")), ""));
+                                break;
+                            }
+                        };
+                        match t {
+                            Target::Local(n) => {
+                                let target_addr = format!("{n}@{domain}");
+                                if is_loop(&target_addr) {
+                                    subs.push(fail(
+                                        j,
+                                        idx,
+                                        DeliveryError::permanent(format!("mail forwarding loop for {target_addr}")),
+                                        "5.4.6",
+                                    ));
+                                    continue;
+                                }
+                                match policy.router.user_class(&n) {
+                                    RcptClass::Local { user } => locals.push(Local {
+                                        job: j,
+                                        idx,
+                                        maildir: s.virtual_mailbox_base.join(&user),
+                                        body,
+                                        seq: next_seq(),
+                                        prepend: format!(
+                                            "Return-Path: <{}>\nDelivered-To: {}\n",
+                                            job.sender, target_addr
+                                        ),
+                                        size: job.size,
+                                    }),
+                                    RcptClass::System { user } => helped.push(Helped {
+                                        job: j,
+                                        idx,
+                                        work: Work::Mailbox { user },
+                                        meta: meta(target_addr, next_seq()),
+                                        body,
+                                    }),
+                                    _ => subs.push(fail(
+                                        j,
+                                        idx,
+                                        DeliveryError::permanent(format!(
+                                            "{UNKNOWN_USER}: \"{n}\" (from alias {name})"
+                                        )),
+                                        "5.1.1",
+                                    )),
+                                }
+                            }
+                            Target::Remote(a) => remote_targets.push(a),
+                            Target::Command { command, source } => {
+                                let class = source_class(&source);
+                                if !s.allow_mail_to_commands.iter().any(|c| c == class) {
+                                    subs.push(fail(
+                                        j,
+                                        idx,
+                                        DeliveryError::permanent(format!(
+                                            "mail to command is restricted (allow_mail_to_commands does not list {class})"
+                                        )),
+                                        "5.7.1",
+                                    ));
+                                    continue;
+                                }
+                                helped.push(Helped {
+                                    job: j,
+                                    idx,
+                                    work: Work::AliasCommand {
+                                        alias: name.clone(),
+                                        command,
+                                    },
+                                    meta: meta(addr.clone(), next_seq()),
+                                    body,
+                                });
+                            }
+                            Target::File { path, source } => {
+                                let class = source_class(&source);
+                                if !s.allow_mail_to_files.iter().any(|c| c == class) {
+                                    subs.push(fail(
+                                        j,
+                                        idx,
+                                        DeliveryError::permanent(format!(
+                                            "mail to file is restricted (allow_mail_to_files does not list {class})"
+                                        )),
+                                        "5.7.1",
+                                    ));
+                                    continue;
+                                }
+                                helped.push(Helped {
+                                    job: j,
+                                    idx,
+                                    work: Work::AliasFile {
+                                        alias: name.clone(),
+                                        path: path.display().to_string(),
+                                    },
+                                    meta: meta(addr.clone(), next_seq()),
+                                    body,
+                                });
+                            }
+                        }
+                    }
+                    if !remote_targets.is_empty() {
+                        forwards.push((j, idx, addr.clone(), remote_targets));
+                    }
+                }
+                // No alias table could be loaded yet: the name may be an alias.
+                RcptClass::UnknownLocal if policy.aliases_failed() => subs.push(fail(
+                    j,
+                    idx,
+                    DeliveryError::temporary("alias_maps cannot be read; unknown local name deferred"),
+                    "",
                 )),
-                RcptClass::Remote => remote.push((j, *idx, addr.clone())),
+                RcptClass::UnknownLocal => subs.push(fail(j, idx, DeliveryError::permanent(UNKNOWN_USER), "5.1.1")),
+                RcptClass::Remote => remote.push((j, idx, addr.clone())),
             }
         }
     }
@@ -199,11 +470,98 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
         })
         .await;
         for ((j, idx), r) in results {
-            outcomes[j].push(match r {
-                Ok(_) => res(idx, Outcome::Delivered, "local"),
-                Err(e) if e.permanent => res(idx, Outcome::Bounced { reason: e.reason }, "local"),
-                Err(e) => res(idx, Outcome::Deferred { reason: e.reason }, "local"),
+            subs.push(Sub {
+                job: j,
+                idx,
+                r: r.map(|_| "delivered to maildir".to_string()),
+                dsn: "",
             });
+        }
+    }
+    if !helped.is_empty() {
+        let cfg = LocalConfig::from_settings(s);
+        let results = smol::unblock(move || {
+            helped
+                .iter_mut()
+                .map(|h| (h.job, h.idx, run_helped(h, &cfg)))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        for (j, idx, r) in results {
+            subs.push(Sub {
+                job: j,
+                idx,
+                r,
+                dsn: "",
+            });
+        }
+    }
+    for (j, idx, alias_addr, targets) in forwards {
+        let Some(job) = jobs.get(j) else { continue };
+        let r = forward(ctx, job, &alias_addr, targets.clone())
+            .await
+            .map(|qid| format!("forwarded as {qid} to {}", targets.join(", ")))
+            .map_err(|e| DeliveryError::temporary(format!("forwarding to {}: {e}", targets.join(", "))));
+        subs.push(Sub {
+            job: j,
+            idx,
+            r,
+            dsn: "",
+        });
+    }
+    // One outcome per recipient: any deferred part defers it (the delivered parts are
+    // delivered again with it later, as Postfix's local(8) does), else any bounced part
+    // bounces it, else it is delivered.
+    let mut by_rcpt: Vec<((usize, usize), Vec<Sub>)> = Vec::new();
+    for sub in subs {
+        match by_rcpt.iter_mut().find(|(k, _)| *k == (sub.job, sub.idx)) {
+            Some((_, v)) => v.push(sub),
+            None => by_rcpt.push(((sub.job, sub.idx), vec![sub])),
+        }
+    }
+    for ((j, idx), parts) in by_rcpt {
+        let service = if parts.len() == 1 && parts[0].r.as_ref().is_ok_and(|d| d == "delivered to maildir") {
+            "virtual"
+        } else {
+            "local"
+        };
+        let deferred: Vec<&str> = parts
+            .iter()
+            .filter_map(|p| p.r.as_ref().err().filter(|e| !e.permanent).map(|e| e.reason.as_str()))
+            .collect();
+        let bounced: Vec<&Sub> = parts
+            .iter()
+            .filter(|p| p.r.as_ref().is_err_and(|e| e.permanent))
+            .collect();
+        let mut r = res(idx, Outcome::Delivered, "local");
+        r.service = service;
+        if !deferred.is_empty() {
+            r.outcome = Outcome::Deferred {
+                reason: deferred.join("; "),
+            };
+        } else if !bounced.is_empty() {
+            let reason: Vec<&str> = bounced
+                .iter()
+                .filter_map(|p| p.r.as_ref().err().map(|e| e.reason.as_str()))
+                .collect();
+            r.outcome = Outcome::Bounced {
+                reason: reason.join("; "),
+            };
+            r.dsn = bounced
+                .iter()
+                .map(|p| p.dsn)
+                .find(|d| !d.is_empty())
+                .unwrap_or("")
+                .to_string();
+        } else {
+            let details: Vec<&str> = parts
+                .iter()
+                .filter_map(|p| p.r.as_ref().ok().map(String::as_str))
+                .collect();
+            r.detail = details.join("; ");
+        }
+        if let Some(o) = outcomes.get_mut(j) {
+            o.push(r);
         }
     }
     if let Some(task) = relay_task {
@@ -217,6 +575,7 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
                     dsn: r.dsn,
                     diagnostic: r.diagnostic,
                     remote_mta: r.remote_mta,
+                    service: "",
                 });
             }
         }
@@ -270,6 +629,7 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
             outcome,
             relay,
             detail,
+            service: named,
             ..
         } in &outs
         {
@@ -285,6 +645,7 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
                 Outcome::Bounced { reason } => ("bounced", reason.as_str()),
             };
             let service = match relay.as_str() {
+                _ if !named.is_empty() => named,
                 "local" => "virtual",
                 "none" => "qmgr",
                 _ => "smtp",
@@ -300,6 +661,77 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
         let done: Vec<(usize, Outcome)> = outs.into_iter().map(|r| (r.idx, r.outcome)).collect();
         ctx.queue.finish(job.qid, &done, now);
     }
+}
+
+fn source_class(s: &Source) -> &'static str {
+    match s {
+        Source::Alias => "alias",
+        Source::Include(_) => "include",
+    }
+}
+
+/// Header loop facts of each job (one blocking read of each header, off the event loop).
+async fn loop_facts(ctx: &Rc<Ctx>, jobs: &[Job]) -> Vec<LoopFacts> {
+    let bodies: Vec<Option<crate::queue::BodyReader>> = jobs.iter().map(|j| ctx.queue.body(j.qid).ok()).collect();
+    smol::unblock(move || {
+        bodies
+            .into_iter()
+            .map(|b| b.map(|mut b| scan_header(&mut b)).unwrap_or_default())
+            .collect()
+    })
+    .await
+}
+
+/// Queue a copy of `job`'s message from the same sender to `targets` (an alias's remote
+/// addresses), with `Delivered-To: alias_addr` on top (as Postfix forwards). Returns the
+/// new queue id once it is durable.
+async fn forward(ctx: &Rc<Ctx>, job: &Job, alias_addr: &str, targets: Vec<String>) -> Result<String, String> {
+    use std::io::Read;
+    let mut body = ctx.queue.body(job.qid).map_err(|e| format!("queue read: {e}"))?;
+    let mut inc = ctx
+        .queue
+        .begin(crate::queue::Envelope {
+            sender: job.sender.clone(),
+            recipients: targets,
+            arrival_unix: crate::time::now_unix(),
+            client: "localhost[127.0.0.1]".into(),
+        })
+        .map_err(|e| e.to_string())?;
+    let new_qid = inc.qid().to_string();
+    if alias_addr.chars().any(|c| c.is_control()) {
+        inc.abort();
+        return Err("control character in the alias address".into());
+    }
+    if let Err(e) = inc.write(format!("Delivered-To: {alias_addr}\n").as_bytes()).await {
+        return Err(e.to_string());
+    }
+    // The original, a chunk at a time (blocking reads off the event loop; bounded memory).
+    loop {
+        let (b, chunk) = smol::unblock(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let r = body.read(&mut buf).map(|n| {
+                buf.truncate(n);
+                buf
+            });
+            (body, r)
+        })
+        .await;
+        body = b;
+        match chunk {
+            Ok(c) if c.is_empty() => break,
+            Ok(c) => inc.write(&c).await.map_err(|e| e.to_string())?,
+            Err(e) => {
+                inc.abort();
+                return Err(format!("queue read: {e}"));
+            }
+        }
+    }
+    inc.commit().await.map_err(|e| e.to_string())?;
+    crate::log::line(
+        "local",
+        format_args!("qid={} forwarded: {new_qid} to=<{alias_addr}>", job.qid),
+    );
+    Ok(new_qid)
 }
 
 /// Build a bounce (RFC 3464 multipart/report) for the bounced recipients of `job` and queue

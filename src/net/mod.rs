@@ -43,6 +43,69 @@ pub struct Policy {
     pub bare_newline_exclusions: Networks,
     /// smtpd_client_event_limit_exceptions: clients the anvil limits do not count.
     pub event_limit_exceptions: Networks,
+    /// The alias files and what was last loaded from them (see `refresh_aliases`).
+    alias_files: RefCell<AliasFiles>,
+}
+
+/// (mtime, mtime nsec, size, inode) of a file; None when it is missing.
+type FileStamp = Option<(i64, i64, u64, u64)>;
+
+/// The alias_maps files as last looked at.
+struct AliasFiles {
+    /// (path, (mtime, mtime nsec, size, inode) or None when missing).
+    stamps: Vec<(std::path::PathBuf, FileStamp)>,
+    checked: Option<std::time::Instant>,
+    /// No good table has been loaded yet (a broken file at start): unknown local
+    /// recipients get a temporary error instead of 550, and delivery defers them.
+    failed: bool,
+}
+
+fn alias_stamp(p: &std::path::Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
+}
+
+/// The files of alias_maps (`hash:` etc. stripped; relative paths from config_directory).
+pub fn alias_paths(settings: &Settings) -> Vec<std::path::PathBuf> {
+    settings
+        .alias_maps
+        .iter()
+        .filter_map(|spec| {
+            let spec = spec.trim().trim_end_matches(',');
+            if spec.is_empty() {
+                return None;
+            }
+            // A bad map type is reported by load_aliases; keep it as written here.
+            Some(
+                crate::delivery::route::map_path(spec, &settings.config_directory)
+                    .unwrap_or_else(|_| std::path::PathBuf::from(spec)),
+            )
+        })
+        .collect()
+}
+
+/// Load alias_maps. A missing file is an empty table (with a warning): a fresh system has
+/// no /etc/aliases yet. Ok: the table and warnings; Err: every error, file:line.
+pub fn load_aliases(
+    settings: &Settings,
+) -> Result<(crate::policy::aliases::Aliases, Vec<String>), crate::policy::aliases::AliasError> {
+    let mut warnings = Vec::new();
+    let mut specs = Vec::new();
+    for (spec, path) in settings.alias_maps.iter().zip(alias_paths(settings)) {
+        if crate::delivery::route::map_path(spec, &settings.config_directory).is_err() {
+            // Let the alias loader report the unsupported type with the file name.
+            specs.push(spec.clone());
+        } else if path.exists() {
+            specs.push(path.display().to_string());
+        } else {
+            warnings.push(format!("{}: alias file does not exist (no aliases)", path.display()));
+        }
+    }
+    let (a, w) = crate::policy::aliases::Aliases::load_maps(&specs)?;
+    warnings.extend(w.iter().map(|d| d.to_string()));
+    Ok((a, warnings))
 }
 
 impl Policy {
@@ -77,13 +140,86 @@ impl Policy {
         }
     }
 
+    /// Pick up a changed alias file (no newaliases needed), looking at the files at most
+    /// once a second. A broken file keeps the last good table; each error is logged with
+    /// its file:line.
+    pub fn refresh_aliases(&self, svc: &str) {
+        let now = std::time::Instant::now();
+        {
+            let mut files = self.alias_files.borrow_mut();
+            if files
+                .checked
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+            {
+                return;
+            }
+            files.checked = Some(now);
+            let stamps: Vec<_> = files.stamps.iter().map(|(p, _)| (p.clone(), alias_stamp(p))).collect();
+            if stamps == files.stamps {
+                return;
+            }
+            files.stamps = stamps;
+        }
+        self.load_aliases_now(svc);
+    }
+
+    /// Load alias_maps now (start, change, SIGHUP): on errors keep the table in use.
+    fn load_aliases_now(&self, svc: &str) {
+        match load_aliases(&self.settings) {
+            Ok((a, warnings)) => {
+                for w in warnings {
+                    mlog!(svc, "warning: {w}");
+                }
+                mlog!(svc, "aliases loaded: {} names", a.len());
+                self.router.set_aliases(std::sync::Arc::new(a));
+                self.alias_files.borrow_mut().failed = false;
+            }
+            Err(e) => {
+                for d in &e.errors {
+                    mlog!(svc, "error: {d}");
+                }
+                let failed = self.alias_files.borrow().failed;
+                mlog!(
+                    svc,
+                    "warning: alias_maps has errors; {}",
+                    if failed {
+                        "no alias table is in use: mail for unknown local names is deferred"
+                    } else {
+                        "keeping the last good version"
+                    }
+                );
+            }
+        }
+    }
+
+    /// No good alias table is in use (broken at start): unknown local names are a
+    /// temporary failure, not a 550.
+    pub fn aliases_failed(&self) -> bool {
+        self.alias_files.borrow().failed
+    }
+
+    /// After a reload whose alias files are broken: keep the old policy's good table.
+    pub fn inherit_aliases(&self, old: &Policy) {
+        if self.aliases_failed() && !old.aliases_failed() {
+            self.router.set_aliases(old.router.aliases());
+            self.alias_files.borrow_mut().failed = false;
+        }
+    }
+
     pub fn build(settings: Settings) -> Result<Policy, String> {
         let users = Users::load(&settings.mailbox_users_file).map_err(|e| e.to_string())?;
+        let system_users = match crate::privsep::mode() {
+            crate::privsep::Mode::Helper => crate::policy::router::SystemUsers::All,
+            crate::privsep::Mode::InProcess => {
+                crate::policy::router::SystemUsers::OnlyUid(rustix::process::geteuid().as_raw())
+            }
+        };
         let router = Router::new(
             settings.mydestination.clone(),
             settings.recipient_delimiter.clone(),
             users.clone(),
-        );
+        )
+        .with_system_users(system_users);
         let users = std::sync::Arc::new(users);
         let mynetworks = Networks::parse(&settings.mynetworks).map_err(|e| format!("mynetworks: {e}"))?;
         let bare_newline_exclusions = Networks::parse(&settings.smtpd_forbid_bare_newline_exclusions)
@@ -95,7 +231,14 @@ impl Policy {
         for spec in restrictions.table_specs() {
             tables.add(&spec).map_err(|e| e.to_string())?;
         }
-        Ok(Policy {
+        let stamps = alias_paths(&settings)
+            .into_iter()
+            .map(|p| {
+                let st = alias_stamp(&p);
+                (p, st)
+            })
+            .collect();
+        let policy = Policy {
             settings,
             restrictions,
             tables: RefCell::new(tables),
@@ -105,7 +248,14 @@ impl Policy {
             mynetworks,
             bare_newline_exclusions,
             event_limit_exceptions,
-        })
+            alias_files: RefCell::new(AliasFiles {
+                stamps,
+                checked: Some(std::time::Instant::now()),
+                failed: true,
+            }),
+        };
+        policy.load_aliases_now("master");
+        Ok(policy)
     }
 }
 
@@ -237,6 +387,61 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
             return 1;
         }
     }
+    // Started as root: the ports are bound as root below, then a privileged delivery
+    // helper is started and this process becomes mail_owner (crate::privsep).
+    let as_root = rustix::process::geteuid().is_root();
+    if as_root {
+        if let Err(e) = crate::privsep::prepare_dirs(&s) {
+            mlog!("master", "fatal: {e}");
+            return 1;
+        }
+    }
+    let mut listeners = Vec::new();
+    let services = [
+        (Service::Smtp(smtp::Kind::Smtp), &s.smtpd_listen),
+        (Service::Smtp(smtp::Kind::Submission), &s.submission_listen),
+        (Service::Smtp(smtp::Kind::Submissions), &s.submissions_listen),
+        (Service::Pop3 { implicit_tls: false }, &s.pop3d_listen),
+        (Service::Pop3 { implicit_tls: true }, &s.pop3s_listen),
+    ];
+    for (service, addrs) in services {
+        for addr in addrs.iter() {
+            match listen::bind(*addr).and_then(Async::new) {
+                Ok(l) => listeners.push((service, l)),
+                Err(e) => {
+                    mlog!("master", "fatal: bind {addr} ({}): {e}", service.name());
+                    return 1;
+                }
+            }
+        }
+    }
+    let tls_source = match (&s.smtpd_tls_cert_file, &s.smtpd_tls_key_file) {
+        (Some(cert), Some(key)) if s.smtpd_tls_security_level != crate::config::TlsSecurityLevel::None => {
+            let src = tls::TlsSource::new(cert.clone(), key.clone(), std::time::Instant::now());
+            if let Some(w) = src.take_warning() {
+                mlog!("master", "warning: TLS: {w}; STARTTLS is not offered and the implicit-TLS ports refuse connections until the files are fixed (`poshta init` makes a self-signed certificate)");
+            }
+            Some(Rc::new(src))
+        }
+        _ => None,
+    };
+    if as_root {
+        if let Err(e) = crate::privsep::start_helper(config_file) {
+            mlog!("master", "fatal: {e}");
+            return 1;
+        }
+        match crate::privsep::drop_privileges(&s.mail_owner) {
+            Ok((uid, gid)) => mlog!(
+                "master",
+                "running as mail_owner {} (uid={uid} gid={gid}); local delivery through the privileged helper",
+                s.mail_owner
+            ),
+            Err(e) => {
+                mlog!("master", "fatal: {e}");
+                return 1;
+            }
+        }
+    }
     let policy = match Policy::build(s.clone()) {
         Ok(p) => p,
         Err(e) => {
@@ -278,7 +483,8 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
             return 1;
         }
     };
-    // Local submission (sendmail): bound with the control socket, before any privilege drop.
+    // Local submission (sendmail): bound with the control socket, as the user the loop runs as
+    // (mail_owner after a privilege drop: it owns the queue directory).
     // Without it local programs still work through maildrop/.
     let pickup_listener = match pickup::bind(&s.queue_directory) {
         Ok(l) => Some(l),
@@ -290,35 +496,6 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
             );
             None
         }
-    };
-    let mut listeners = Vec::new();
-    let services = [
-        (Service::Smtp(smtp::Kind::Smtp), &s.smtpd_listen),
-        (Service::Smtp(smtp::Kind::Submission), &s.submission_listen),
-        (Service::Smtp(smtp::Kind::Submissions), &s.submissions_listen),
-        (Service::Pop3 { implicit_tls: false }, &s.pop3d_listen),
-        (Service::Pop3 { implicit_tls: true }, &s.pop3s_listen),
-    ];
-    for (service, addrs) in services {
-        for addr in addrs.iter() {
-            match listen::bind(*addr).and_then(Async::new) {
-                Ok(l) => listeners.push((service, l)),
-                Err(e) => {
-                    mlog!("master", "fatal: bind {addr} ({}): {e}", service.name());
-                    return 1;
-                }
-            }
-        }
-    }
-    let tls_source = match (&s.smtpd_tls_cert_file, &s.smtpd_tls_key_file) {
-        (Some(cert), Some(key)) if s.smtpd_tls_security_level != crate::config::TlsSecurityLevel::None => {
-            let src = tls::TlsSource::new(cert.clone(), key.clone(), std::time::Instant::now());
-            if let Some(w) = src.take_warning() {
-                mlog!("master", "warning: TLS: {w}; STARTTLS is not offered and the implicit-TLS ports refuse connections until the files are fixed (`poshta init` makes a self-signed certificate)");
-            }
-            Some(Rc::new(src))
-        }
-        _ => None,
     };
     mlog!(
         "master",
@@ -533,6 +710,7 @@ fn reload(ctx: &Rc<Ctx>, config_file: &std::path::Path) {
     let tls_off = loaded.settings.smtpd_tls_security_level == crate::config::TlsSecurityLevel::None;
     match Policy::build(loaded.settings) {
         Ok(p) => {
+            p.inherit_aliases(&old);
             *ctx.policy.borrow_mut() = Rc::new(p);
             // SIGHUP also re-reads the certificate (new sessions get it; running ones keep
             // theirs); changed file names start a new source.
@@ -564,6 +742,16 @@ fn reload(ctx: &Rc<Ctx>, config_file: &std::path::Path) {
             );
             // A change of delivery_paused must wake the runner.
             ctx.queue.poke();
+            // The helper reads main.cf and the aliases itself.
+            if let Some(c) = crate::privsep::client() {
+                ctx.ex
+                    .spawn(async move {
+                        if let Err(e) = smol::unblock(move || c.reload()).await {
+                            mlog!("master", "warning: reload: delivery helper: {e}");
+                        }
+                    })
+                    .detach();
+            }
         }
         Err(e) => mlog!("master", "warning: reload: {e}; keeping the running configuration"),
     }

@@ -447,6 +447,8 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                 }
                 Event::Rcpt { to } => {
                     counts.rcpt += 1;
+                    // A changed aliases file counts from the next recipient on.
+                    policy.refresh_aliases(svc);
                     let class = policy.router.classify(&to);
                     let domain_of = |a: &str| a.rsplit_once('@').map(|(_, d)| policy.router.is_local_domain(d));
                     let facts = Facts {
@@ -458,7 +460,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                         sasl_user: user.as_deref(),
                         trusted,
                         recipient_domain_is_local: !matches!(class, RcptClass::Remote),
-                        recipient_is_local: matches!(class, RcptClass::Local { .. }),
+                        recipient_is_local: class.is_local_recipient(),
                         sender_domain_is_local: txn.from.as_deref().and_then(domain_of).unwrap_or(false),
                         sender_domain_resolves: None,
                     };
@@ -471,6 +473,12 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                     }
                     let outcome = match (verdict.decision.reply(), &class) {
                         (Some(reply), _) => Err(reply.clone()),
+                        // No alias table could be loaded yet: the name may be an alias, so
+                        // only a temporary refusal is honest (Postfix: "temporary lookup
+                        // failure").
+                        (None, RcptClass::UnknownLocal) if policy.aliases_failed() => {
+                            Err(Reply::owned(451, format!("4.3.0 <{to}>: Temporary lookup failure")))
+                        }
                         // smtpd_reject_unlisted_recipient (Postfix default yes).
                         (None, RcptClass::UnknownLocal) => Err(Reply::owned(
                             550,

@@ -160,10 +160,26 @@ pub enum RcptClass {
     /// A mailbox user in a local domain; `user` is the users-file name (lowercase,
     /// extension after recipient_delimiter removed).
     Local { user: String },
+    /// An alias (alias_maps) in a local domain; `name` is the alias name that matched
+    /// (lowercase; the whole local part, or the part before the recipient_delimiter).
+    Alias { name: String },
+    /// A system user (a passwd entry, Postfix's local(8) recipients); `user` is the login
+    /// name.
+    System { user: String },
     /// A local domain but no such user: 550 5.1.1.
     UnknownLocal,
     /// Not a local domain: relay (allowed only from mynetworks, later after AUTH).
     Remote,
+}
+
+impl RcptClass {
+    /// Someone here receives it (a mailbox user, an alias or a system user).
+    pub fn is_local_recipient(&self) -> bool {
+        matches!(
+            self,
+            RcptClass::Local { .. } | RcptClass::Alias { .. } | RcptClass::System { .. }
+        )
+    }
 }
 
 pub mod access;

@@ -1,11 +1,12 @@
 //! Recipient classification.
 //!
 //! `classify(addr)` decides where a recipient goes, as Postfix's trivial-rewrite and
-//! local(8) would for poshta's one address class (mydestination + mailbox users):
+//! local(8) would for poshta's address class (mydestination + aliases + mailbox users +
+//! system users):
 //!
 //! 1. Split at the **last** `@` (a quoted local part may contain `@`). No `@` at all: only
-//!    the bare `postmaster` is accepted, as the local user `postmaster` (RFC 5321 §4.5.1
-//!    requires `RCPT TO:<Postmaster>` without a domain, case-insensitively). Any other
+//!    the bare `postmaster` is accepted, looked up as the local name `postmaster` (RFC 5321
+//!    §4.5.1 requires `RCPT TO:<Postmaster>` without a domain, case-insensitively). Any other
 //!    address without a domain is `UnknownLocal`: rejected, never relayed.
 //! 2. The domain is lowercased and one trailing `.` removed, then compared with
 //!    mydestination exactly: no implicit subdomains (as Postfix's mydestination). A domain
@@ -14,26 +15,73 @@
 //!    `Remote`. An empty domain (`alice@`) is `UnknownLocal`.
 //! 3. The local part: a quoted string (`"alice"`) is unquoted (RFC 5321 §4.1.2
 //!    quoted-pair `\x` gives `x`), then lowercased.
-//! 4. Look-up, as Postfix local(8): the whole local part first; then, if
-//!    recipient_delimiter is set, the part before the first delimiter character (every
-//!    character of recipient_delimiter is a delimiter, as in Postfix ≥ 2.11), unless that
-//!    part would be empty: `alice+tag` → `alice`.
-//! 5. `Local { user }` if the users file has the name, else `UnknownLocal`.
+//! 4. Look-up order (Postfix: aliases first, then local users), each step trying the whole
+//!    local part first and then, if recipient_delimiter is set, the part before the first
+//!    delimiter character (every character of recipient_delimiter is a delimiter, as in
+//!    Postfix ≥ 2.11), unless that part would be empty: `alice+tag` → `alice`.
+//!    1. **aliases** (alias_maps): `Alias { name }`;
+//!    2. **mailbox users** (the users file; [`Router::is_mailbox_user`] is the one place
+//!       that decides): `Local { user }`, delivered to a Maildir under virtual_mailbox_base;
+//!    3. **system users** (getpwnam, any passwd entry, as Postfix's local(8): no uid or
+//!       shell filter): `System { user }`, delivered to mail_spool_directory/USER (mbox) or
+//!       home_mailbox. Only names of `[a-z0-9_.-]`, 1..=32 bytes, not starting with `-` or
+//!       `.`, are looked up. Started as a normal user, poshta can only write as itself, so
+//!       only the passwd entry of its own uid counts (any other system user is unknown);
+//!    4. else `UnknownLocal` (550 5.1.1 at RCPT time).
 //!
 //! Hostile forms stay local-and-unknown, never `Remote`: `alice%other@example.org` is the
 //! (non-existent) user `alice%other` (no `%`-hack relaying: RFC 5321 §3.6.1 and
 //! Appendix C leave source routing to the server's discretion, and poshta declines), and
 //! `"alice@x"@example.org` is the user `alice@x`.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use super::aliases::Aliases;
 use super::RcptClass;
 use crate::auth::users::Users;
 
-/// Classifies recipient addresses against mydestination and the mailbox users.
+/// Which passwd entries are local recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemUsers {
+    /// None (unit tests; a router without system users).
+    Off,
+    /// Every passwd entry (running as root: the delivery helper writes as each user).
+    All,
+    /// Only the entry with this uid (running as a normal user: poshta can write only as
+    /// itself).
+    OnlyUid(u32),
+}
+
+/// Classifies recipient addresses against mydestination, the aliases, the mailbox users
+/// and the system users.
 #[derive(Debug, Clone)]
 pub struct Router {
     mydestination: Vec<String>,
     recipient_delimiter: String,
     users: Users,
+    /// The alias table in use (replaced when the files change; see `Policy::refresh_aliases`).
+    aliases: RefCell<Arc<Aliases>>,
+    system_users: SystemUsers,
+}
+
+/// A name worth asking getpwnam about (also what the delivery helper accepts).
+pub fn valid_system_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with(['-', '.'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The passwd entry of `name`, if it is a valid name with one (blocking NSS lookup: files
+/// on the boards poshta is for).
+pub fn system_user(name: &str) -> Option<nix::unistd::User> {
+    if !valid_system_name(name) {
+        return None;
+    }
+    nix::unistd::User::from_name(name).ok().flatten()
 }
 
 /// Lowercase and drop one trailing dot (an absolute domain name is the same domain).
@@ -75,7 +123,74 @@ impl Router {
             mydestination,
             recipient_delimiter,
             users,
+            aliases: RefCell::new(Arc::new(Aliases::default())),
+            system_users: SystemUsers::Off,
         }
+    }
+
+    /// With this alias table.
+    pub fn with_aliases(self, aliases: Arc<Aliases>) -> Router {
+        *self.aliases.borrow_mut() = aliases;
+        self
+    }
+
+    /// With these system users.
+    pub fn with_system_users(mut self, system_users: SystemUsers) -> Router {
+        self.system_users = system_users;
+        self
+    }
+
+    /// Replace the alias table (a changed file was reloaded).
+    pub fn set_aliases(&self, aliases: Arc<Aliases>) {
+        *self.aliases.borrow_mut() = aliases;
+    }
+
+    /// The alias table in use.
+    pub fn aliases(&self) -> Arc<Aliases> {
+        self.aliases.borrow().clone()
+    }
+
+    /// Is `name` a mailbox user (Maildir delivery)? The one place that decides it.
+    pub fn is_mailbox_user(&self, name: &str) -> bool {
+        self.users.contains(name)
+    }
+
+    /// Is `name` a system user poshta delivers to (see [`SystemUsers`])?
+    pub fn is_system_user(&self, name: &str) -> bool {
+        match self.system_users {
+            SystemUsers::Off => false,
+            SystemUsers::All => system_user(name).is_some(),
+            SystemUsers::OnlyUid(uid) => system_user(name).is_some_and(|u| u.uid.as_raw() == uid),
+        }
+    }
+
+    /// The part of `local` before the first recipient_delimiter character, if there is
+    /// one and it is not empty.
+    fn base<'a>(&self, local: &'a str) -> Option<&'a str> {
+        if self.recipient_delimiter.is_empty() {
+            return None;
+        }
+        let i = local.find(|c| self.recipient_delimiter.contains(c))?;
+        // Postfix does not strip to an empty name (`+tag` stays `+tag`).
+        Some(&local[..i]).filter(|b| !b.is_empty())
+    }
+
+    /// A local name that is no alias (an alias expansion's final target): a mailbox user,
+    /// a system user, or `UnknownLocal`.
+    pub fn user_class(&self, local: &str) -> RcptClass {
+        let local = local.to_lowercase();
+        let names = [Some(local.as_str()), self.base(&local)];
+        for n in names.iter().flatten() {
+            if self.is_mailbox_user(n) {
+                return RcptClass::Local { user: n.to_string() };
+            }
+        }
+        for n in names.iter().flatten() {
+            if self.is_system_user(n) {
+                return RcptClass::System { user: n.to_string() };
+            }
+        }
+        RcptClass::UnknownLocal
     }
 
     /// The users this router knows.
@@ -104,21 +219,14 @@ impl Router {
     }
 
     fn lookup(&self, local: &str) -> RcptClass {
-        if self.users.contains(local) {
-            return RcptClass::Local {
-                user: local.to_string(),
-            };
-        }
-        if !self.recipient_delimiter.is_empty() {
-            if let Some(i) = local.find(|c| self.recipient_delimiter.contains(c)) {
-                let base = &local[..i];
-                // Postfix does not strip to an empty name (`+tag` stays `+tag`).
-                if !base.is_empty() && self.users.contains(base) {
-                    return RcptClass::Local { user: base.to_string() };
-                }
+        let aliases = self.aliases.borrow();
+        for n in [Some(local), self.base(local)].into_iter().flatten() {
+            if aliases.contains(n) {
+                return RcptClass::Alias { name: n.to_string() };
             }
         }
-        RcptClass::UnknownLocal
+        drop(aliases);
+        self.user_class(local)
     }
 
     pub fn is_local_domain(&self, domain: &str) -> bool {
@@ -239,6 +347,30 @@ mod tests {
         assert_eq!(r.classify("alice@[192.0.2.1]"), local("alice"));
         assert_eq!(r.classify("alice@[127.0.0.1]"), RcptClass::Remote);
         assert_eq!(r.classify("alice@[IPv6:::1]"), RcptClass::Remote);
+    }
+
+    #[test]
+    fn lookup_order_aliases_then_mailbox_users_then_system_users() {
+        let (a, _) = Aliases::parse(Path::new("aliases"), b"alice: bob@example.com\nsupport: alice\n").unwrap();
+        let r = router("+").with_aliases(Arc::new(a));
+        // An alias wins over a mailbox user of the same name (Postfix: aliases first).
+        assert_eq!(r.classify("alice@example.org"), RcptClass::Alias { name: "alice".into() });
+        assert_eq!(r.classify("Support+x@example.org"), RcptClass::Alias { name: "support".into() });
+        assert_eq!(r.classify("mary@example.org"), local("mary"));
+        assert_eq!(r.user_class("alice"), local("alice"));
+        // Off: no passwd lookups at all.
+        assert_eq!(r.classify("root@example.org"), RcptClass::UnknownLocal);
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap();
+        if valid_system_name(&me.name) && !r.is_mailbox_user(&me.name) {
+            let sys = router("+").with_system_users(SystemUsers::OnlyUid(me.uid.as_raw()));
+            let addr = format!("{}@example.org", me.name);
+            assert_eq!(sys.classify(&addr), RcptClass::System { user: me.name.clone() });
+            let other = router("+").with_system_users(SystemUsers::OnlyUid(me.uid.as_raw() + 1));
+            assert_eq!(other.classify(&addr), RcptClass::UnknownLocal);
+        }
+        for bad in ["", "-x", ".x", "a/b", "A", "a b", &"x".repeat(33)] {
+            assert!(!valid_system_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

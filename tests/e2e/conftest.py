@@ -28,6 +28,10 @@ def free_port():
 class Poshta:
     def __init__(self, extra="", users=("alice", "bob")):
         self.dir = tempfile.mkdtemp(prefix="poshta-e2e-")
+        if os.geteuid() == 0:
+            # Started as root, poshta runs as mail_owner after binding: it must reach its
+            # config, users file and certificate in here (docs/privileges.md).
+            os.chmod(self.dir, 0o755)
         self.port = free_port()
         self.sub_port = free_port()
         self.subs_port = free_port()
@@ -146,6 +150,18 @@ maillog_file = {self.dir}/maillog
     def cleanup(self):
         self.stop(signal.SIGKILL) if self.proc else None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_path(tmp_path):
+    """pytest's tmp_path, traversable by poshta's mail_owner when the tests run as root
+    (pytest makes /tmp/pytest-of-root 0700)."""
+    if os.geteuid() == 0:
+        p = tmp_path
+        while str(p).startswith(tempfile.gettempdir() + "/pytest-of-"):
+            os.chmod(p, os.stat(p).st_mode | 0o111)
+            p = p.parent
+    return tmp_path
 
 
 @pytest.fixture

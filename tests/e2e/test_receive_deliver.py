@@ -60,8 +60,8 @@ def test_one_copy_per_recipient_and_case_insensitive(poshta):
 
 def test_unknown_local_user_is_refused_550_511(poshta):
     with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
-        send(poshta, ["nobody@example.org"])
-    code, text = e.value.recipients["nobody@example.org"]
+        send(poshta, ["no-such-user@example.org"])
+    code, text = e.value.recipients["no-such-user@example.org"]
     assert code == 550 and text.startswith(b"5.1.1")
     assert "NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 550 5.1.1" in poshta.logtext()
 
@@ -221,7 +221,7 @@ def test_sequence_errors(poshta, raw):
     assert r.cmd("RCPT TO:<alice@example.org>")[0] == 503
     assert r.cmd("DATA")[0] == 503
     r.cmd("MAIL FROM:<a@x.example>")
-    assert r.cmd("RCPT TO:<nobody@example.org>")[0] == 550
+    assert r.cmd("RCPT TO:<no-such-user@example.org>")[0] == 550
     assert r.cmd("DATA")[1][0].startswith("554 5.5.1")
 
 

@@ -1,0 +1,625 @@
+//! Local delivery for system users and alias targets: the mailbox of a passwd user
+//! (mail_spool_directory/USER as mbox, or home_mailbox), `|command` and `/file` targets.
+//!
+//! These functions run where the privileges are: in the privileged delivery helper
+//! ([`crate::privsep`]) when poshta was started as root, or in the daemon itself when it runs
+//! as a normal user (then they can only succeed for that user's own files).
+//!
+//! # Whose identity (Postfix local(8), "DELIVERY RIGHTS")
+//!
+//! - The spool mailbox `mail_spool_directory/USER` is written by root with the checks of
+//!   [`super::mbox`] (O_NOFOLLOW, regular file, one link, owned by the user; a new one is
+//!   created 0600 USER:mail as Debian's Postfix does): /var/mail is `root:mail 2775`, and
+//!   the dot-lock next to the mailbox needs that directory's write access.
+//! - Anything under a user's home (`home_mailbox`) is written by a child process running as
+//!   the user (`poshta delivery-agent`, uid and gid set by `std::process::Command`, which
+//!   also clears supplementary groups): the user controls every directory on that path, so
+//!   root must not walk it.
+//! - `|command` runs as `/bin/sh -c COMMAND` with the uid/gid of the owner of the file the
+//!   target came from (the aliases file, or the `:include:` file); when that owner is root,
+//!   with default_privs (`nobody`) — never as root. `/file` is appended to by the same
+//!   identity, as an mbox (From_ line, `>From ` quoting, dot-lock + fcntl lock).
+//! - Commands get a clean environment: `HOME`, `USER`, `LOGNAME`, `SHELL=/bin/sh`,
+//!   `PATH=/usr/bin:/bin`, `SENDER`, `RECIPIENT`; standard output and error are discarded;
+//!   the message is written to standard input with a From_ line, `Return-Path:` and
+//!   `Delivered-To:` first (as Postfix's local(8)); the working directory is the home
+//!   directory (or `/`). Exit 0 is delivered, 75 (EX_TEMPFAIL) or death by a signal defers,
+//!   any other status bounces (Postfix maps sysexits the same way); past
+//!   [`LOCAL_COMMAND_TIME_LIMIT_SECS`] the command is killed and the delivery deferred.
+//!
+//! # The agent protocol (`poshta delivery-agent`, helper → child as the user)
+//!
+//! Standard input: one frame ([`crate::privsep::write_frame`]) holding an [`AgentJob`], then
+//! the message body up to end of file. Standard output: one frame holding an
+//! [`AgentResult`]. The agent trusts its input no more than a user would: it runs with the
+//! user's rights only.
+
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::mbox::{self, MboxDelivery};
+use super::{maildir, DeliveryError};
+use crate::limits::{LOCAL_COMMAND_TIME_LIMIT_SECS, MBOX_LOCK_WAIT_MS};
+
+/// Copy buffer for bodies.
+const COPY_BYTES: usize = 64 * 1024;
+
+/// Postfix's default_privs: the identity for commands and files of root-owned sources.
+pub const DEFAULT_PRIVS: &str = "nobody";
+
+/// A user to act as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ident {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    pub home: PathBuf,
+}
+
+impl Ident {
+    pub fn from_user(u: &nix::unistd::User) -> Ident {
+        Ident {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            name: u.name.clone(),
+            home: u.dir.clone(),
+        }
+    }
+
+    /// The passwd entry of `uid`; root is replaced by [`DEFAULT_PRIVS`] (never run as root).
+    pub fn owner_or_default_privs(uid: u32) -> Result<Ident, DeliveryError> {
+        let u = if uid == 0 {
+            nix::unistd::User::from_name(DEFAULT_PRIVS).ok().flatten()
+        } else {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+        };
+        match u {
+            Some(u) if u.uid.as_raw() != 0 => Ok(Ident::from_user(&u)),
+            Some(_) => Err(DeliveryError::temporary(format!(
+                "default_privs user {DEFAULT_PRIVS} is root; refusing"
+            ))),
+            None => Err(DeliveryError::temporary(format!(
+                "no passwd entry for uid {uid} (or default_privs {DEFAULT_PRIVS})"
+            ))),
+        }
+    }
+}
+
+/// What one delivery is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Envelope sender ("" null sender).
+    pub sender: String,
+    /// The recipient address for Delivered-To: and $RECIPIENT.
+    pub recipient: String,
+    /// Unix time for the From_ line and file names.
+    pub time_secs: u64,
+    pub time_micros: u32,
+    /// POP3 UID for mbox (`{secs}.M{micros}P{pid}Q{seq}`) and the Maildir sequence.
+    pub uidl: String,
+    pub seq: u64,
+    /// Body size as stored (informational for Maildir).
+    pub size: u64,
+}
+
+impl Meta {
+    /// Return-Path: and Delivered-To: (RFC 5321 §4.4; Delivered-To as Postfix, for loop
+    /// detection). Control characters in either would inject header lines: refused.
+    pub fn prepend(&self) -> Result<String, DeliveryError> {
+        if self
+            .sender
+            .chars()
+            .chain(self.recipient.chars())
+            .any(|c| c.is_control())
+        {
+            return Err(DeliveryError::permanent("control character in an envelope address"));
+        }
+        Ok(format!(
+            "Return-Path: <{}>\nDelivered-To: {}\n",
+            self.sender, self.recipient
+        ))
+    }
+}
+
+/// Settings local delivery needs.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub mail_spool_directory: PathBuf,
+    pub home_mailbox: String,
+    pub mailbox_size_limit: u64,
+    pub myhostname: String,
+}
+
+impl LocalConfig {
+    pub fn from_settings(s: &crate::config::Settings) -> LocalConfig {
+        LocalConfig {
+            mail_spool_directory: s.mail_spool_directory.clone(),
+            home_mailbox: s.home_mailbox.clone(),
+            mailbox_size_limit: s.mailbox_size_limit,
+            myhostname: s.myhostname.clone(),
+        }
+    }
+}
+
+/// Is this process root (then home and command deliveries switch identity)?
+fn privileged() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The gid of group `mail` (Debian: spool mailboxes are USER:mail 0600), else `fallback`.
+fn mail_gid(fallback: u32) -> u32 {
+    nix::unistd::Group::from_name("mail")
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+        .unwrap_or(fallback)
+}
+
+/// Where a user's mail goes by the settings (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentKind {
+    /// Append to this mbox; `owner`: expected (uid, gid), None: no owner check.
+    Mbox { path: PathBuf, owner: Option<(u32, u32)> },
+    /// Write into this Maildir.
+    Maildir { dir: PathBuf },
+}
+
+/// Deliver to system user `user`'s mailbox.
+pub fn deliver_mailbox(
+    cfg: &LocalConfig,
+    user: &Ident,
+    meta: &Meta,
+    body: &mut dyn Read,
+) -> Result<String, DeliveryError> {
+    if !crate::policy::router::valid_system_name(&user.name) {
+        return Err(DeliveryError::permanent(format!("bad user name {:?}", user.name)));
+    }
+    let hm = cfg.home_mailbox.trim();
+    if hm.is_empty() {
+        let path = cfg.mail_spool_directory.join(&user.name);
+        let owner = (user.uid, mail_gid(user.gid));
+        write_here(
+            cfg,
+            &AgentKind::Mbox {
+                path: path.clone(),
+                owner: Some(owner),
+            },
+            meta,
+            body,
+        )?;
+        return Ok(format!("delivered to mailbox {}", path.display()));
+    }
+    if hm.starts_with('/') || hm.split('/').any(|c| c == "..") {
+        return Err(DeliveryError::temporary(format!(
+            "home_mailbox {hm:?} must be a relative path inside the home directory"
+        )));
+    }
+    let kind = if hm.ends_with('/') {
+        AgentKind::Maildir {
+            dir: user.home.join(hm.trim_end_matches('/')),
+        }
+    } else {
+        AgentKind::Mbox {
+            path: user.home.join(hm),
+            owner: Some((user.uid, user.gid)),
+        }
+    };
+    let shown = match &kind {
+        AgentKind::Maildir { dir } => format!("delivered to maildir {}", dir.display()),
+        AgentKind::Mbox { path, .. } => format!("delivered to mailbox {}", path.display()),
+    };
+    write_as(cfg, user, &kind, meta, body)?;
+    Ok(shown)
+}
+
+/// Append to `/file` as `who` (an alias or include owner).
+pub fn append_file(
+    cfg: &LocalConfig,
+    who: &Ident,
+    path: &Path,
+    meta: &Meta,
+    body: &mut dyn Read,
+) -> Result<String, DeliveryError> {
+    if !path.is_absolute() {
+        return Err(DeliveryError::permanent(format!(
+            "{}: not an absolute path",
+            path.display()
+        )));
+    }
+    write_as(
+        cfg,
+        who,
+        &AgentKind::Mbox {
+            path: path.to_path_buf(),
+            owner: None,
+        },
+        meta,
+        body,
+    )?;
+    Ok(format!("delivered to file: {}", path.display()))
+}
+
+/// Write as `who`: in a child with its identity when we are root and it is someone else,
+/// else here.
+fn write_as(
+    cfg: &LocalConfig,
+    who: &Ident,
+    kind: &AgentKind,
+    meta: &Meta,
+    body: &mut dyn Read,
+) -> Result<(), DeliveryError> {
+    let me = rustix::process::geteuid().as_raw();
+    if privileged() && who.uid != me {
+        run_agent(cfg, who, kind, meta, body)
+    } else {
+        write_here(cfg, kind, meta, body)
+    }
+}
+
+/// Write in this process, with its rights.
+fn write_here(cfg: &LocalConfig, kind: &AgentKind, meta: &Meta, body: &mut dyn Read) -> Result<(), DeliveryError> {
+    let prepend = meta.prepend()?;
+    match kind {
+        AgentKind::Mbox { path, owner } => mbox::deliver(
+            &MboxDelivery {
+                path,
+                owner: *owner,
+                sender: &meta.sender,
+                time_secs: meta.time_secs,
+                prepend: prepend.as_bytes(),
+                uidl: &meta.uidl,
+                size_limit_bytes: cfg.mailbox_size_limit,
+                lock_wait: Duration::from_millis(MBOX_LOCK_WAIT_MS),
+            },
+            body,
+        )
+        .map(|_| ()),
+        AgentKind::Maildir { dir } => maildir::deliver(
+            &maildir::MaildirDelivery {
+                maildir: dir,
+                hostname: &cfg.myhostname,
+                prepend: prepend.as_bytes(),
+                body_size: meta.size,
+                now_secs: meta.time_secs,
+                now_micros: meta.time_micros,
+                seq: meta.seq,
+            },
+            body,
+        )
+        .map(|_| ()),
+    }
+}
+
+/// What the helper hands the agent.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AgentJob {
+    pub kind: AgentKind,
+    pub meta: Meta,
+    pub myhostname: String,
+    pub mailbox_size_limit: u64,
+}
+
+/// What the agent answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AgentResult {
+    pub ok: bool,
+    pub permanent: bool,
+    pub reason: String,
+}
+
+/// Run `poshta delivery-agent` as `who` and feed it the job and the body.
+fn run_agent(
+    cfg: &LocalConfig,
+    who: &Ident,
+    kind: &AgentKind,
+    meta: &Meta,
+    body: &mut dyn Read,
+) -> Result<(), DeliveryError> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| DeliveryError::temporary(format!("current_exe: {e}")))?;
+    let mut child = Command::new(exe)
+        .arg("delivery-agent")
+        .env_clear()
+        .current_dir("/")
+        .uid(who.uid)
+        .gid(who.gid)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| DeliveryError::temporary(format!("start delivery agent as {}: {e}", who.name)))?;
+    let job = AgentJob {
+        kind: kind.clone(),
+        meta: meta.clone(),
+        myhostname: cfg.myhostname.clone(),
+        mailbox_size_limit: cfg.mailbox_size_limit,
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A write error means the agent stopped reading: its answer says why.
+        let _ = crate::privsep::write_frame(&mut stdin, &job).and_then(|()| copy_body(body, &mut stdin));
+    }
+    let result = child
+        .stdout
+        .take()
+        .ok_or_else(|| "no pipe".to_string())
+        .and_then(|mut out| crate::privsep::read_frame::<AgentResult>(&mut out));
+    let status = wait_bounded(&mut child, Duration::from_secs(LOCAL_COMMAND_TIME_LIMIT_SECS));
+    match (result, status) {
+        (Ok(r), _) if r.ok => Ok(()),
+        (Ok(r), _) => Err(DeliveryError {
+            permanent: r.permanent,
+            reason: r.reason,
+        }),
+        (Err(e), st) => Err(DeliveryError::temporary(format!(
+            "delivery agent as {} gave no answer ({e}; {st:?})",
+            who.name
+        ))),
+    }
+}
+
+/// Copy the body, reading to the end even when the writer goes away (the frames of the
+/// helper protocol must be consumed).
+fn copy_body(body: &mut dyn Read, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; COPY_BYTES];
+    let mut failed = None;
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if failed.is_none() {
+            if let Err(e) = out.write_all(&buf[..n]) {
+                failed = Some(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// `poshta delivery-agent`: see the module doc. Runs as the user; exit status 0 when an
+/// answer was written.
+pub fn agent_main() -> i32 {
+    let mut stdin = std::io::stdin().lock();
+    let job: AgentJob = match crate::privsep::read_frame(&mut stdin) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("poshta delivery-agent: bad job: {e}");
+            return 1;
+        }
+    };
+    let cfg = LocalConfig {
+        mail_spool_directory: PathBuf::new(),
+        home_mailbox: String::new(),
+        mailbox_size_limit: job.mailbox_size_limit,
+        myhostname: job.myhostname.clone(),
+    };
+    let r = write_here(&cfg, &job.kind, &job.meta, &mut stdin);
+    // Whatever is left of the body is not needed; the helper stops at our answer.
+    let answer = match r {
+        Ok(()) => AgentResult {
+            ok: true,
+            permanent: false,
+            reason: String::new(),
+        },
+        Err(e) => AgentResult {
+            ok: false,
+            permanent: e.permanent,
+            reason: e.reason,
+        },
+    };
+    let mut out = std::io::stdout().lock();
+    match crate::privsep::write_frame(&mut out, &answer).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+/// Wait for `child` at most `limit`; kill it after that. Polls: the helper has nothing else
+/// to do meanwhile (it serves one request at a time).
+fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> Result<std::process::ExitStatus, String> {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Ok(st),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("killed after {}s", limit.as_secs()));
+            }
+            Ok(None) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// A non-blocking pipe written until a deadline.
+struct DeadlineWriter {
+    pipe: std::process::ChildStdin,
+    deadline: Instant,
+}
+
+impl Write for DeadlineWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        loop {
+            match self.pipe.write(buf) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if Instant::now() >= self.deadline {
+                        return Err(std::io::Error::new(ErrorKind::TimedOut, "command does not read"));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Pipe the message to `/bin/sh -c command` as `who` (see the module doc for the
+/// environment and the exit statuses).
+pub fn run_command(command: &str, who: &Ident, meta: &Meta, body: &mut dyn Read) -> Result<String, DeliveryError> {
+    use std::os::unix::process::CommandExt;
+    let prepend = meta.prepend()?;
+    if privileged() && who.uid == 0 {
+        return Err(DeliveryError::temporary("refusing to run a command as root"));
+    }
+    let home = if who.home.is_dir() {
+        who.home.clone()
+    } else {
+        PathBuf::from("/")
+    };
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(command)
+        .env_clear()
+        .env("HOME", &who.home)
+        .env("USER", &who.name)
+        .env("LOGNAME", &who.name)
+        .env("SHELL", "/bin/sh")
+        .env("PATH", "/usr/bin:/bin")
+        .env("SENDER", &meta.sender)
+        .env("RECIPIENT", &meta.recipient)
+        .current_dir(home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if privileged() {
+        cmd.uid(who.uid).gid(who.gid);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| DeliveryError::temporary(format!("command {command:?}: start: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(LOCAL_COMMAND_TIME_LIMIT_SECS);
+    if let Some(stdin) = child.stdin.take() {
+        let mut head = mbox::from_line(&meta.sender, meta.time_secs).into_bytes();
+        head.extend_from_slice(prepend.as_bytes());
+        // A command that does not read its input is its business (exit status decides);
+        // one that neither reads nor exits is bounded by the deadline.
+        let mut w = DeadlineWriter { pipe: stdin, deadline };
+        let _ = rustix::fs::fcntl_setfl(&w.pipe, rustix::fs::OFlags::NONBLOCK);
+        let _ = w.write_all(&head).and_then(|()| copy_body(body, &mut w));
+    } else {
+        let _ = copy_body(body, &mut std::io::sink());
+    }
+    match wait_bounded(&mut child, deadline.saturating_duration_since(Instant::now())) {
+        Ok(st) if st.success() => Ok(format!("delivered to command: {command}")),
+        // sysexits.h EX_TEMPFAIL
+        Ok(st) if st.code() == Some(75) => Err(DeliveryError::temporary(format!(
+            "command {command:?} exited with EX_TEMPFAIL"
+        ))),
+        Ok(st) => match st.code() {
+            Some(c) => Err(DeliveryError::permanent(format!(
+                "Command died with status {c}: \"{command}\""
+            ))),
+            None => Err(DeliveryError::temporary(format!(
+                "command {command:?} killed by a signal"
+            ))),
+        },
+        Err(e) => Err(DeliveryError::temporary(format!("command {command:?}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta {
+            sender: "a@example.org".into(),
+            recipient: "b@example.org".into(),
+            time_secs: 1_700_000_000,
+            time_micros: 5,
+            uidl: "1700000000.M5P1Q1".into(),
+            seq: 1,
+            size: 10,
+        }
+    }
+
+    #[test]
+    fn prepend_refuses_header_injection() {
+        let mut m = meta();
+        assert_eq!(
+            m.prepend().unwrap(),
+            "Return-Path: <a@example.org>\nDelivered-To: b@example.org\n"
+        );
+        m.recipient = "b@example.org\nBcc: x@y".into();
+        assert!(m.prepend().unwrap_err().permanent);
+    }
+
+    #[test]
+    fn home_mailbox_must_stay_in_the_home() {
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap();
+        let who = Ident::from_user(&me);
+        for bad in ["/etc/x", "../x", "Mail/../../x"] {
+            let cfg = LocalConfig {
+                mail_spool_directory: PathBuf::from("/nonexistent"),
+                home_mailbox: bad.into(),
+                mailbox_size_limit: 0,
+                myhostname: "h".into(),
+            };
+            if !crate::policy::router::valid_system_name(&who.name) {
+                return;
+            }
+            let e = deliver_mailbox(&cfg, &who, &meta(), &mut &b"x\n"[..]).unwrap_err();
+            assert!(e.reason.contains("home_mailbox"), "{e}");
+        }
+    }
+
+    #[test]
+    fn command_exit_statuses() {
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap();
+        let mut who = Ident::from_user(&me);
+        if who.uid == 0 {
+            // As root commands run as default_privs; this test runs as ourselves.
+            match nix::unistd::User::from_name(DEFAULT_PRIVS).ok().flatten() {
+                Some(u) => who = Ident::from_user(&u),
+                None => return,
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("poshta-local-cmd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let out = dir.join("out");
+        let cmd = format!("cat > {}; echo \"$RECIPIENT\" >> {}", out.display(), out.display());
+        run_command(&cmd, &who, &meta(), &mut &b"Subject: x\n\nbody\n"[..]).unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.starts_with("From a@example.org "), "{text}");
+        assert!(
+            text.contains("Delivered-To: b@example.org\nSubject: x\n\nbody\nb@example.org\n"),
+            "{text}"
+        );
+        assert!(
+            !run_command("exit 75", &who, &meta(), &mut &b""[..])
+                .unwrap_err()
+                .permanent
+        );
+        assert!(
+            run_command("exit 67", &who, &meta(), &mut &b""[..])
+                .unwrap_err()
+                .permanent
+        );
+        // A command that reads nothing still gets the whole body consumed.
+        let big = vec![b'x'; 1 << 20];
+        run_command("true", &who, &meta(), &mut &big[..]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
