@@ -129,3 +129,6 @@ pub const ANVIL_CLIENTS_MAX: usize = 10_000;
 pub const CONTROL_REQUEST_BYTES_MAX: usize = 4096;
 /// A control client's time to send its request, and for each write of the response.
 pub const CONTROL_CLIENT_TIMEOUT_SECS: u64 = 10;
+/// POP3 on an mbox: how long a login waits for the mailbox locks before `-ERR [IN-USE]`
+/// (a delivery holds them for milliseconds; mail(1) or another session for minutes).
+pub const POP3_MBOX_LOCK_WAIT_MS: u64 = 2_000;

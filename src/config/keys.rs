@@ -132,7 +132,7 @@ pub const KEYS: &[Key] = &[
     later("luser_relay", Text(""), Str, "Where mail for unknown local users goes."),
     later("mail_name", Text("poshta"), Str, "The mail system name, used in smtpd_banner."),
     later("mail_owner", Text("poshta"), Str, "The user poshta runs as after binding its ports (as root)."),
-    later("mail_spool_directory", Text("/var/mail"), Path, "Directory of mbox mailboxes of system users."),
+    k("mail_spool_directory", Text("/var/mail"), Path, "Directory of mbox mailboxes of system users."),
     later("mailbox_command", Text(""), Str, "Command that delivers local mail instead of poshta."),
     later("mailbox_size_limit", Text("51200000"), Size, "Largest mailbox or message file (bytes; 0: no limit)."),
     k("mailbox_users_file", Text("$config_directory/users"), Path, "poshta: the mailbox users file (virtual users and password hashes)."),

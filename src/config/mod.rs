@@ -131,6 +131,8 @@ pub struct Settings {
     pub message_size_limit: u64,
     pub queue_directory: PathBuf,
     pub home_mailbox: String,
+    /// Directory of system users' mbox files (`USER` inside it).
+    pub mail_spool_directory: PathBuf,
     pub virtual_mailbox_base: PathBuf,
     pub mailbox_users_file: PathBuf,
     /// At least limits::SMTP_RECIPIENTS_MIN.
@@ -951,6 +953,7 @@ fn build_settings(
         message_size_limit: typed(eff, dflt, "message_size_limit", value::parse_u64),
         queue_directory: path("queue_directory"),
         home_mailbox: get("home_mailbox").to_string(),
+        mail_spool_directory: path("mail_spool_directory"),
         virtual_mailbox_base: path("virtual_mailbox_base"),
         mailbox_users_file: path("mailbox_users_file"),
         smtpd_recipient_limit,
