@@ -535,15 +535,21 @@ fn copy_down(file: &File, mut from: u64, to: u64, w: &mut u64, buf: &mut [u8]) -
     Ok(())
 }
 
+/// The set key of an id: its FNV-1a 128 hash (16 bytes per message instead of a string;
+/// two different ids share one with probability around 2^-128).
+fn key(uid: &str) -> u128 {
+    Fnv::new().feed(uid.as_bytes()).0
+}
+
 /// RFC 1939 §7 ids, unique within the maildrop (see the module doc).
 fn assign_uids(listed: Vec<Listed>, warnings: &mut Vec<String>) -> (Vec<Entry>, Vec<Span>) {
-    let mut seen: HashSet<String> = HashSet::with_capacity(listed.len());
+    let mut seen: HashSet<u128> = HashSet::with_capacity(listed.len());
     let mut repeats: HashMap<u128, u64> = HashMap::new();
     let mut entries = Vec::with_capacity(listed.len());
     let mut spans = Vec::with_capacity(listed.len());
     for l in listed {
         let uid = match l.uidl {
-            Some(u) if !seen.contains(&u) => Some(u),
+            Some(u) if !seen.contains(&key(&u)) => Some(u),
             _ => {
                 let base = hex(l.hash);
                 let k = repeats.entry(l.hash).or_insert(0);
@@ -557,7 +563,7 @@ fn assign_uids(listed: Vec<Listed>, warnings: &mut Vec<String>) -> (Vec<Entry>, 
                         hex(h.0)
                     };
                     *k += 1;
-                    if !seen.contains(&candidate) {
+                    if !seen.contains(&key(&candidate)) {
                         found = Some(candidate);
                         break;
                     }
@@ -571,7 +577,7 @@ fn assign_uids(listed: Vec<Listed>, warnings: &mut Vec<String>) -> (Vec<Entry>, 
             }
             continue;
         };
-        seen.insert(uid.clone());
+        seen.insert(key(&uid));
         entries.push(Entry {
             name: Box::default(),
             uid: Uid::Hashed(uid.into()),
