@@ -132,13 +132,15 @@ fn from_line_inside_a_body() {
     let t = TmpDir::new("inbody");
     // Unquoted "From " lines (an mboxo writer that did not quote, a damaged file): not
     // after a blank line, or without a time, they stay in the body.
-    let data = format!(
-        "{F1}Subject: a\n\nhello\nFrom me to you\n\nFrom here on, no time\nend\n\n{F2}Subject: b\n\nx\n"
-    );
+    let data =
+        format!("{F1}Subject: a\n\nhello\nFrom me to you\n\nFrom here on, no time\nend\n\n{F2}Subject: b\n\nx\n");
     let m = open(&t.file(data.as_bytes()));
     let b = bodies(&m);
     assert_eq!(b.len(), 2);
-    assert_eq!(b[0], b"Subject: a\n\nhello\nFrom me to you\n\nFrom here on, no time\nend\n");
+    assert_eq!(
+        b[0],
+        b"Subject: a\n\nhello\nFrom me to you\n\nFrom here on, no time\nend\n"
+    );
     // A line that looks exactly like a From_ line after a blank line starts a message.
     let data = format!("{F1}Subject: a\n\ntext\n\n{F2}more\n");
     assert_eq!(open(&t.file(data.as_bytes())).entries().len(), 2);
@@ -151,7 +153,13 @@ fn crlf_mbox() {
         .replace("2026\n", "2026\r\n");
     let m = open(&t.file(data.as_bytes()));
     let b = bodies(&m);
-    assert_eq!(b, vec![b"Subject: a\r\n\r\nline\r\n.dot\r\n".to_vec(), b"Subject: b\r\n\r\nx\r\ny\n".to_vec()]);
+    assert_eq!(
+        b,
+        vec![
+            b"Subject: a\r\n\r\nline\r\n.dot\r\n".to_vec(),
+            b"Subject: b\r\n\r\nx\r\ny\n".to_vec()
+        ]
+    );
     // CR LF lines cost nothing extra; the one bare LF costs one.
     assert_eq!(m.entries()[0].size(), b[0].len() as u64);
     assert_eq!(m.entries()[1].size(), b[1].len() as u64 + 1);
@@ -218,7 +226,12 @@ fn identical_messages_get_distinct_uids_that_survive_rewrites() {
 fn delete_first_middle_last_keeps_the_rest_byte_for_byte() {
     let t = TmpDir::new("del");
     let msgs: Vec<String> = (0..6)
-        .map(|i| format!("From s{i}@x Sat Nov 28 01:59:0{i} 2026\nSubject: {i}\n\n{}\n\n", "x".repeat(i * 50_000)))
+        .map(|i| {
+            format!(
+                "From s{i}@x Sat Nov 28 01:59:0{i} 2026\nSubject: {i}\n\n{}\n\n",
+                "x".repeat(i * 50_000)
+            )
+        })
         .collect();
     let p = t.file(msgs.concat().as_bytes());
     let m = open(&p);
@@ -243,10 +256,18 @@ fn mail_appended_after_the_listing_is_never_cut_off() {
     assert_eq!(m.entries().len(), 2);
     // A writer that ignores the locks appends during the session.
     let late = format!("{F1}Subject: late\n\nL\n\n");
-    std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(late.as_bytes()).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(late.as_bytes())
+        .unwrap();
     m.delete(&[0]).unwrap();
     drop(m);
-    assert_eq!(std::fs::read(&p).unwrap(), format!("{F2}Subject: b\n\nB\n\n{late}").as_bytes());
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        format!("{F2}Subject: b\n\nB\n\n{late}").as_bytes()
+    );
 }
 
 #[test]
@@ -256,7 +277,12 @@ fn changed_mailbox_is_not_rewritten() {
     let p = t.file(data.as_bytes());
     let m = open(&p);
     // Someone ignoring the locks shrank it: the offsets are wrong, nothing is deleted.
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(10).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
     assert!(matches!(m.delete(&[1]), Err(MailboxError::Io { .. })));
     assert_eq!(std::fs::read(&p).unwrap().len(), 10);
 }
@@ -397,7 +423,10 @@ fn fifty_thousand_messages_list_fast_in_bounded_memory() {
     // Debug build: still well under the 0.5 s target in release (see bench/).
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     // Offsets and ids only: far below the file's size.
-    assert!(grown_kib * 1024 < file_bytes / 4, "grew {grown_kib} KiB for {file_bytes} bytes");
+    assert!(
+        grown_kib * 1024 < file_bytes / 4,
+        "grew {grown_kib} KiB for {file_bytes} bytes"
+    );
     let ids: HashSet<&str> = m.entries().iter().map(|e| e.uid()).collect();
     assert_eq!(ids.len(), 50_000);
     let last = message(&m, 49_999);

@@ -601,9 +601,8 @@ mod tests {
     #[test]
     fn system_marker_is_field_three() {
         let h = cheap_hash("pw");
-        let text = format!(
-            "alice:{h}\nnick:{h}:system\nold:{h}:system:later\nodd:{h}:reserved:system\nx:{h}:systemd\n"
-        );
+        let text =
+            format!("alice:{h}\nnick:{h}:system\nold:{h}:system:later\nodd:{h}:reserved:system\nx:{h}:systemd\n");
         let u = Users::parse(&text, origin()).unwrap();
         assert!(u.contains("nick") && u.is_system("nick") && u.is_system("old"));
         assert!(!u.is_system("alice") && !u.is_system("odd") && !u.is_system("x"));

@@ -834,9 +834,7 @@ impl<'f> MboxReader<'f> {
     /// Read a mailbox file someone else opened and locked (a descriptor handed over by the
     /// privileged helper, or one behind an [`MboxLock`]); it is never closed here.
     pub fn over(file: &'f File) -> MboxReader<'f> {
-        MboxReader {
-            src: Src::Locked(file),
-        }
+        MboxReader { src: Src::Locked(file) }
     }
 
     fn file(&self) -> &File {

@@ -573,7 +573,10 @@ fn assign_uids(listed: Vec<Listed>, warnings: &mut Vec<String>) -> (Vec<Entry>, 
         };
         let Some(uid) = uid else {
             if warnings.len() < MAILDROP_WARNINGS_MAX {
-                warnings.push(format!("message at offset {}: no unique id left, skipped", l.span.offset));
+                warnings.push(format!(
+                    "message at offset {}: no unique id left, skipped",
+                    l.span.offset
+                ));
             }
             continue;
         };

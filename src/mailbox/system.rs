@@ -71,10 +71,7 @@ pub fn account(user: &str) -> Result<Account, MailboxError> {
             gid: u.gid.as_raw(),
             home: u.dir,
         }),
-        Ok(None) => Err(sys_error(
-            format!("passwd:{user}"),
-            "system user has no passwd entry",
-        )),
+        Ok(None) => Err(sys_error(format!("passwd:{user}"), "system user has no passwd entry")),
         Err(e) => Err(MailboxError::io(format!("passwd:{user}"), std::io::Error::from(e))),
     }
 }
@@ -85,11 +82,11 @@ pub fn locate(spool: &Path, home_mailbox: &str, acct: &Account) -> Result<Locati
         return Ok(Location::Mbox(spool.join(&acct.name)));
     }
     let rel = Path::new(home_mailbox);
-    if !rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
-        return Err(sys_error(
-            rel,
-            "home_mailbox must be a relative path without '..'",
-        ));
+    if !rel
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(sys_error(rel, "home_mailbox must be a relative path without '..'"));
     }
     let path = acct.home.join(rel);
     Ok(if home_mailbox.ends_with('/') {
