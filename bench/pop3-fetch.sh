@@ -9,6 +9,9 @@
 #   MODES ["plain tls"]       plain: POP3 on a plain port (USER/PASS from 127.0.0.1);
 #                             tls: implicit TLS (POP3S, poplib.POP3_SSL)
 #   SERVERS ["dovecot poshta"]  PHASE_TIMEOUT [300] s per phase   START_TIMEOUT [30]
+#   STORE [maildir]           maildir: a mailbox user's Maildir; mbox: a system user's mbox
+#                             (the passwd user `nobody`, marked `system` in poshta's users
+#                             file; Dovecot: mail_location = mbox:, INBOX the same file)
 #   POSHTA [${CARGO_TARGET_DIR:-target}/release/poshta, built by cargo build --release]
 #   MEM_SAMPLE_MS [100]  SETTLE_SECS [1]  KEEP [0]  BENCH_TMPDIR [bench/.cache]  BENCH_NO_CGROUP [0]
 #
@@ -28,7 +31,11 @@ MODES=${MODES:-"plain tls"}
 SERVERS=${SERVERS:-"dovecot poshta"}
 PHASE_TIMEOUT=${PHASE_TIMEOUT:-300}
 POSHTA=${1:-${POSHTA:-}}
+STORE=${STORE:-maildir}
 USER_NAME=alice
+[[ $STORE = maildir || $STORE = mbox ]] || die "bad STORE '$STORE' (maildir, mbox)"
+# An mbox belongs to a system user: one that exists everywhere.
+[ "$STORE" = mbox ] && USER_NAME=nobody
 PASSWORD=bench-password
 
 for v in N SIZE LIST_N PHASE_TIMEOUT START_TIMEOUT MEM_SAMPLE_MS SETTLE_SECS; do
@@ -79,10 +86,14 @@ myhostname = mail.bench.example
 mynetworks = 127.0.0.0/8
 smtpd_tls_cert_file = $PD/tls/cert.pem
 smtpd_tls_key_file = $PD/tls/key.pem
+mail_spool_directory = $PD/spoolmail
 EOF
+mkdir -p "$PD/spoolmail"
 timeout 60 "$POSHTA_BIN" init --domain bench.example -c "$PD/main.cf" >"$PD/init.log" 2>&1 ||
     die "poshta init failed: $(tail -c 300 "$PD/init.log")"
-echo "$PASSWORD" | timeout 30 "$POSHTA_BIN" user add "$USER_NAME" --password-stdin -c "$PD/main.cf" \
+SYSTEM_FLAG=()
+[ "$STORE" = mbox ] && SYSTEM_FLAG=(--system)
+echo "$PASSWORD" | timeout 30 "$POSHTA_BIN" user add "$USER_NAME" "${SYSTEM_FLAG[@]}" --password-stdin -c "$PD/main.cf" \
     >"$PD/user-add.log" 2>&1 || die "poshta user add failed: $(tail -c 300 "$PD/user-add.log")"
 HASH=$(awk -F: -v u="$USER_NAME" '$1 == u {print $2}' "$PD/users")
 [[ $HASH == \$argon2id\$* ]] || die "no argon2id hash for $USER_NAME in $PD/users"
@@ -99,6 +110,24 @@ if [ "$LIST_N" -gt 0 ]; then
     mb fill "$RUN/tpl-list" "$LIST_N" "$SIZE" >"$RUN/fill-list.json" || die "fill (LIST) failed"
 fi
 chown -R nobody:nogroup "$TPL" "$RUN/tpl-list" 2>/dev/null
+# For STORE=mbox the same messages, in name order, as one mbox each (From_ line, message,
+# blank line); copied (not linked: both servers rewrite an mbox in place) before each phase.
+to_mbox() { # to_mbox MAILDIR_TEMPLATE MBOX
+    "$PY" - "$1/new" "$2" <<'PYEOF'
+import os, sys
+src, dst = sys.argv[1], sys.argv[2]
+with open(dst, "wb") as out:
+    for n in sorted(os.listdir(src), key=lambda n: int(n.split(".")[0])):
+        with open(os.path.join(src, n), "rb") as f:
+            out.write(b"From bench@bench.example Sat Nov 28 01:59:01 2026\n" + f.read() + b"\n")
+PYEOF
+}
+if [ "$STORE" = mbox ]; then
+    to_mbox "$TPL" "$TPL.mbox" || die "cannot make the mbox template"
+    if [ "$LIST_N" -gt 0 ]; then
+        to_mbox "$RUN/tpl-list" "$RUN/tpl-list.mbox" || die "cannot make the LIST mbox"
+    fi
+fi
 
 # fresh_maildir TEMPLATE MAILDIR OWNER: an empty MAILDIR, then the template's files linked in.
 fresh_maildir() {
@@ -109,9 +138,41 @@ fresh_maildir() {
     [ -z "$owner" ] || chown -R "$owner" "$md"
 }
 
+# fresh_store TEMPLATE MAILBOX OWNER: fresh_maildir, or for STORE=mbox a copy of TEMPLATE.mbox
+# as the file MAILBOX (mode 0600, OWNER's), as local delivery leaves a system mailbox.
+fresh_store() {
+    local tpl=$1 md=$2 owner=$3
+    if [ "$STORE" != mbox ]; then
+        fresh_maildir "$tpl" "$md" "$owner"
+        return
+    fi
+    rm -f "$md" "$md.lock"
+    cp "$tpl.mbox" "$md" || return 1
+    chmod 600 "$md"
+    chown "${owner:-nobody:nogroup}" "$md"
+}
+
+# left_in MAILBOX: JSON {"new": n, "cur": 0} for an mbox (messages left; Dovecot's internal
+# pseudo-message not counted), mb count-maildir for a Maildir.
+left_in() {
+    if [ "$STORE" = mbox ]; then
+        "$PY" - "$1" <<'PYEOF'
+import json, sys
+try:
+    data = open(sys.argv[1], "rb").read()
+except OSError:
+    data = b""
+n = sum(1 for l in data.split(b"\n") if l.startswith(b"Subject: ") and b"FOLDER INTERNAL DATA" not in l)
+print(json.dumps({"new": n, "cur": 0}))
+PYEOF
+    else
+        mb count-maildir "$1"
+    fi
+}
+
 stamp=$(date +%Y%m%d-%H%M%S)
 log "run directory $RUN; N=$N SIZE=$SIZE LIST_N=$LIST_N MODES='$MODES' SERVERS='$SERVERS'; CPU via $CPU_METHOD"
-tool emit "$RESULTS" kind=meta date="$(date -Is)" n="$N" size_bytes="$SIZE" list_n="$LIST_N" modes="$MODES" \
+tool emit "$RESULTS" kind=meta date="$(date -Is)" store="$STORE" n="$N" size_bytes="$SIZE" list_n="$LIST_N" modes="$MODES" \
     cpu_method="$CPU_METHOD" cpus="$(nproc)" kernel="$(uname -r)" loadavg_start="$(cut -d' ' -f1-3 /proc/loadavg)" \
     poshta_git="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" poshta_binary="$POSHTA_BIN" \
     mem_sample_ms="$MEM_SAMPLE_MS" fill:="$(cat "$RUN/fill.json")"
@@ -146,7 +207,7 @@ phase_fetch() { # phase_fetch MODE
         port=$SRV_PORT_PLAIN
     fi
     [ "$SRV_MULTI" = 1 ] || hwmopt=(--hwm-pid "$SRV_PID") # VmHWM of the transfer, after the login
-    fresh_maildir "$TPL" "$SRV_MD" "$SRV_OWNER" || die "cannot fill $SRV_MD"
+    fresh_store "$TPL" "$SRV_MD" "$SRV_OWNER" || die "cannot fill $SRV_MD"
     echo 5 >"/proc/$SRV_PID/clear_refs" 2>/dev/null # reset VmHWM: this phase's peak
     sampler_start "$SRV_CG" "$SRV_PID" "$RUN/mem.json" $((PHASE_TIMEOUT + 60))
     cpu0=$(cpu_ns_of "$SRV_CG" "$SRV_PID")
@@ -159,7 +220,7 @@ phase_fetch() { # phase_fetch MODE
     sampler_stop
     mem=$(cat "$RUN/mem.json" 2>/dev/null || echo '{}')
     hwm=$(hwm_of "$SRV_PID")
-    left=$(mb count-maildir "$SRV_MD")
+    left=$(left_in "$SRV_MD")
     status=$(echo "$client" | "$PY" -c 'import json,sys; print(json.load(sys.stdin).get("status","?"))')
     # The mailbox must be empty afterwards: every DELE took effect at QUIT.
     if [ "$status" = ok ] && [ "$(echo "$left" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print((d["new"] or 0)+(d["cur"] or 0))')" != 0 ]; then
@@ -174,7 +235,7 @@ phase_fetch() { # phase_fetch MODE
 phase_list() {
     [ "$LIST_N" -gt 0 ] || return 0
     local cpu0 cpu1 client status
-    fresh_maildir "$RUN/tpl-list" "$SRV_MD" "$SRV_OWNER" || die "cannot fill $SRV_MD"
+    fresh_store "$RUN/tpl-list" "$SRV_MD" "$SRV_OWNER" || die "cannot fill $SRV_MD"
     echo 5 >"/proc/$SRV_PID/clear_refs" 2>/dev/null
     sampler_start "$SRV_CG" "$SRV_PID" "$RUN/mem.json" $((PHASE_TIMEOUT + 60))
     cpu0=$(cpu_ns_of "$SRV_CG" "$SRV_PID")
@@ -217,6 +278,14 @@ bench_dovecot() {
     chown nobody:nogroup "$d/mail"
     SRV_MD=$d/mail/$USER_NAME
     SRV_OWNER=nobody:nogroup
+    local location="maildir:~" home="$d/mail/%u"
+    if [ "$STORE" = mbox ]; then
+        # The home holds Dovecot's mbox folder root and indexes; INBOX is the spool file.
+        mkdir -p "$d/mail/$USER_NAME.home"
+        chown nobody:nogroup "$d/mail/$USER_NAME.home"
+        location="mbox:~:INBOX=$d/mail/%u"
+        home="$d/mail/%u.home"
+    fi
     SRV_PORT_PLAIN=$(tool freeport)
     SRV_PORT_TLS=$(tool freeport)
     # The same argon2id hash as poshta's users file: one login costs the same here.
@@ -237,11 +306,11 @@ passdb {
 }
 userdb {
   driver = static
-  args = uid=nobody gid=nogroup home=$d/mail/%u
+  args = uid=nobody gid=nogroup home=$home
 }
 # The Maildir is the home directory itself: $d/mail/%u/{cur,new,tmp} (Dovecot's index
 # files go there too), the layout poshta uses.
-mail_location = maildir:~
+mail_location = $location
 service pop3-login {
   inet_listener pop3 {
     address = 127.0.0.1
@@ -294,6 +363,7 @@ bench_poshta() {
     SRV=poshta SRV_MULTI=0
     SRV_MD=$PD/mail/$USER_NAME
     SRV_OWNER=""
+    [ "$STORE" = mbox ] && SRV_MD=$PD/spoolmail/$USER_NAME
     SRV_PORT_PLAIN=$P_POP3
     SRV_PORT_TLS=$P_POP3S
     cg_make poshta

@@ -164,3 +164,6 @@ pub const PRIVSEP_OPEN_MBOXES_MAX: usize = 256;
 /// Header bytes read from a queued message to count Received: and find Delivered-To:
 /// lines (loop detection); a header longer than this is judged by what was read.
 pub const LOOP_HEADER_SCAN_BYTES_MAX: usize = 256 * 1024;
+/// POP3 on an mbox: how long a login waits for the mailbox locks before `-ERR [IN-USE]`
+/// (a delivery holds them for milliseconds; mail(1) or another session for minutes).
+pub const POP3_MBOX_LOCK_WAIT_MS: u64 = 2_000;

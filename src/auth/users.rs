@@ -8,6 +8,7 @@
 //! # comment
 //! alice:$argon2id$v=19$m=19456,t=2,p=1$SALT$HASH
 //! bob:$argon2id$v=19$m=19456,t=2,p=1$SALT$HASH:reserved:fields
+//! nick:$argon2id$v=19$m=19456,t=2,p=1$SALT$HASH:system
 //! ```
 //!
 //! - A line whose first non-blank character is `#`, and a blank line, are ignored (and kept
@@ -18,7 +19,12 @@
 //!   an option to every tool; a leading `.` makes a hidden Maildir).
 //! - Field 2 is an argon2id PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`). The
 //!   PHC string itself never contains `:`.
-//! - Further `:`-separated fields are reserved: ignored now, kept on rewrite.
+//! - Field 3, when present, marks the kind of user. `system` means a system user: the name
+//!   is a passwd(5) entry whose mail is in the system mailbox (`mail_spool_directory/NAME`
+//!   or `home_mailbox`), not a poshta Maildir; the hash is still the one POP3 and SMTP AUTH
+//!   check (the user's /etc/shadow hash is never read, see docs/decisions.md, issue 5).
+//!   Any other value, and further `:`-separated fields, are reserved: ignored now, kept on
+//!   rewrite.
 //! - A name listed twice is an error (`file:line: duplicate user ...`), as is a line longer
 //!   than [`limits::USERS_LINE_BYTES_MAX`] bytes (without its newline), a bad name, or a
 //!   hash that is not argon2id or whose cost exceeds the bounds below (a hostile hash with a
@@ -41,7 +47,7 @@
 //! build on an x86-64 build host; expect roughly 5–10x that (~150–250 ms) on a Raspberry Pi
 //! 3/4 class Cortex-A53/A72. Verification always runs on the blocking thread pool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
@@ -81,6 +87,17 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$ugmRGJSxHWc9rmaxQ6agOg$
 pub struct Users {
     /// name -> PHC string.
     hashes: HashMap<String, String>,
+    /// Names marked `system` (field 3).
+    system: HashSet<String>,
+}
+
+/// The field-3 marker of a system user.
+pub const SYSTEM_MARKER: &str = "system";
+
+/// Whether the reserved part of a line (`""` or `:field:...`) starts with the system marker.
+fn is_system_rest(rest: &str) -> bool {
+    rest.strip_prefix(':')
+        .is_some_and(|r| r.split(':').next() == Some(SYSTEM_MARKER))
 }
 
 impl std::fmt::Debug for Users {
@@ -261,16 +278,25 @@ impl Users {
     }
 
     fn from_lines(lines: Vec<Line>) -> Users {
-        let hashes = lines
-            .into_iter()
-            .filter_map(|l| l.user.map(|(name, hash, _)| (name, hash)))
-            .collect();
-        Users { hashes }
+        let mut hashes = HashMap::new();
+        let mut system = HashSet::new();
+        for (name, hash, rest) in lines.into_iter().filter_map(|l| l.user) {
+            if is_system_rest(&rest) {
+                system.insert(name.clone());
+            }
+            hashes.insert(name, hash);
+        }
+        Users { hashes, system }
     }
 
-    /// Lookup by (already lowercased) name.
+    /// Lookup by (already lowercased) name: the user has a password (mailbox or system user).
     pub fn contains(&self, name: &str) -> bool {
         self.hashes.contains_key(name)
+    }
+
+    /// The user is a system user (field 3 `system`): their mail is the system mailbox.
+    pub fn is_system(&self, name: &str) -> bool {
+        self.system.contains(name)
     }
 
     /// How many users.
@@ -345,14 +371,23 @@ pub fn list(path: &Path) -> Result<Vec<String>, UsersError> {
 
 /// Add `name` with `hash` (from [`hash_password`]); an existing user is an error.
 pub fn add_user(path: &Path, name: &str, hash: &str) -> Result<(), UsersError> {
+    add_entry(path, name, hash, "")
+}
+
+/// Add a system user (`name:hash:system`); the caller checked the passwd entry.
+pub fn add_system_user(path: &Path, name: &str, hash: &str) -> Result<(), UsersError> {
+    add_entry(path, name, hash, &format!(":{SYSTEM_MARKER}"))
+}
+
+fn add_entry(path: &Path, name: &str, hash: &str, rest: &str) -> Result<(), UsersError> {
     check_entry(name, Some(hash))?;
     modify(path, |lines| {
         if lines.iter().any(|l| user_is(l, name)) {
             return Err(format!("user {name} already exists"));
         }
         lines.push(Line {
-            raw: format!("{name}:{hash}"),
-            user: Some((name.to_string(), hash.to_string(), String::new())),
+            raw: format!("{name}:{hash}{rest}"),
+            user: Some((name.to_string(), hash.to_string(), rest.to_string())),
         });
         Ok(())
     })
@@ -561,6 +596,28 @@ mod tests {
         assert!(u.contains("alice") && u.contains("bob") && !u.contains("carol"));
         assert!(!u.contains("ALICE"));
         assert!(!format!("{u:?}").contains("argon2"), "Debug must not show hashes");
+    }
+
+    #[test]
+    fn system_marker_is_field_three() {
+        let h = cheap_hash("pw");
+        let text =
+            format!("alice:{h}\nnick:{h}:system\nold:{h}:system:later\nodd:{h}:reserved:system\nx:{h}:systemd\n");
+        let u = Users::parse(&text, origin()).unwrap();
+        assert!(u.contains("nick") && u.is_system("nick") && u.is_system("old"));
+        assert!(!u.is_system("alice") && !u.is_system("odd") && !u.is_system("x"));
+        assert!(!u.is_system("nobody"));
+        assert!(u.verify("nick", "pw"));
+        let d = TmpDir::new("sys");
+        let path = d.0.join("users");
+        add_system_user(&path, "nick", &h).unwrap();
+        assert!(add_system_user(&path, "nick", &h).is_err());
+        // A password change keeps the marker.
+        let h2 = cheap_hash("two");
+        set_password(&path, "nick", &h2).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("nick:{h2}:system\n"));
+        let u = Users::load(&path).unwrap();
+        assert!(u.is_system("nick") && u.verify("nick", "two"));
     }
 
     #[test]

@@ -131,6 +131,9 @@ pub struct UserAddArgs {
     /// read the password from the first line of standard input
     #[argh(switch)]
     pub password_stdin: bool,
+    /// a system user (passwd entry): mail stays in the system mailbox, no Maildir is made
+    #[argh(switch)]
+    pub system: bool,
     /// user name (the local part of the address)
     #[argh(positional)]
     pub name: String,

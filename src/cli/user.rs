@@ -7,6 +7,11 @@
 //! on the command line, where `ps` would show them. Adding a user also creates their
 //! Maildir `$virtual_mailbox_base/NAME/{cur,new,tmp}` (mode 0700); deleting a user keeps it.
 //!
+//! `user add --system NAME` adds a system user: NAME must have a passwd entry (getpwnam);
+//! the line gets the `system` marker (field 3, see [`crate::auth::users`]) and no Maildir
+//! is made: the user's mail is the system mailbox (`mail_spool_directory/NAME` or
+//! `home_mailbox`). The password is poshta's own (argon2id), not the login password.
+//!
 //! Exit status: 0 done, 1 error (one line on stderr saying why).
 
 use std::io::{BufRead, Read, Write};
@@ -65,7 +70,14 @@ fn run_cmd(cmd: UserCmd) -> Result<Vec<String>, String> {
             if users::list(&p.users_file).map_err(|e| e.to_string())?.contains(&a.name) {
                 return Err(format!("user {} already exists", a.name));
             }
+            if a.system {
+                check_system_user(&a.name)?;
+            }
             let password = get_password(a.password_stdin)?;
+            if a.system {
+                add_system(&p.users_file, &a.name, &password)?;
+                return Ok(vec![format!("poshta: added system user {}", a.name)]);
+            }
             add(&p.users_file, &p.mailbox_base, &a.name, &password)?;
             Ok(vec![format!("poshta: added user {}", a.name)])
         }
@@ -138,6 +150,23 @@ fn give_to_base_owner(base: &Path, md: &Path) -> std::io::Result<()> {
         std::os::unix::fs::lchown(&p, Some(b.uid()), Some(b.gid()))?;
     }
     Ok(())
+}
+
+/// `name` must be a system user: a passwd entry (getpwnam).
+pub fn check_system_user(name: &str) -> Result<(), String> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!("no system user {name} (no passwd entry)")),
+        Err(e) => Err(format!("looking up system user {name}: {e}")),
+    }
+}
+
+/// Add system user `name` with `password` (the `system` marker; no Maildir).
+pub fn add_system(users_file: &Path, name: &str, password: &str) -> Result<(), String> {
+    check_name(name)?;
+    check_system_user(name)?;
+    let hash = users::hash_password(password).map_err(|e| e.to_string())?;
+    users::add_system_user(users_file, name, &hash).map_err(|e| e.to_string())
 }
 
 /// Set `name`'s password.
@@ -257,6 +286,13 @@ mod tests {
         // A huge line without newline is not read into memory whole.
         let mut endless = std::io::repeat(b'x');
         assert!(read_password_line(&mut std::io::BufReader::new(&mut endless)).is_err());
+    }
+
+    #[test]
+    fn system_users_need_a_passwd_entry() {
+        assert!(check_system_user("root").is_ok());
+        let e = check_system_user("no-such-user-poshta-x").unwrap_err();
+        assert!(e.contains("no passwd entry"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,16 @@
 //!   always starts a line.
 //! - The date is UTC (poshta keeps no time zone database, see `crate::time`).
 //!
+//! # Reading: where a message starts
+//!
+//! A line starting with `From ` starts a message when it is the first line of the file, or
+//! when the line before it is blank and it carries a time (`H:MM` or `HH:MM` somewhere after
+//! `From `), as every From_ line's asctime date does ([`starts_message`]). A `From ` line in
+//! a body that a writer failed to quote (mboxo writers, damaged files) does not split the
+//! message unless it looks exactly like a From_ line after a blank line (mutt's and
+//! Dovecot's heuristics are of the same kind). Everything else, including garbage, belongs
+//! to the message before it.
+//!
 //! # POP3 UIDs
 //!
 //! Every delivered message gets `X-UIDL: UNIQUE` as its first header after the caller's
@@ -229,14 +239,20 @@ impl Quoter {
 /// Streaming mboxrd un-quoting: one `>` less on every line matching `^>+From `. The first
 /// `>` of a line is held back; the rest of the run passes through.
 #[derive(Debug)]
-struct Unquoter {
+pub struct Unquoter {
     at_line_start: bool,
     held_gt: bool,
     matched: usize,
 }
 
+impl Default for Unquoter {
+    fn default() -> Self {
+        Unquoter::new()
+    }
+}
+
 impl Unquoter {
-    fn new() -> Unquoter {
+    pub fn new() -> Unquoter {
         Unquoter {
             at_line_start: true,
             held_gt: false,
@@ -244,7 +260,7 @@ impl Unquoter {
         }
     }
 
-    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         for &b in input {
             if self.at_line_start {
                 if self.matched == 0 && b == b'>' {
@@ -286,7 +302,8 @@ impl Unquoter {
         self.reset_line(false);
     }
 
-    fn finish(&mut self, out: &mut Vec<u8>) {
+    /// End of input: write out what was held back.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
         if self.at_line_start {
             self.flush_held(out);
         }
@@ -713,6 +730,44 @@ enum Src<'f> {
     Locked(&'f File),
 }
 
+/// One line met by [`MboxReader::scan_lines`].
+#[derive(Debug)]
+pub struct Line<'a> {
+    /// Offset of its first byte.
+    pub start: u64,
+    /// Bytes, with its line end.
+    pub len: u64,
+    /// Its first [`MBOX_HEADER_LINE_BYTES_MAX`] bytes (with the line end when that fits).
+    pub head: &'a [u8],
+    /// It ends with LF (false only for a last line without one).
+    pub lf: bool,
+    /// It ends with CR LF.
+    pub crlf: bool,
+}
+
+impl Line<'_> {
+    /// A blank line (LF or CR LF only).
+    pub fn is_blank(&self) -> bool {
+        self.head == b"\n" || self.head == b"\r\n"
+    }
+}
+
+/// Whether a line starts a message (see "Reading" in the module doc): `at_file_start` for
+/// the first line of the file, `after_blank` when the line before it was blank.
+pub fn starts_message(head: &[u8], at_file_start: bool, after_blank: bool) -> bool {
+    if !head.starts_with(FROM) {
+        return false;
+    }
+    if at_file_start {
+        return true;
+    }
+    // asctime's "HH:MM:SS" (some writers print "H:MM").
+    after_blank
+        && head[FROM.len()..]
+            .windows(4)
+            .any(|w| w[1] == b':' && w[0].is_ascii_digit() && w[2].is_ascii_digit() && w[3].is_ascii_digit())
+}
+
 /// Per-line state of a scan.
 struct ScanState {
     entries: Vec<MboxEntry>,
@@ -724,7 +779,7 @@ struct ScanState {
 impl ScanState {
     /// A whole line (or its first MBOX_HEADER_LINE_BYTES_MAX bytes) starting at `start`.
     fn line(&mut self, start: u64, len: u64, head: &[u8]) -> bool {
-        if head.starts_with(FROM) {
+        if starts_message(head, start == 0, self.prev_blank > 0) {
             if let Some(prev) = self.entries.last_mut() {
                 prev.len = start - self.prev_blank - prev.offset;
             }
@@ -748,14 +803,24 @@ impl ScanState {
             if self.in_header {
                 if blank {
                     self.in_header = false;
-                } else if cur.uidl.is_none() && head.len() > 7 && head[..7].eq_ignore_ascii_case(b"x-uidl:") {
-                    let v = String::from_utf8_lossy(&head[7..]).trim().to_string();
-                    cur.uidl = valid_uidl(&v).then_some(v);
+                } else if cur.uidl.is_none() {
+                    if let Some(v) = x_uidl(head) {
+                        cur.uidl = Some(v);
+                    }
                 }
             }
         }
         true
     }
+}
+
+/// The value of an `X-UIDL:` header line, when it is a valid unique-id (RFC 1939 §7).
+pub fn x_uidl(head: &[u8]) -> Option<String> {
+    if head.len() > 7 && head[..7].eq_ignore_ascii_case(b"x-uidl:") {
+        let v = String::from_utf8_lossy(&head[7..]).trim().to_string();
+        return valid_uidl(&v).then_some(v);
+    }
+    None
 }
 
 impl<'f> MboxReader<'f> {
@@ -764,6 +829,12 @@ impl<'f> MboxReader<'f> {
         MboxReader {
             src: Src::Locked(lock.file()),
         }
+    }
+
+    /// Read a mailbox file someone else opened and locked (a descriptor handed over by the
+    /// privileged helper, or one behind an [`MboxLock`]); it is never closed here.
+    pub fn over(file: &'f File) -> MboxReader<'f> {
+        MboxReader { src: Src::Locked(file) }
     }
 
     fn file(&self) -> &File {
@@ -789,21 +860,19 @@ impl<'f> MboxReader<'f> {
         Ok(MboxReader { src: Src::Owned(file) })
     }
 
-    /// List the messages (at most MBOX_MESSAGES_MAX; later ones are left for a later
-    /// session). Memory: one buffer and one entry per message. Data before the first From_
-    /// line means this is not an mbox: InvalidData.
-    pub fn scan(&self) -> std::io::Result<Vec<MboxEntry>> {
+    /// Call `visit` for every line from the start of the file, in order, in bounded memory
+    /// (one read buffer and a [`MBOX_HEADER_LINE_BYTES_MAX`] head); `visit` returning false
+    /// stops. Returns the offset after the last line visited. Reads from offset 0 with the
+    /// file's own position (which it moves).
+    pub fn scan_lines(&self, visit: &mut dyn FnMut(&Line<'_>) -> bool) -> std::io::Result<u64> {
         let mut f = self.file();
         f.seek(SeekFrom::Start(0))?;
         let mut r = BufReader::with_capacity(COPY_BUFFER_BYTES, f);
-        let mut st = ScanState {
-            entries: Vec::new(),
-            in_header: false,
-            prev_blank: 0,
-        };
         let mut pos = 0u64;
         let mut line_start = 0u64;
         let mut head: Vec<u8> = Vec::with_capacity(MBOX_HEADER_LINE_BYTES_MAX);
+        // The last byte of the current line so far (to tell CR LF from LF across buffers).
+        let mut last: u8 = 0;
         loop {
             let buf = match r.fill_buf() {
                 Ok([]) => break,
@@ -818,19 +887,24 @@ impl<'f> MboxReader<'f> {
                 let stop = end.unwrap_or(n);
                 let room = MBOX_HEADER_LINE_BYTES_MAX.saturating_sub(head.len());
                 head.extend_from_slice(&buf[i..stop.min(i + room)]);
-                if end.is_some() {
-                    let line_end = pos + stop as u64;
-                    if line_start == 0 && st.entries.is_empty() && !head.starts_with(FROM) {
-                        return Err(std::io::Error::new(
-                            ErrorKind::InvalidData,
-                            "not an mbox: no From_ line at the start",
-                        ));
-                    }
-                    if !st.line(line_start, line_end - line_start, &head) {
-                        return Ok(st.entries);
+                if let Some(end) = end {
+                    let before_lf = if end >= i + 2 { buf[end - 2] } else { last };
+                    let line_end = pos + end as u64;
+                    let line = Line {
+                        start: line_start,
+                        len: line_end - line_start,
+                        head: &head,
+                        lf: true,
+                        crlf: before_lf == b'\r' && line_end - line_start >= 2,
+                    };
+                    if !visit(&line) {
+                        return Ok(line_start);
                     }
                     line_start = line_end;
                     head.clear();
+                    last = 0;
+                } else if stop > i {
+                    last = buf[stop - 1];
                 }
                 i = stop;
             }
@@ -838,13 +912,42 @@ impl<'f> MboxReader<'f> {
             r.consume(n);
         }
         if pos > line_start {
-            if line_start == 0 && st.entries.is_empty() && !head.starts_with(FROM) {
-                return Err(std::io::Error::new(
-                    ErrorKind::InvalidData,
-                    "not an mbox: no From_ line at the start",
-                ));
+            let line = Line {
+                start: line_start,
+                len: pos - line_start,
+                head: &head,
+                lf: false,
+                crlf: false,
+            };
+            if !visit(&line) {
+                return Ok(line_start);
             }
-            st.line(line_start, pos - line_start, &head);
+        }
+        Ok(pos)
+    }
+
+    /// List the messages (at most MBOX_MESSAGES_MAX; later ones are left for a later
+    /// session). Memory: one buffer and one entry per message. Data before the first From_
+    /// line means this is not an mbox: InvalidData.
+    pub fn scan(&self) -> std::io::Result<Vec<MboxEntry>> {
+        let mut st = ScanState {
+            entries: Vec::new(),
+            in_header: false,
+            prev_blank: 0,
+        };
+        let mut not_mbox = false;
+        self.scan_lines(&mut |l| {
+            if l.start == 0 && !l.head.starts_with(FROM) {
+                not_mbox = true;
+                return false;
+            }
+            st.line(l.start, l.len, l.head)
+        })?;
+        if not_mbox {
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidData,
+                "not an mbox: no From_ line at the start",
+            ));
         }
         // The blank line that ends the last message is not part of it either.
         if let Some(last) = st.entries.last_mut() {

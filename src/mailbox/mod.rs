@@ -5,9 +5,10 @@
 //! UPDATE state). Everything here is blocking `std::fs`/rustix code, meant to run inside
 //! `smol::unblock`; every type is `Send`.
 //!
-//! Today the only backend is Maildir ([`maildir`]). [`Mailbox`] is the backend-neutral face the
-//! POP3 shell should hold: mbox for system users will become a second variant, with the same
-//! [`Entry`] (size as transmitted, unique id) and a [`Message`] reader.
+//! Two backends: Maildir ([`maildir`], mailbox users and `home_mailbox = Maildir/`) and mbox
+//! ([`mbox`], system users' `mail_spool_directory/USER`). [`Mailbox`] is the backend-neutral
+//! face the POP3 shell holds: the same [`Entry`] (size as transmitted, unique id) and a
+//! [`Message`] reader. [`system`] finds and opens a system user's mailbox.
 //!
 //! # Sizes
 //!
@@ -20,6 +21,8 @@
 //! deliveries always end with one, since SMTP bodies do.
 
 pub mod maildir;
+pub mod mbox;
+pub mod system;
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -165,10 +168,11 @@ impl CrlfCounter {
     }
 }
 
-/// A maildrop of any backend (today only Maildir).
+/// A maildrop of any backend.
 #[derive(Debug)]
 pub enum Mailbox {
     Maildir(maildir::Maildrop),
+    Mbox(mbox::MboxDrop),
 }
 
 impl Mailbox {
@@ -188,6 +192,7 @@ impl Mailbox {
     pub fn entries(&self) -> &[Entry] {
         match self {
             Mailbox::Maildir(m) => m.entries(),
+            Mailbox::Mbox(m) => m.entries(),
         }
     }
 
@@ -195,6 +200,7 @@ impl Mailbox {
     pub fn warnings(&self) -> &[String] {
         match self {
             Mailbox::Maildir(m) => m.warnings(),
+            Mailbox::Mbox(m) => m.warnings(),
         }
     }
 
@@ -202,6 +208,7 @@ impl Mailbox {
     pub fn open_message(&self, index: usize) -> Result<Message, MailboxError> {
         match self {
             Mailbox::Maildir(m) => m.open_message(index).map(Message::File),
+            Mailbox::Mbox(m) => m.open_message(index).map(Message::Mbox),
         }
     }
 
@@ -209,21 +216,23 @@ impl Mailbox {
     pub fn delete(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
         match self {
             Mailbox::Maildir(m) => m.delete(indexes),
+            Mailbox::Mbox(m) => m.delete(indexes),
         }
     }
 }
 
-/// A message being read. mbox will add a variant (a byte range of the mbox file, unquoting
-/// `>From `).
+/// A message being read: a Maildir file, or a byte range of an mbox (un-quoted).
 #[derive(Debug)]
 pub enum Message {
     File(File),
+    Mbox(mbox::MboxMessage),
 }
 
 impl Read for Message {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Message::File(f) => f.read(buf),
+            Message::Mbox(m) => m.read(buf),
         }
     }
 }

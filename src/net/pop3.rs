@@ -1,6 +1,7 @@
 //! One POP3 session (RFC 1939; STLS RFC 2595; implicit TLS on 995, RFC 8314 §3.1): pumps
 //! bytes between a connection and `proto::pop3::server::Server`, checks passwords (shared
-//! lockout with SMTP AUTH), and opens, streams from and updates the user's Maildir.
+//! lockout with SMTP AUTH), and opens, streams from and updates the user's maildrop: a
+//! mailbox user's Maildir, or a system user's mbox or home Maildir (`mailbox::system`).
 //!
 //! Mailbox work is blocking file I/O: it runs on the thread pool (`smol::unblock`); a
 //! message is streamed through `smol::Unblock` in chunks, so memory does not grow with the
@@ -154,18 +155,26 @@ pub async fn session(
                         continue;
                     };
                     ctx.throttle.borrow_mut().success(ip, now);
-                    let Some(dir) = crate::delivery::maildir::virtual_maildir(&s.virtual_mailbox_base, &login) else {
-                        server.login_failed(LoginFailure::SysTemp);
-                        continue;
+                    let opened = if policy.users.is_system(&login) {
+                        // A system user: the system mailbox (mbox or home Maildir).
+                        let settings = s.clone();
+                        let name = login.clone();
+                        smol::unblock(move || crate::mailbox::system::open_system_mailbox(&settings, &name)).await
+                    } else {
+                        let Some(dir) = crate::delivery::maildir::virtual_maildir(&s.virtual_mailbox_base, &login)
+                        else {
+                            server.login_failed(LoginFailure::SysTemp);
+                            continue;
+                        };
+                        smol::unblock(move || {
+                            crate::delivery::maildir::create_maildir(&dir).map_err(|e| MailboxError::Io {
+                                path: dir.clone(),
+                                source: e,
+                            })?;
+                            Mailbox::open_maildir(&dir)
+                        })
+                        .await
                     };
-                    let opened = smol::unblock(move || {
-                        crate::delivery::maildir::create_maildir(&dir).map_err(|e| MailboxError::Io {
-                            path: dir.clone(),
-                            source: e,
-                        })?;
-                        Mailbox::open_maildir(&dir)
-                    })
-                    .await;
                     match opened {
                         Ok(mb) => {
                             for w in mb.warnings() {

@@ -151,8 +151,10 @@ impl Router {
     }
 
     /// Is `name` a mailbox user (Maildir delivery)? The one place that decides it.
+    /// A users-file entry marked `system` is only a password for a system user (POP3,
+    /// SMTP AUTH): that user's mail goes to the system mailbox, not to a Maildir.
     pub fn is_mailbox_user(&self, name: &str) -> bool {
-        self.users.contains(name)
+        self.users.contains(name) && !self.users.is_system(name)
     }
 
     /// Is `name` a system user poshta delivers to (see [`SystemUsers`])?
