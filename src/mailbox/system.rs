@@ -96,11 +96,30 @@ pub fn locate(spool: &Path, home_mailbox: &str, acct: &Account) -> Result<Locati
     })
 }
 
-/// Keeps a system mbox locked; dropping it lets go (the dot-lock removed, the fcntl lock
-/// released). After privilege separation, a variant will tell the helper to close.
+/// Keeps a system mbox locked; dropping it lets go: the dot-lock removed and the fcntl
+/// lock released, by this process or (running with privilege separation) by the
+/// privileged helper, told off the event loop.
 #[derive(Debug)]
-pub struct Hold {
-    _lock: MboxLock,
+pub enum Hold {
+    Local(#[allow(dead_code)] MboxLock),
+    Helper(crate::privsep::Handle),
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Hold::Helper(handle) = *self {
+            if let Some(c) = crate::privsep::client() {
+                // A blocking call to the helper: never on the event loop (the Hold may be
+                // dropped there with its session).
+                smol::unblock(move || {
+                    if let Err(e) = c.close_mbox(handle) {
+                        crate::mlog!("pop3d", "warning: delivery helper: close mailbox: {e}");
+                    }
+                })
+                .detach();
+            }
+        }
+    }
 }
 
 /// Open and lock the mbox at `path` owned by `uid` (see the module doc). `Ok(None)`: there
@@ -133,7 +152,7 @@ pub fn open_system_mbox(path: &Path, uid: u32) -> Result<Option<(File, Hold)>, M
             continue;
         }
         let file = lock.file().try_clone().map_err(|e| MailboxError::io(path, e))?;
-        return Ok(Some((file, Hold { _lock: lock })));
+        return Ok(Some((file, Hold::Local(lock))));
     }
     Err(sys_error(path, "the mailbox kept being replaced"))
 }
@@ -165,12 +184,39 @@ fn open_checked(path: &Path, uid: u32) -> Result<File, Errno> {
 pub fn open_system_mailbox(settings: &Settings, user: &str) -> Result<Mailbox, MailboxError> {
     let acct = account(user)?;
     match locate(&settings.mail_spool_directory, &settings.home_mailbox, &acct)? {
+        // Running as mail_owner (privilege separation): users' homes are closed to us, and
+        // the helper serves only the spool mbox.
+        Location::Maildir(dir) if crate::privsep::client().is_some() => Err(sys_error(
+            &dir,
+            "POP3 for a home_mailbox Maildir is not available when poshta runs as root \
+             (the daemon runs as mail_owner and cannot enter users' homes); use the spool mbox",
+        )),
         Location::Maildir(dir) => {
             // Nothing is created in a user's home: no Maildir yet means no mail yet.
             if std::fs::symlink_metadata(&dir).is_err() {
                 return Ok(Mailbox::Mbox(MboxDrop::empty(&dir)));
             }
             Mailbox::open_maildir(&dir)
+        }
+        // Running with privilege separation (started as root): only the helper may open
+        // another user's mailbox; it does the same checks and locking as the user's side
+        // and passes the descriptor (crate::privsep). It serves the spool mbox.
+        Location::Mbox(path) if crate::privsep::client().is_some() => {
+            if path != settings.mail_spool_directory.join(&acct.name) {
+                return Err(sys_error(
+                    &path,
+                    "POP3 for a home_mailbox file needs the spool mbox when running as root",
+                ));
+            }
+            let c = crate::privsep::client().ok_or_else(|| sys_error(&path, "no delivery helper"))?;
+            match c.open_mbox(&acct.name) {
+                Ok((file, handle)) => {
+                    MboxDrop::open(file, &path, Some(Box::new(Hold::Helper(handle)))).map(Mailbox::Mbox)
+                }
+                // RFC 1939 §8: another session, mail(1) or a delivery has it.
+                Err(why) if why.contains("locked") => Err(MailboxError::InUse),
+                Err(why) => Err(sys_error(&path, why)),
+            }
         }
         Location::Mbox(path) => match open_system_mbox(&path, acct.uid)? {
             None => Ok(Mailbox::Mbox(MboxDrop::empty(&path))),

@@ -356,8 +356,14 @@ mod tests {
         let (a, _) = Aliases::parse(Path::new("aliases"), b"alice: bob@example.com\nsupport: alice\n").unwrap();
         let r = router("+").with_aliases(Arc::new(a));
         // An alias wins over a mailbox user of the same name (Postfix: aliases first).
-        assert_eq!(r.classify("alice@example.org"), RcptClass::Alias { name: "alice".into() });
-        assert_eq!(r.classify("Support+x@example.org"), RcptClass::Alias { name: "support".into() });
+        assert_eq!(
+            r.classify("alice@example.org"),
+            RcptClass::Alias { name: "alice".into() }
+        );
+        assert_eq!(
+            r.classify("Support+x@example.org"),
+            RcptClass::Alias { name: "support".into() }
+        );
         assert_eq!(r.classify("mary@example.org"), local("mary"));
         assert_eq!(r.user_class("alice"), local("alice"));
         // Off: no passwd lookups at all.
