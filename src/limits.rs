@@ -129,3 +129,22 @@ pub const ANVIL_CLIENTS_MAX: usize = 10_000;
 pub const CONTROL_REQUEST_BYTES_MAX: usize = 4096;
 /// A control client's time to send its request, and for each write of the response.
 pub const CONTROL_CLIENT_TIMEOUT_SECS: u64 = 10;
+
+/// Name servers used from resolv.conf or dns_resolver (glibc's MAXNS).
+pub const DNS_SERVERS_MAX: usize = 3;
+/// Seconds to wait for one DNS answer (resolv.conf `options timeout:` is capped to this).
+pub const DNS_TIMEOUT_SECS_MAX: u64 = 30;
+/// Rounds over the name servers (resolv.conf `options attempts:` is capped to this).
+pub const DNS_ATTEMPTS_MAX: u32 = 5;
+/// Bytes of a UDP answer read (no EDNS is sent, so servers send at most 512; RFC 1035 §4.2.1).
+pub const DNS_UDP_BYTES_MAX: usize = 4096;
+/// Bytes of a TCP answer (the 2-byte length allows 65535; RFC 1035 §4.2.2).
+pub const DNS_TCP_BYTES_MAX: usize = 65_535;
+/// Stray datagrams (wrong id or question) ignored while waiting for one answer.
+pub const DNS_STRAY_REPLIES_MAX: usize = 16;
+/// CNAME links followed inside one answer.
+pub const DNS_CNAME_CHAIN_MAX: usize = 8;
+/// MX records kept from one answer (after sorting by preference).
+pub const DNS_MX_RECORDS_MAX: usize = 20;
+/// resolv.conf bytes read.
+pub const RESOLV_CONF_BYTES_MAX: u64 = 64 * 1024;
