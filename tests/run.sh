@@ -14,6 +14,9 @@ command -v openssl >/dev/null 2>&1 || apt_pkgs+=(openssl)
 command -v fetchmail >/dev/null 2>&1 || apt_pkgs+=(fetchmail)
 command -v getmail >/dev/null 2>&1 || apt_pkgs+=(getmail6)
 command -v curl >/dev/null 2>&1 || apt_pkgs+=(curl)
+# dnsmasq (the binary only: dnsmasq-base starts no service) serves MX records on a loopback
+# port for tests/e2e/test_mx.py.
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || apt_pkgs+=(dnsmasq-base)
 python3 -c 'import pytest' >/dev/null 2>&1 || need_pytest=1
 
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
