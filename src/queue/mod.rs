@@ -196,6 +196,8 @@ pub struct Job {
     pub size: u64,
     /// (index in the envelope, address)
     pub recipients: Vec<(usize, String)>,
+    /// The sender already got its delay notice.
+    pub delay_warned: bool,
 }
 
 /// A failed batch, as told to every waiter whose record was in it (or after it, in the same
@@ -953,6 +955,12 @@ impl Queue {
         Ok(())
     }
 
+    /// Remember that the sender got its delay notice (`DelayWarned`, survives a restart);
+    /// the caller `sync`s when it needs durability.
+    pub fn delay_warned(&self, qid: QueueId) -> Result<(), QueueError> {
+        self.control(qid, Record::DelayWarned { qid }, |m| m.delay_warned = true)
+    }
+
     /// Delete a message (postsuper -d): logged (`Deleted`), so it stays deleted after a
     /// restart. See [`Deletion`] for a message being delivered. Call `sync` for durability.
     pub fn delete(&self, qid: QueueId) -> Result<Deletion, QueueError> {
@@ -1101,6 +1109,7 @@ impl Incoming {
                 in_flight: false,
                 held: false,
                 deleted: false,
+                delay_warned: false,
             };
             let (tx, rx) = smol::channel::bounded(1);
             // The writer indexes the message (or aborts it) even if this future is dropped.

@@ -319,3 +319,26 @@ def test_disable_dns_lookups_uses_hosts_file_only(make_poshta, dnsmasq, peers):
     out = wait_for(lambda: (lambda o: o if "DNS lookups are disabled" in o else None)(p.cli("queue").stdout),
                    what="deferral")
     assert "pref.test" in out and not mx1.messages
+
+
+def test_delay_warning_once_per_message_across_restarts(make_poshta, dnsmasq):
+    """delay_warning_time: one RFC 3464 delay notice (Action: delayed) while the mail is
+    still retried, never a second one, not even after a restart."""
+    dns = dnsmasq()
+    p = poshta_for(make_poshta, dns, ["fail.example"], free_port(), extra="delay_warning_time = 2s\n")
+    send(p, ["judy@fail.example"])
+    msgs = p.wait_messages("alice", 1, timeout=30)
+    m = email.message_from_bytes(p.read(msgs[0]))
+    assert m.get_content_type() == "multipart/report"
+    status = [part.as_string() for part in m.walk() if part.get_content_type() == "message/delivery-status"][0]
+    assert "Action: delayed" in status and "Status: 4." in status, status
+    assert "Final-Recipient: rfc822; judy@fail.example" in status
+    assert "sender delay notification" in p.logtext()
+    time.sleep(4)  # more retries (backoff 1-2 s)
+    assert len(p.new_messages("alice")) == 1, "one notice per message"
+    p.stop()
+    p.start()
+    p.cli("queue", "flush")
+    time.sleep(3)
+    assert len(p.new_messages("alice")) == 1, "still one after a restart"
+    assert "judy@fail.example" in p.cli("queue").stdout, "the mail itself is still queued"
