@@ -1161,5 +1161,47 @@ pub fn scan(dir: &Path) -> Result<Vec<MessageInfo>, QueueError> {
     Ok(rec.messages.iter().map(Msg::info).collect())
 }
 
+/// Read-only look at one message (no truncation, no locks): for `poshta queue show` when the
+/// daemon is not running. None when no queued message has this id.
+pub fn scan_message(dir: &Path, qid: QueueId) -> Result<Option<(MessageInfo, Envelope, BodyReader)>, QueueError> {
+    let rec = recover(dir, Mode::ReadOnly)?;
+    let Some(m) = rec.messages.iter().find(|m| m.qid == qid) else {
+        return Ok(None);
+    };
+    let locate = |lsn: u64| {
+        let i = rec.segments.partition_point(|s| s.start_lsn <= lsn).checked_sub(1)?;
+        rec.segments.get(i).filter(|s| lsn < s.end_lsn)
+    };
+    let mut paths: Vec<PathBuf> = Vec::new();
+    let mut seg_numbers: Vec<u32> = Vec::new();
+    let mut chunks = Vec::with_capacity(m.chunks.len());
+    for &(lsn, framed_len) in &m.chunks {
+        let seg = locate(lsn).ok_or_else(|| QueueError::Corrupt {
+            path: dir.to_path_buf(),
+            offset: lsn,
+            what: format!("body of {} points past the log", qid),
+        })?;
+        if seg_numbers.last() != Some(&seg.number) {
+            seg_numbers.push(seg.number);
+            paths.push(seg.path.clone());
+        }
+        chunks.push(ChunkLoc {
+            seg: (paths.len() - 1) as u32,
+            offset: record::SEGMENT_HEADER_BYTES + (lsn - seg.start_lsn),
+            framed_len,
+        });
+    }
+    let env = Envelope {
+        sender: m.sender.clone(),
+        recipients: m.recipients.clone(),
+        arrival_unix: m.arrival_unix,
+        client: m.client.clone(),
+    };
+    let body = BodyReader {
+        inner: BodyReaderInner::new(qid, paths, chunks),
+    };
+    Ok(Some((m.info(), env, body)))
+}
+
 #[cfg(test)]
 mod tests;
