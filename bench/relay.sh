@@ -75,6 +75,7 @@ config_directory = $PF_CONF
 queue_directory = $PF_QUEUE
 data_directory = $base/data
 maillog_file = $base/data/maillog
+maillog_file_prefixes = $base
 myhostname = relay.bench.example
 mydestination =
 inet_interfaces = loopback-only
