@@ -16,6 +16,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod limits;
 pub mod log;
 pub mod mailbox;

@@ -167,3 +167,22 @@ pub const LOOP_HEADER_SCAN_BYTES_MAX: usize = 256 * 1024;
 /// POP3 on an mbox: how long a login waits for the mailbox locks before `-ERR [IN-USE]`
 /// (a delivery holds them for milliseconds; mail(1) or another session for minutes).
 pub const POP3_MBOX_LOCK_WAIT_MS: u64 = 2_000;
+
+/// Name servers used from resolv.conf or dns_resolver (glibc's MAXNS).
+pub const DNS_SERVERS_MAX: usize = 3;
+/// Seconds to wait for one DNS answer (resolv.conf `options timeout:` is capped to this).
+pub const DNS_TIMEOUT_SECS_MAX: u64 = 30;
+/// Rounds over the name servers (resolv.conf `options attempts:` is capped to this).
+pub const DNS_ATTEMPTS_MAX: u32 = 5;
+/// Bytes of a UDP answer read (no EDNS is sent, so servers send at most 512; RFC 1035 §4.2.1).
+pub const DNS_UDP_BYTES_MAX: usize = 4096;
+/// Bytes of a TCP answer (the 2-byte length allows 65535; RFC 1035 §4.2.2).
+pub const DNS_TCP_BYTES_MAX: usize = 65_535;
+/// Stray datagrams (wrong id or question) ignored while waiting for one answer.
+pub const DNS_STRAY_REPLIES_MAX: usize = 16;
+/// CNAME links followed inside one answer.
+pub const DNS_CNAME_CHAIN_MAX: usize = 8;
+/// MX records kept from one answer (after sorting by preference).
+pub const DNS_MX_RECORDS_MAX: usize = 20;
+/// resolv.conf bytes read.
+pub const RESOLV_CONF_BYTES_MAX: u64 = 64 * 1024;

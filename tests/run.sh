@@ -14,6 +14,9 @@ command -v openssl >/dev/null 2>&1 || apt_pkgs+=(openssl)
 command -v fetchmail >/dev/null 2>&1 || apt_pkgs+=(fetchmail)
 command -v getmail >/dev/null 2>&1 || apt_pkgs+=(getmail6)
 command -v curl >/dev/null 2>&1 || apt_pkgs+=(curl)
+# dnsmasq (the binary only: dnsmasq-base starts no service) serves MX records on a loopback
+# port for tests/e2e/test_mx.py.
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || apt_pkgs+=(dnsmasq-base)
 python3 -c 'import pytest' >/dev/null 2>&1 || need_pytest=1
 
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
@@ -29,6 +32,30 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
     else
         echo "tests/run.sh: missing Debian packages; run: sudo apt-get install ${apt_pkgs[*]}" >&2
         exit 1
+    fi
+fi
+# Postfix and Dovecot's auth service (its SASL server) as real peers for
+# tests/e2e/test_postfix_peer.py: installed with no configuration and their services never
+# started (policy-rc.d answers "forbidden" during the install); the test runs private
+# instances on loopback ports. Not root: the test skips itself.
+if [ "$(id -u)" = 0 ] && { ! [ -x /usr/sbin/postfix ] || ! [ -x /usr/sbin/dovecot ]; }; then
+    made_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    for i in 1 2 3; do
+        if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix dovecot-core >/dev/null; then
+            break
+        fi
+        [ "$i" = 3 ] && echo "tests/run.sh: could not install postfix dovecot-core; the Postfix peer tests will be skipped" >&2
+        sleep 5
+    done
+    [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable postfix.service dovecot.service dovecot.socket >/dev/null 2>&1 || true
     fi
 fi
 if [ "${need_pytest:-0}" = 1 ]; then

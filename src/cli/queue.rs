@@ -24,8 +24,9 @@
 //! ```
 //!
 //! They talk to the daemon over its control socket (`net::control` documents the protocol).
-//! When the daemon is not running, the listing is read from the log read-only (`queue::scan`:
-//! held messages are marked, nothing is in flight); every other action fails with
+//! When the daemon is not running, the listing and `show` are read from the log read-only
+//! (`queue::scan`, `queue::scan_message`: held messages are marked, nothing is in flight);
+//! every other action fails with
 //! `poshta: fatal: the mail system is down (no control socket at PATH)`. The listing also
 //! falls back to the log (with a warning) when the daemon does not answer or the socket may
 //! not be used (it is 0600: the control actions need the daemon's user).
@@ -264,6 +265,8 @@ pub fn run_in(dir: &Path, args: &[String]) -> i32 {
         let mut out = stdout.lock();
         return match request(&sock, &line, &mut out) {
             Ok(()) => 0,
+            // No daemon: read the log ourselves, as the listing does.
+            Err(CtlError::Down) => show_from_disk(dir, ids.first().map(String::as_str).unwrap_or(""), &mut out),
             Err(e) => {
                 let _ = out.flush();
                 failed(&sock, e)
@@ -296,6 +299,68 @@ pub fn run_in(dir: &Path, args: &[String]) -> i32 {
     };
     eprintln!("poshta: {what}: {count} message{}", if count == 1 { "" } else { "s" });
     status
+}
+
+/// `show ID` from the log when the daemon is not running, in the daemon's format
+/// (`net::control`'s SHOW body).
+fn show_from_disk(dir: &Path, id_text: &str, out: &mut dyn Write) -> i32 {
+    let qid = crate::net::control::parse_id(id_text);
+    let found = match qid {
+        Some(q) if dir.exists() => crate::queue::scan_message(dir, q),
+        _ => Ok(None),
+    };
+    let (info, env, mut body) = match found {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            eprintln!("poshta: fatal: {id_text}: no such message");
+            return EXIT_NO_SUCH;
+        }
+        Err(e) => {
+            eprintln!("poshta: fatal: {e}");
+            return 1;
+        }
+    };
+    let id = info.qid;
+    let mut head = format!(
+        "*** ENVELOPE RECORDS {id} ***\nmessage_size: {}\nmessage_arrival_time: {}\nclient: {}\nsender: {}\n",
+        info.size,
+        crate::time::mailq(env.arrival_unix),
+        env.client,
+        env.sender
+    );
+    for r in &env.recipients {
+        match info.recipients.iter().find(|(a, _)| a == r).map(|(_, s)| s) {
+            Some(RcptState::Deferred { reason, .. }) => {
+                head.push_str(&format!("recipient: {r} (deferred: {reason})\n"))
+            }
+            Some(_) => head.push_str(&format!("recipient: {r}\n")),
+            None => head.push_str(&format!("recipient: {r} (done)\n")),
+        }
+    }
+    head.push_str(&format!("*** MESSAGE CONTENTS {id} ***\n"));
+    let res = out
+        .write_all(head.as_bytes())
+        // Bounded by the message size; each read checks its record's checksum.
+        .and_then(|()| std::io::copy(&mut (&mut body).take(info.size), out))
+        .and_then(|n| {
+            if n == info.size {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!(
+                    "body shorter than its size ({n} of {})",
+                    info.size
+                )))
+            }
+        })
+        .and_then(|()| out.write_all(format!("\n*** MESSAGE FILE END {id} ***\n").as_bytes()))
+        .and_then(|()| out.flush());
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("poshta: fatal: {id}: {e}");
+            1
+        }
+    }
 }
 
 #[cfg(test)]

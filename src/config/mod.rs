@@ -209,6 +209,12 @@ pub struct Settings {
     /// No DNS for outbound mail: disable_dns_lookups = yes or smtp_dns_support_level =
     /// disabled (hosts file only).
     pub disable_dns_lookups: bool,
+    /// dns_resolver: the DNS servers to ask (empty: /etc/resolv.conf). Checked at load.
+    pub dns_resolver: Vec<String>,
+    /// smtp_mx_address_limit (0: poshta's own bound, limits::DNS_MX_RECORDS_MAX).
+    pub smtp_mx_address_limit: usize,
+    /// smtp_mx_session_limit (0: no limit but the address limit).
+    pub smtp_mx_session_limit: usize,
     pub smtp_connect_timeout_secs: u64,
     pub smtp_helo_timeout_secs: u64,
     pub smtp_starttls_timeout_secs: u64,
@@ -926,6 +932,10 @@ fn build_settings(
         }
     }
     let dns_level = get("smtp_dns_support_level").trim().to_ascii_lowercase();
+    let dns_resolver = value::split_list(get("dns_resolver"));
+    if let Err(e) = crate::dns::conf_from_servers(&dns_resolver) {
+        diags.error(line_of("dns_resolver"), format!("dns_resolver: {e}; using /etc/resolv.conf"));
+    }
     Settings {
         bounce_queue_lifetime_secs: time("bounce_queue_lifetime"),
         delay_warning_time_secs: time("delay_warning_time"),
@@ -945,6 +955,9 @@ fn build_settings(
         smtp_tls_ca_file: opt_path("smtp_tls_CAfile"),
         smtp_helo_name: get("smtp_helo_name").to_string(),
         disable_dns_lookups: typed(eff, dflt, "disable_dns_lookups", value::parse_bool) || dns_level == "disabled",
+        dns_resolver,
+        smtp_mx_address_limit: int("smtp_mx_address_limit"),
+        smtp_mx_session_limit: int("smtp_mx_session_limit"),
         smtp_connect_timeout_secs: time("smtp_connect_timeout"),
         smtp_helo_timeout_secs: time("smtp_helo_timeout"),
         smtp_starttls_timeout_secs: time("smtp_starttls_timeout"),

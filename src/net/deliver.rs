@@ -658,6 +658,7 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
                 ),
             );
         }
+        warn_delay(ctx, s, job, &outs, now).await;
         let done: Vec<(usize, Outcome)> = outs.into_iter().map(|r| (r.idx, r.outcome)).collect();
         ctx.queue.finish(job.qid, &done, now);
     }
@@ -778,6 +779,7 @@ async fn notify_sender(ctx: &Rc<Ctx>, myhostname: &str, job: &Job, outs: &[Res],
         now_secs: now,
         recipients: failed,
         size_limit: crate::limits::DSN_ORIGINAL_BYTES_MAX,
+        retry_until: None,
     };
     let mut body = ctx.queue.body(job.qid).map_err(|e| format!("queue read: {e}"))?;
     // The original is read from the segments: at most DSN_ORIGINAL_BYTES_MAX are kept, but
@@ -823,6 +825,8 @@ struct OwnedNotice {
     unique: String,
     recipients: Vec<(String, String, Option<String>, bool, String)>,
     size_limit: usize,
+    /// Some: a delay warning (retried until then), else a bounce.
+    retry_until: Option<u64>,
 }
 
 impl OwnedNotice {
@@ -842,21 +846,22 @@ impl OwnedNotice {
                 },
             })
             .collect();
-        dsn::bounce(
-            &Notice {
-                myhostname: &self.myhostname,
-                sender: &self.sender,
-                queue_id: &self.queue_id,
-                arrival_secs: self.arrival_secs,
-                now_secs: self.now_secs,
-                unique: &self.unique,
-                recipients: &rs,
-                headers_only: false,
-                size_limit: self.size_limit,
-                retry_until_secs: None,
-            },
-            original,
-        )
+        let n = Notice {
+            myhostname: &self.myhostname,
+            sender: &self.sender,
+            queue_id: &self.queue_id,
+            arrival_secs: self.arrival_secs,
+            now_secs: self.now_secs,
+            unique: &self.unique,
+            recipients: &rs,
+            headers_only: false,
+            size_limit: self.size_limit,
+            retry_until_secs: self.retry_until,
+        };
+        match self.retry_until {
+            Some(_) => dsn::delay_warning(&n, original),
+            None => dsn::bounce(&n, original),
+        }
     }
 }
 
@@ -961,4 +966,112 @@ async fn relay_all(
         out.extend(t.await);
     }
     out
+}
+
+/// delay_warning_time: once a message has waited that long and recipients are still
+/// deferred, the sender gets one RFC 3464 delay notice (Action: delayed) listing them; the
+/// `DelayWarned` log record makes it once per message, across restarts. The notice is queued
+/// before the record is written: a crash in between sends it twice rather than never.
+async fn warn_delay(ctx: &Rc<Ctx>, s: &crate::config::Settings, job: &Job, outs: &[Res], now: u64) {
+    let deferred: Vec<&Res> = outs
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Deferred { .. }))
+        .collect();
+    if deferred.is_empty()
+        || !crate::delivery::route::delay_warning_due(
+            job.arrival_unix,
+            now,
+            s.delay_warning_time_secs,
+            is_null_sender(&job.sender),
+            job.delay_warned,
+        )
+    {
+        return;
+    }
+    let recipients = deferred
+        .iter()
+        .map(|r| {
+            let addr = job
+                .recipients
+                .iter()
+                .find(|(i, _)| *i == r.idx)
+                .map(|(_, a)| a.clone())
+                .unwrap_or_default();
+            let reason = match &r.outcome {
+                Outcome::Deferred { reason } => reason.clone(),
+                _ => String::new(),
+            };
+            let (diag, is_smtp) = match r.diagnostic.strip_prefix("smtp; ") {
+                Some(reply) => (reply.to_string(), true),
+                None => (reason, false),
+            };
+            // RFC 3464 §2.3.4: a delayed recipient's status is 4.x.x.
+            let status = if r.dsn.starts_with('4') {
+                r.dsn.clone()
+            } else {
+                "4.0.0".to_string()
+            };
+            (addr, status, r.remote_mta.clone(), is_smtp, diag)
+        })
+        .collect();
+    let seq = ctx.delivery_seq.get();
+    ctx.delivery_seq.set(seq + 1);
+    let qid = job.qid.to_string();
+    let notice = OwnedNotice {
+        myhostname: s.myhostname.clone(),
+        sender: job.sender.clone(),
+        unique: format!("{now}.{qid}.{seq}.delay"),
+        queue_id: qid,
+        arrival_secs: job.arrival_unix,
+        now_secs: now,
+        recipients,
+        size_limit: crate::limits::DSN_ORIGINAL_BYTES_MAX,
+        retry_until: Some(job.arrival_unix.saturating_add(s.maximal_queue_lifetime_secs)),
+    };
+    match queue_notice(ctx, job, notice, now).await {
+        Ok(Some(new_qid)) => {
+            crate::log::line(
+                "bounce",
+                format_args!("qid={} sender delay notification: {new_qid}", job.qid),
+            );
+            if let Err(e) = ctx.queue.delay_warned(job.qid) {
+                crate::log::line(
+                    "bounce",
+                    format_args!("qid={} warning: delay notice sent but not recorded: {e}", job.qid),
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => crate::log::line(
+            "bounce",
+            format_args!("qid={} warning: sender delay notification not queued: {e}", job.qid),
+        ),
+    }
+}
+
+/// Build `notice` from the original on the thread pool and queue it from the null sender
+/// to the original sender. Ok(None): nothing to send.
+async fn queue_notice(ctx: &Rc<Ctx>, job: &Job, notice: OwnedNotice, now: u64) -> Result<Option<String>, String> {
+    let mut body = ctx.queue.body(job.qid).map_err(|e| format!("queue read: {e}"))?;
+    let text = smol::unblock(move || notice.build(&mut body))
+        .await
+        .map_err(|e| format!("queue read: {e}"))?;
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let mut inc = ctx
+        .queue
+        .begin(crate::queue::Envelope {
+            sender: String::new(),
+            recipients: vec![job.sender.clone()],
+            arrival_unix: now,
+            client: "localhost[127.0.0.1]".into(),
+        })
+        .map_err(|e| e.to_string())?;
+    let new_qid = inc.qid().to_string();
+    for chunk in text.chunks(64 * 1024) {
+        inc.write(chunk).await.map_err(|e| e.to_string())?;
+    }
+    inc.commit().await.map_err(|e| e.to_string())?;
+    Ok(Some(new_qid))
 }

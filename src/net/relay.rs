@@ -3,13 +3,22 @@
 //! there (connection reuse), each message with up to smtp_destination_recipient_limit
 //! recipients per transaction.
 //!
-//! Resolution (no DNS yet): the next hop is an IP literal, or a name looked up in the hosts
-//! file (/etc/hosts, as Postfix does with disable_dns_lookups = yes). That is the only
-//! resolver for now, whether or not DNS lookups are disabled. A next hop that needs an MX
-//! lookup (an unbracketed relayhost, or no relayhost at all) defers with "MX lookup not
-//! available yet" unless DNS lookups are disabled, in which case the hosts file answers for
-//! the domain name itself (Postfix's behaviour without DNS). Each address of the host is
-//! tried in order until one answers.
+//! Resolution:
+//! - an IP literal next hop is used as is;
+//! - with disable_dns_lookups = yes (or smtp_dns_support_level = disabled) every name comes
+//!   from the hosts file (/etc/hosts), MX destination or not, as Postfix does without DNS;
+//! - a next hop named directly (`[host]`) is looked up in the hosts file, then in DNS (A,
+//!   AAAA per inet_protocols);
+//! - otherwise (the recipient domain, or an unbracketed relayhost) the MX records are looked
+//!   up in DNS ([`crate::dns`]; RFC 5321 §5.1: preference order, equal preferences shuffled,
+//!   the domain's own addresses when it has no MX, RFC 7505 null MX bounces with 5.1.10).
+//!
+//! A DNS failure (SERVFAIL, REFUSED, timeout) defers. "No such domain" bounces only when the
+//! next hop is the recipient's own domain; a relayhost that does not resolve defers. The
+//! addresses are tried in order: a refused or timed-out connection, or a session that fails
+//! before its first message (a 4xx/5xx greeting, a failed EHLO, STARTTLS or AUTH), moves on
+//! to the next address, for at most smtp_mx_address_limit addresses and
+//! smtp_mx_session_limit sessions (Postfix's keys and defaults, 5 and 2).
 //!
 //! TLS: smtp_tls_security_level `may` uses STARTTLS when offered without checking the
 //! certificate (opportunistic TLS: an unverified session is still better than plaintext);
@@ -43,8 +52,10 @@ use rustls_pki_types::pem::PemObject;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::{Async, Timer};
 
-use crate::config::{ClientTlsLevel, Settings};
+use crate::config::{ClientTlsLevel, InetProtocols, Settings};
 use crate::delivery::route::{Hosts, Nexthop, RouteConfig, SaslPasswords, TransportMap};
+use crate::dns::io::{host_targets, mx_targets, Families, NotFound, Resolver, Target};
+use crate::limits::DNS_MX_RECORDS_MAX;
 use crate::proto::smtp::client::{Client, ClientParams, Event, Message, RcptResult, Stage, Status, TlsPolicy};
 use crate::queue::{Outcome, QueueId};
 
@@ -56,14 +67,16 @@ const HOSTS_FILE: &str = "/etc/hosts";
 const BODY_CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes per socket read.
 const READ_BYTES: usize = 16 * 1024;
-/// Deferral text for a next hop that needs DNS.
-pub const NO_MX_YET: &str = "MX lookup not available yet: set relayhost or disable_dns_lookups";
+/// The C library's resolver configuration.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Routing and credentials for one delivery batch, loaded off the event loop.
 pub struct RelayConf {
     pub route: RouteConfig,
     pub sasl: SaslPasswords,
     pub hosts: Hosts,
+    /// The DNS servers (dns_resolver, else /etc/resolv.conf).
+    pub resolver: Resolver,
     /// The client TLS config for verified sessions (Err: why TLS cannot verify anything).
     pub tls_verified: Result<Arc<ClientConfig>, String>,
     /// For `may`: TLS without certificate checks.
@@ -82,6 +95,13 @@ impl RelayConf {
             (SaslPasswords::default(), Vec::new())
         };
         let hosts = Hosts::load(std::path::Path::new(HOSTS_FILE)).unwrap_or_default();
+        let resolver = Resolver {
+            conf: match crate::dns::conf_from_servers(&s.dns_resolver) {
+                Ok(Some(c)) => c,
+                // A bad dns_resolver was reported at load; resolv.conf then.
+                Ok(None) | Err(_) => crate::dns::load_resolv_conf(std::path::Path::new(RESOLV_CONF)),
+            },
+        };
         RelayConf {
             route: RouteConfig {
                 local_domains: s.mydestination.clone(),
@@ -90,6 +110,7 @@ impl RelayConf {
             },
             sasl,
             hosts,
+            resolver,
             // Parsing a system bundle costs milliseconds: only when certificates are checked.
             tls_verified: match s.smtp_tls_security_level {
                 ClientTlsLevel::None | ClientTlsLevel::May => Err("certificates are not checked".into()),
@@ -394,7 +415,11 @@ fn nexthop_of(d: &Dest) -> Option<Nexthop> {
     Nexthop::parse(&spelled).ok()
 }
 
-/// Deliver `items` to `dest` in one session (connection reuse across messages).
+/// Deliver `items` to `dest`: resolve it (MX, or the host itself), then one session
+/// (connection reuse across messages) on the first host that answers; a host that refuses
+/// the connection or fails before the first message makes poshta try the next one
+/// (RFC 5321 §5.1), within smtp_mx_address_limit addresses and smtp_mx_session_limit
+/// sessions.
 pub async fn deliver(
     ctx: &Rc<super::Ctx>,
     s: &Settings,
@@ -402,40 +427,170 @@ pub async fn deliver(
     dest: &Dest,
     items: Vec<Item>,
 ) -> Vec<ItemResult> {
-    // Resolve: an IP literal, or the hosts file (see the module docs).
-    let addrs: Vec<IpAddr> = if let Ok(ip) = dest.host.parse::<IpAddr>() {
-        vec![ip]
-    } else if dest.mx_lookup && !s.disable_dns_lookups {
-        return fail_all(&items, "none", &temp(NO_MX_YET.into(), "4.4.3"));
-    } else {
-        conf.hosts.lookup(&dest.host)
+    let targets = match resolve(s, conf, dest, &items).await {
+        Ok(t) => t,
+        Err(nf) => {
+            let r = RcptResult {
+                status: if nf.permanent {
+                    Status::Bounced
+                } else {
+                    Status::Deferred
+                },
+                reply: None,
+                text: nf.text,
+                dsn: nf.dsn.into(),
+            };
+            return fail_all(&items, "none", &r);
+        }
     };
-    if addrs.is_empty() {
-        let text = format!(
-            "Host or domain name not found. Name service error for name={} type=A: Host not found (not in {HOSTS_FILE}; DNS lookups are not available yet)",
-            dest.host
-        );
-        return fail_all(&items, "none", &temp(text, "4.4.3"));
-    }
     let _slot = Slot::take(dest, s.smtp_destination_concurrency_limit).await;
-    // Connect: each address in turn (RFC 5321 §5.1: try the next address on failure).
-    let mut last = String::new();
-    let mut tcp = None;
-    for ip in &addrs {
-        let sa = SocketAddr::new(*ip, dest.port);
-        match within(s.smtp_connect_timeout_secs, Async::<TcpStream>::connect(sa)).await {
+    let session_limit = match s.smtp_mx_session_limit {
+        0 => usize::MAX,
+        n => n,
+    };
+    let mut sessions = 0usize;
+    let mut last_connect = String::new();
+    let mut last_session: Option<(String, RcptResult)> = None;
+    // Bounded by the number of targets (smtp_mx_address_limit, DNS_MX_RECORDS_MAX).
+    for target in &targets {
+        let sa = SocketAddr::new(target.ip, dest.port);
+        let tcp = match within(s.smtp_connect_timeout_secs, Async::<TcpStream>::connect(sa)).await {
             Some(Ok(t)) => {
-                tcp = Some((t, *ip));
-                break;
+                // Commands and body chunks are written as they come: without TCP_NODELAY,
+                // Nagle's algorithm and the peer's delayed ACK stall each message ~40 ms.
+                let _ = t.get_ref().set_nodelay(true);
+                t
             }
-            Some(Err(e)) => last = format!("connect to {}[{}]:{}: {}", dest.host, ip, dest.port, io_text(&e)),
-            None => last = format!("connect to {}[{}]:{}: Connection timed out", dest.host, ip, dest.port),
+            Some(Err(e)) => {
+                last_connect = format!(
+                    "connect to {}[{}]:{}: {}",
+                    target.host,
+                    target.ip,
+                    dest.port,
+                    io_text(&e)
+                );
+                continue;
+            }
+            None => {
+                last_connect = format!(
+                    "connect to {}[{}]:{}: Connection timed out",
+                    target.host, target.ip, dest.port
+                );
+                continue;
+            }
+        };
+        sessions += 1;
+        match session(ctx, s, conf, dest, target, tcp, &items).await {
+            End::Done(out) => return out,
+            End::NotStarted(relay, f) => {
+                last_session = Some((relay, f));
+                if sessions >= session_limit {
+                    break;
+                }
+            }
         }
     }
-    let Some((tcp, ip)) = tcp else {
-        return fail_all(&items, "none", &temp(last, "4.4.1"));
+    match last_session {
+        Some((relay, f)) => fail_all(&items, &relay, &f),
+        None => fail_all(&items, "none", &temp(last_connect, "4.4.1")),
+    }
+}
+
+/// How a session ended.
+enum End {
+    /// Results for every recipient of the items.
+    Done(Vec<ItemResult>),
+    /// Nothing was sent: (relay, why). The caller may try another host.
+    NotStarted(String, RcptResult),
+}
+
+/// Which address families outbound mail uses (inet_protocols).
+fn families(s: &Settings) -> Families {
+    match s.inet_protocols {
+        InetProtocols::All => Families { v4: true, v6: true },
+        InetProtocols::Ipv4 => Families { v4: true, v6: false },
+        InetProtocols::Ipv6 => Families { v4: false, v6: true },
+    }
+}
+
+/// The hosts to connect to for `dest`, in order (see the module docs).
+async fn resolve(s: &Settings, conf: &RelayConf, dest: &Dest, items: &[Item]) -> Result<Vec<Target>, NotFound> {
+    if let Ok(ip) = dest.host.parse::<IpAddr>() {
+        return Ok(vec![Target {
+            host: dest.host.clone(),
+            ip,
+        }]);
+    }
+    let max = match s.smtp_mx_address_limit {
+        0 => DNS_MX_RECORDS_MAX,
+        n => n.min(DNS_MX_RECORDS_MAX),
     };
-    let relay = format!("{}[{}]:{}", dest.host, ip, dest.port);
+    let from_hosts = |name: &str| -> Vec<Target> {
+        conf.hosts
+            .lookup(name)
+            .into_iter()
+            .take(max)
+            .map(|ip| Target {
+                host: name.to_string(),
+                ip,
+            })
+            .collect()
+    };
+    if s.disable_dns_lookups {
+        // No DNS at all: the hosts file answers for any name, MX destination or not.
+        let t = from_hosts(&dest.host);
+        if t.is_empty() {
+            return Err(NotFound {
+                permanent: false,
+                text: format!(
+                    "Host or domain name not found. Name service error for name={} type=A: Host not found (not in {HOSTS_FILE}; DNS lookups are disabled)",
+                    dest.host
+                ),
+                dsn: "4.4.3",
+            });
+        }
+        return Ok(t);
+    }
+    let res = if dest.mx_lookup {
+        mx_targets(&conf.resolver, &dest.host, families(s), max).await
+    } else {
+        // A host named directly ([host]): the hosts file first, as the C library's
+        // "files dns" order would, so LAN names keep working with DNS on.
+        let t = from_hosts(&dest.host);
+        if !t.is_empty() {
+            return Ok(t);
+        }
+        host_targets(&conf.resolver, &dest.host, families(s), max).await
+    };
+    res.map_err(|mut nf| {
+        // Only the recipient's own domain can bounce for want of a host: a relayhost or
+        // transport next hop that does not resolve is a configuration problem, and the
+        // mail waits for it to be fixed (as Postfix defers mail for a bad relayhost).
+        let own_domain = dest.mx_lookup
+            && items.iter().flat_map(|i| i.rcpts.iter()).all(|(_, a)| {
+                a.rsplit_once('@')
+                    .is_some_and(|(_, d)| crate::dns::normalize(d) == dest.host)
+            });
+        if nf.permanent && !own_domain {
+            nf.permanent = false;
+            nf.dsn = "4.4.3";
+        }
+        nf
+    })
+}
+
+/// One SMTP session on `tcp` (connected to `target`) delivering `items`.
+async fn session(
+    ctx: &Rc<super::Ctx>,
+    s: &Settings,
+    conf: &RelayConf,
+    dest: &Dest,
+    target: &Target,
+    tcp: Async<TcpStream>,
+    items: &[Item],
+) -> End {
+    let ip = target.ip;
+    let relay = format!("{}[{}]:{}", target.host, ip, dest.port);
     let tls_policy = match s.smtp_tls_security_level {
         ClientTlsLevel::None => TlsPolicy::None,
         ClientTlsLevel::May => TlsPolicy::May,
@@ -445,9 +600,10 @@ pub async fn deliver(
         ClientTlsLevel::None | ClientTlsLevel::May => Ok(conf.tls_opportunistic.clone()),
         _ => conf.tls_verified.clone(),
     };
-    let server_name = match dest.host.parse::<IpAddr>() {
+    // The certificate must name the host connected to (the MX host, or the next hop).
+    let server_name = match target.host.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
-        Err(_) => match ServerName::try_from(dest.host.clone()) {
+        Err(_) => match ServerName::try_from(target.host.clone()) {
             Ok(n) => n,
             Err(_) => ServerName::IpAddress(ip.into()),
         },
@@ -458,13 +614,13 @@ pub async fn deliver(
         // RFC 8314 §3.3: implicit TLS, the handshake comes first.
         let cfg = match &tls_cfg {
             Ok(c) => c.clone(),
-            Err(e) => return fail_all(&items, &relay, &temp(format!("TLS is required, but {e}"), "4.7.5")),
+            Err(e) => return End::NotStarted(relay, temp(format!("TLS is required, but {e}"), "4.7.5")),
         };
         match handshake(conn, cfg, server_name.clone(), s.smtp_starttls_timeout_secs).await {
             Ok(c) => conn = c,
             Err(e) => {
                 let text = format!("TLS handshake with {relay} failed: {e}");
-                return fail_all(&items, &relay, &temp(text, "4.7.5"));
+                return End::NotStarted(relay, temp(text, "4.7.5"));
             }
         }
     }
@@ -472,7 +628,7 @@ pub async fn deliver(
     let auth = nexthop_of(dest).and_then(|n| {
         conf.sasl.lookup(
             &n,
-            Some(&dest.host),
+            Some(&target.host),
             if sender_key {
                 items.first().map(|i| i.sender.as_str())
             } else {
@@ -493,7 +649,7 @@ pub async fn deliver(
         auth_needs_tls: true,
         auth_soft_bounce: s.smtp_sasl_auth_soft_bounce,
     });
-    let remote = dest.host.clone();
+    let remote = target.host.clone();
     let mut out: Vec<ItemResult> = Vec::new();
     let mut next = 0usize; // next item to hand to the client
     let mut current: Option<usize> = None; // item in the client
@@ -590,10 +746,14 @@ pub async fn deliver(
     let _ = within(1, conn.close()).await;
     // Items the session did not finish get the session's failure.
     let f = failure.unwrap_or_else(|| temp(format!("lost connection with {relay}"), "4.4.2"));
+    if out.is_empty() && current.is_none() && next == 0 {
+        // No message was started (greeting, EHLO, STARTTLS or AUTH failed): the next host
+        // may do better (RFC 5321 §5.1).
+        return End::NotStarted(relay, f);
+    }
     let start = current.unwrap_or(next);
-    let rest: Vec<Item> = items.into_iter().skip(start).collect();
-    out.extend(fail_all(&rest, &relay, &f));
-    out
+    out.extend(fail_all(items.get(start..).unwrap_or(&[]), &relay, &f));
+    End::Done(out)
 }
 
 fn io_text(e: &io::Error) -> String {

@@ -196,6 +196,8 @@ pub struct Job {
     pub size: u64,
     /// (index in the envelope, address)
     pub recipients: Vec<(usize, String)>,
+    /// The sender already got its delay notice.
+    pub delay_warned: bool,
 }
 
 /// A failed batch, as told to every waiter whose record was in it (or after it, in the same
@@ -953,6 +955,12 @@ impl Queue {
         Ok(())
     }
 
+    /// Remember that the sender got its delay notice (`DelayWarned`, survives a restart);
+    /// the caller `sync`s when it needs durability.
+    pub fn delay_warned(&self, qid: QueueId) -> Result<(), QueueError> {
+        self.control(qid, Record::DelayWarned { qid }, |m| m.delay_warned = true)
+    }
+
     /// Delete a message (postsuper -d): logged (`Deleted`), so it stays deleted after a
     /// restart. See [`Deletion`] for a message being delivered. Call `sync` for durability.
     pub fn delete(&self, qid: QueueId) -> Result<Deletion, QueueError> {
@@ -1101,6 +1109,7 @@ impl Incoming {
                 in_flight: false,
                 held: false,
                 deleted: false,
+                delay_warned: false,
             };
             let (tx, rx) = smol::channel::bounded(1);
             // The writer indexes the message (or aborts it) even if this future is dropped.
@@ -1150,6 +1159,48 @@ impl Drop for Incoming {
 pub fn scan(dir: &Path) -> Result<Vec<MessageInfo>, QueueError> {
     let rec = recover(dir, Mode::ReadOnly)?;
     Ok(rec.messages.iter().map(Msg::info).collect())
+}
+
+/// Read-only look at one message (no truncation, no locks): for `poshta queue show` when the
+/// daemon is not running. None when no queued message has this id.
+pub fn scan_message(dir: &Path, qid: QueueId) -> Result<Option<(MessageInfo, Envelope, BodyReader)>, QueueError> {
+    let rec = recover(dir, Mode::ReadOnly)?;
+    let Some(m) = rec.messages.iter().find(|m| m.qid == qid) else {
+        return Ok(None);
+    };
+    let locate = |lsn: u64| {
+        let i = rec.segments.partition_point(|s| s.start_lsn <= lsn).checked_sub(1)?;
+        rec.segments.get(i).filter(|s| lsn < s.end_lsn)
+    };
+    let mut paths: Vec<PathBuf> = Vec::new();
+    let mut seg_numbers: Vec<u32> = Vec::new();
+    let mut chunks = Vec::with_capacity(m.chunks.len());
+    for &(lsn, framed_len) in &m.chunks {
+        let seg = locate(lsn).ok_or_else(|| QueueError::Corrupt {
+            path: dir.to_path_buf(),
+            offset: lsn,
+            what: format!("body of {} points past the log", qid),
+        })?;
+        if seg_numbers.last() != Some(&seg.number) {
+            seg_numbers.push(seg.number);
+            paths.push(seg.path.clone());
+        }
+        chunks.push(ChunkLoc {
+            seg: (paths.len() - 1) as u32,
+            offset: record::SEGMENT_HEADER_BYTES + (lsn - seg.start_lsn),
+            framed_len,
+        });
+    }
+    let env = Envelope {
+        sender: m.sender.clone(),
+        recipients: m.recipients.clone(),
+        arrival_unix: m.arrival_unix,
+        client: m.client.clone(),
+    };
+    let body = BodyReader {
+        inner: BodyReaderInner::new(qid, paths, chunks),
+    };
+    Ok(Some((m.info(), env, body)))
 }
 
 #[cfg(test)]

@@ -41,7 +41,8 @@
 //! then per-recipient outcomes `Delivered` / `Deferred` / `Bounced` (rcpt = index in the
 //! envelope), and `Done` once every recipient is final. `Aborted` ends a message that will
 //! never be committed. Queue control (`poshta queue`) adds `Held` / `Released` (the last one
-//! wins: a held message is not delivered) and `Deleted` (ends the message like `Done`). Recipient outcomes may land in later segments than the envelope.
+//! wins: a held message is not delivered) and `Deleted` (ends the message like `Done`).
+//! `DelayWarned` says the sender got its one delay notice (delay_warning_time). Recipient outcomes may land in later segments than the envelope.
 //!
 //! # Recovery rules
 //!
@@ -129,6 +130,10 @@ pub enum Record<'a> {
     Deleted {
         qid: QueueId,
     },
+    /// A delay notice (delay_warning_time) was queued for the sender: never another one.
+    DelayWarned {
+        qid: QueueId,
+    },
 }
 
 impl Record<'_> {
@@ -144,7 +149,8 @@ impl Record<'_> {
             | Record::Aborted { qid }
             | Record::Held { qid }
             | Record::Released { qid }
-            | Record::Deleted { qid } => *qid,
+            | Record::Deleted { qid }
+            | Record::DelayWarned { qid } => *qid,
         }
     }
 }
@@ -297,6 +303,10 @@ mod tests {
             },
             Record::Done { qid: q },
             Record::Aborted { qid: q },
+            Record::Held { qid: q },
+            Record::Released { qid: q },
+            Record::Deleted { qid: q },
+            Record::DelayWarned { qid: q },
         ];
         for r in &recs {
             let mut out = vec![0xAA];
@@ -308,6 +318,25 @@ mod tests {
             assert_eq!(len as usize, out.len() - 9);
             assert_eq!(&check_and_decode(&out[9..], crc).expect("decode"), r);
             assert_eq!(r.qid(), q);
+        }
+    }
+
+    #[test]
+    fn variant_indexes_never_move() {
+        // The first payload byte is the variant index (append-only enum): old logs must
+        // keep decoding, so each variant keeps its number.
+        let q = QueueId(1);
+        for (r, idx) in [
+            (Record::Done { qid: q }, 6u8),
+            (Record::Aborted { qid: q }, 7),
+            (Record::Held { qid: q }, 8),
+            (Record::Released { qid: q }, 9),
+            (Record::Deleted { qid: q }, 10),
+            (Record::DelayWarned { qid: q }, 11),
+        ] {
+            let mut out = Vec::new();
+            encode(&r, &mut out).expect("encode");
+            assert_eq!(out[RECORD_HEADER_BYTES], idx, "{r:?}");
         }
     }
 

@@ -168,6 +168,7 @@ fn apply(parts: &mut HashMap<QueueId, Partial>, rec: Record<'_>, lsn: u64, frame
                 in_flight: false,
                 held: false,
                 deleted: false,
+                delay_warned: false,
             };
             parts.insert(
                 qid,
@@ -235,6 +236,11 @@ fn apply(parts: &mut HashMap<QueueId, Partial>, rec: Record<'_>, lsn: u64, frame
         Record::Released { qid } => {
             if let Some(p) = parts.get_mut(&qid) {
                 p.msg.held = false;
+            }
+        }
+        Record::DelayWarned { qid } => {
+            if let Some(p) = parts.get_mut(&qid) {
+                p.msg.delay_warned = true;
             }
         }
     }

@@ -31,6 +31,8 @@ pub struct Msg {
     /// Deleted while in flight: its `Deleted` record is written; it leaves the index when the
     /// attempt finishes, and is neither listed nor offered again.
     pub deleted: bool,
+    /// The sender got its delay notice (`DelayWarned`).
+    pub delay_warned: bool,
 }
 
 fn is_final(s: &RcptState) -> bool {
@@ -115,6 +117,7 @@ pub fn take_ready(index: &mut BTreeMap<QueueId, Msg>, now_unix: u64, max: usize)
             arrival_unix: m.arrival_unix,
             size: m.size,
             recipients,
+            delay_warned: m.delay_warned,
         });
     }
     jobs
@@ -214,6 +217,7 @@ mod tests {
             in_flight: false,
             held: false,
             deleted: false,
+            delay_warned: false,
         }
     }
 

@@ -1160,3 +1160,22 @@ fn flush_makes_deferred_messages_due_but_not_held_ones() {
     assert_eq!(q.flush(later), 0);
     run(&q, async { q.sync().await.expect("sync") });
 }
+
+#[test]
+fn delay_warned_survives_a_restart() {
+    let dir = TempDir::new("delaywarn");
+    {
+        let (q, _) = open(dir.path(), 1 << 30);
+        let a = run(&q, put(&q, "a", 1, b"x")).expect("a");
+        let jobs = q.ready(NOW, 10);
+        assert!(!jobs[0].delay_warned);
+        q.finish(a, &[(0, Outcome::Deferred { reason: "busy".into() })], NOW);
+        q.delay_warned(a).expect("mark");
+        assert!(q.ready(NOW + 100_000, 10)[0].delay_warned);
+        run(&q, async { q.sync().await.expect("sync") });
+    }
+    let (q, _) = open(dir.path(), 1 << 30);
+    let jobs = q.ready(NOW + 100_000, 10);
+    assert_eq!(jobs.len(), 1);
+    assert!(jobs[0].delay_warned, "the DelayWarned record is replayed");
+}

@@ -25,6 +25,11 @@ def free_port():
         return s.getsockname()[1]
 
 
+# The discard port: nothing listens on UDP 9 on loopback, so a query gets ICMP "port
+# unreachable", which the resolver takes as a failure at once.
+DEAD_DNS_PORT = 9
+
+
 class Poshta:
     def __init__(self, extra="", users=("alice", "bob")):
         self.dir = tempfile.mkdtemp(prefix="poshta-e2e-")
@@ -49,6 +54,9 @@ class Poshta:
             self.add_user(u, "secret-" + u)
 
     def write_config(self, extra=""):
+        # Never the machine's resolver: unless a test names one, DNS goes to a loopback port
+        # where nothing answers (lookups fail at once and mail is deferred).
+        dns = "" if "dns_resolver" in extra else f"dns_resolver = 127.0.0.1:{DEAD_DNS_PORT}\n"
         with open(self.cf, "w") as f:
             f.write(f"""# written by tests/e2e/conftest.py
 myhostname = mx.example.org
@@ -66,7 +74,7 @@ queue_directory = {self.dir}/spool
 virtual_mailbox_base = {self.dir}/mail
 mailbox_users_file = {self.dir}/users
 maillog_file = {self.dir}/maillog
-{extra}
+{dns}{extra}
 """)
 
     def cli(self, *args, input=None, check=True):

@@ -1,5 +1,5 @@
 """Queue control over the daemon's control socket: poshta queue list / flush / hold /
-release / delete / show, and the listing from disk when the daemon is down.
+release / delete / show, and the listing and show from disk when the daemon is down.
 
 The message is relayed to 127.0.0.1:1, where nobody listens: every attempt defers
 (minimal_backoff_time stays at its default, so only a flush makes a new attempt)."""
@@ -170,11 +170,16 @@ def test_hostile_requests_on_the_socket(deferred):
 def test_daemon_down(deferred):
     p = deferred
     qid = queue_id(p)
+    shown = p.cli("queue", "show", qid).stdout
     p.stop()
     out = p.cli("queue").stdout
     assert qid in out and "Connection refused" in out
+    # show reads the log itself when the daemon is down, with the daemon's output.
+    assert p.cli("queue", "show", qid).stdout == shown
+    r = p.cli("queue", "show", "ABCDEF", check=False)
+    assert r.returncode == 1 and "ABCDEF: no such message" in r.stderr
     sock = os.path.join(p.dir, "spool", "control")
-    for args in (("flush",), ("hold", qid), ("show", qid)):
+    for args in (("flush",), ("hold", qid)):
         r = p.cli("queue", *args, check=False)
         assert r.returncode == 69, r
         assert r.stderr.strip() == f"poshta: fatal: the mail system is down (no control socket at {sock})"
