@@ -125,6 +125,27 @@ async fn tcp(server: SocketAddr, query: &[u8], id: u16, name: &str, qtype: Qtype
     })
 }
 
+/// reject_unknown_sender_domain: can mail be returned to `domain`? True when it has an
+/// MX that is not null, or (no MX) an A or AAAA record. False for a name that does not
+/// exist, a null MX (RFC 7505 §4.2: such a domain sends no mail back) or one with no
+/// records at all. Err: the DNS could not say (temporary).
+pub async fn domain_resolves<L: Lookup>(l: &L, domain: &str) -> Result<bool, String> {
+    match l.lookup(domain, Qtype::Mx).await? {
+        Answer::NxDomain => Ok(false),
+        Answer::Records(r) => Ok(matches!(order_mx(&r, random_u64), MxPlan::Hosts(h) if !h.is_empty())),
+        Answer::NoData => {
+            for q in [Qtype::A, Qtype::Aaaa] {
+                match l.lookup(domain, q).await? {
+                    Answer::Records(r) if !r.is_empty() => return Ok(true),
+                    Answer::NxDomain => return Ok(false),
+                    _ => {}
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
 /// A host to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use simple_dns::rdata::{RData, A, CNAME, MX};
 use simple_dns::{Name, Packet, PacketFlag, Question, ResourceRecord, CLASS, QCLASS, QTYPE, RCODE, TYPE};
 
-use super::io::{host_targets, mx_targets, Families, Lookup, Resolver, Target};
+use super::io::{domain_resolves, host_targets, mx_targets, Families, Lookup, Resolver, Target};
 use super::*;
 
 fn reply(id: u16, qname: &str, ty: TYPE, rcode: RCODE, answers: Vec<ResourceRecord<'static>>) -> Vec<u8> {
@@ -437,4 +437,42 @@ fn silent_and_refusing_servers_are_temporary() {
     assert!(smol::block_on(r.lookup("example.org", Qtype::Mx)).is_err());
     assert!(t.elapsed() < Duration::from_secs(3));
     let _ = IpAddr::from([127, 0, 0, 1]);
+}
+
+/// reject_unknown_sender_domain's question: an MX that is not null, or else an address.
+#[test]
+fn domain_resolves_for_sender_checks() {
+    let f = fake(&[
+        (
+            "mx.example",
+            "MX",
+            Ok(Answer::Records(vec![Rdata::Mx(10, "mail.mx.example".into())])),
+        ),
+        ("a-only.example", "MX", Ok(Answer::NoData)),
+        ("a-only.example", "A", Ok(addr("127.0.0.5"))),
+        ("v6-only.example", "MX", Ok(Answer::NoData)),
+        ("v6-only.example", "A", Ok(Answer::NoData)),
+        ("v6-only.example", "AAAA", Ok(addr("::1"))),
+        ("empty.example", "MX", Ok(Answer::NoData)),
+        ("empty.example", "A", Ok(Answer::NoData)),
+        ("empty.example", "AAAA", Ok(Answer::NoData)),
+        (
+            "null.example",
+            "MX",
+            Ok(Answer::Records(vec![Rdata::Mx(0, String::new())])),
+        ),
+        ("broken.example", "MX", Err("SERVFAIL".into())),
+    ]);
+    let ask = |d: &str| smol::block_on(domain_resolves(&f, d));
+    assert_eq!(ask("mx.example"), Ok(true));
+    assert_eq!(ask("a-only.example"), Ok(true));
+    assert_eq!(ask("v6-only.example"), Ok(true));
+    assert_eq!(ask("empty.example"), Ok(false));
+    assert_eq!(
+        ask("null.example"),
+        Ok(false),
+        "RFC 7505: a null MX domain takes no mail back"
+    );
+    assert_eq!(ask("nowhere.example"), Ok(false), "NXDOMAIN");
+    assert!(ask("broken.example").is_err(), "a DNS failure is not a verdict");
 }

@@ -872,7 +872,7 @@ const RELAY_CONF_TTL: Duration = Duration::from_secs(10);
 /// The routing maps, /etc/hosts, passwords and TLS roots, loaded off the event loop and
 /// reused for RELAY_CONF_TTL (parsing a system CA bundle alone costs milliseconds: once per
 /// batch added up under load).
-async fn relay_conf(ctx: &Rc<Ctx>, policy: &Rc<super::Policy>) -> Rc<RelayConf> {
+pub(crate) async fn relay_conf(ctx: &Rc<Ctx>, policy: &Rc<super::Policy>) -> Rc<RelayConf> {
     if let Some((p, at, conf)) = ctx.relay_conf.borrow().as_ref() {
         if Rc::ptr_eq(p, policy) && at.elapsed() < RELAY_CONF_TTL {
             return conf.clone();

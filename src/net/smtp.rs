@@ -112,6 +112,9 @@ struct Txn {
     discard: bool,
     /// An access table said HOLD: queue the message on hold.
     hold: bool,
+    /// reject_unknown_sender_domain: the sender's domain looked up once per transaction
+    /// (None inside: DNS could not say).
+    sender_resolves: Option<Option<bool>>,
 }
 
 impl Txn {
@@ -151,6 +154,29 @@ pub async fn verify_login(ctx: &Ctx, policy: &Policy, creds: &Credentials) -> Op
     match (ok, proxy, name) {
         (true, false, Some(n)) => Some(n),
         _ => None,
+    }
+}
+
+/// reject_unknown_sender_domain's fact: does the sender's domain have an MX (not null) or
+/// an address? None when nothing needs it, DNS is off (disable_dns_lookups), the sender is
+/// null or local, or the DNS could not say: a temporary DNS failure never rejects mail
+/// (Postfix would answer 450 at the end; poshta lets it through and logs it).
+async fn sender_domain_resolves(ctx: &Rc<Ctx>, policy: &Rc<Policy>, from: &str) -> Option<bool> {
+    if !policy.restrictions.checks_sender_domain() || policy.settings.disable_dns_lookups {
+        return None;
+    }
+    let (_, domain) = from.rsplit_once('@')?;
+    let domain = domain.trim_end_matches('.');
+    if domain.is_empty() || domain.starts_with('[') || policy.router.is_local_domain(domain) {
+        return None;
+    }
+    let conf = super::deliver::relay_conf(ctx, policy).await;
+    match crate::dns::io::domain_resolves(&conf.resolver, domain).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            crate::mlog!("smtpd", "warning: sender domain {domain}: DNS lookup failed: {e}");
+            None
+        }
     }
 }
 
@@ -408,6 +434,8 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                         facts.sasl_user = user.as_deref();
                         facts.trusted = trusted;
                         facts.sender_domain_is_local = domain_of(&from).unwrap_or(false);
+                        let resolves = sender_domain_resolves(&ctx, &policy, &from).await;
+                        facts.sender_domain_resolves = resolves;
                         policy.refresh_tables(svc);
                         let verdict = policy
                             .restrictions
@@ -450,6 +478,13 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                     // A changed aliases file counts from the next recipient on.
                     policy.refresh_aliases(svc);
                     let class = policy.router.classify(&to);
+                    if txn.sender_resolves.is_none() {
+                        let r = match txn.from.as_deref() {
+                            Some(f) => sender_domain_resolves(&ctx, &policy, f).await,
+                            None => None,
+                        };
+                        txn.sender_resolves = Some(r);
+                    }
                     let domain_of = |a: &str| a.rsplit_once('@').map(|(_, d)| policy.router.is_local_domain(d));
                     let facts = Facts {
                         client_ip: ip,
@@ -462,7 +497,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                         recipient_domain_is_local: !matches!(class, RcptClass::Remote),
                         recipient_is_local: class.is_local_recipient(),
                         sender_domain_is_local: txn.from.as_deref().and_then(domain_of).unwrap_or(false),
-                        sender_domain_resolves: None,
+                        sender_domain_resolves: txn.sender_resolves.flatten(),
                     };
                     // smtpd_delay_reject = yes: client, HELO and sender restrictions run here
                     // too, so the log shows the whole envelope (Postfix's default).

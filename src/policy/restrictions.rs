@@ -305,6 +305,21 @@ impl RestrictionLists {
         })
     }
 
+    /// Whether a list names reject_unknown_sender_domain (the session then looks the
+    /// sender's domain up in DNS; a table result naming it is not seen here).
+    pub fn checks_sender_domain(&self) -> bool {
+        [
+            &self.client,
+            &self.helo,
+            &self.sender,
+            &self.relay,
+            &self.recipient,
+            &self.data,
+        ]
+        .iter()
+        .any(|l| l.contains(&Restriction::RejectUnknownSenderDomain))
+    }
+
     /// Every table the lists name (load them into the [`TableSet`] at start).
     pub fn table_specs(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
