@@ -66,13 +66,13 @@ pub fn run(prog: &str, loaded: &Loaded) -> i32 {
     }
 }
 
-enum ReloadError {
+pub(crate) enum ReloadError {
     Down,
     Failed(String),
 }
 use ReloadError::{Down, Failed};
 
-fn reload(sock: &std::path::Path) -> Result<(), ReloadError> {
+pub(crate) fn reload(sock: &std::path::Path) -> Result<(), ReloadError> {
     let stream = match UnixStream::connect(sock) {
         Ok(s) => s,
         Err(e)

@@ -43,6 +43,7 @@ pub fn run(args: UserArgs) -> i32 {
 struct Paths {
     users_file: std::path::PathBuf,
     mailbox_base: std::path::PathBuf,
+    queue_directory: std::path::PathBuf,
 }
 
 fn paths(config: Option<&Path>) -> Result<Paths, String> {
@@ -58,6 +59,7 @@ fn paths(config: Option<&Path>) -> Result<Paths, String> {
     Ok(Paths {
         users_file: loaded.settings.mailbox_users_file,
         mailbox_base: loaded.settings.virtual_mailbox_base,
+        queue_directory: loaded.settings.queue_directory,
     })
 }
 
@@ -76,10 +78,10 @@ fn run_cmd(cmd: UserCmd) -> Result<Vec<String>, String> {
             let password = get_password(a.password_stdin)?;
             if a.system {
                 add_system(&p.users_file, &a.name, &password)?;
-                return Ok(vec![format!("poshta: added system user {}", a.name)]);
+                return Ok(with_reload(&p, format!("poshta: added system user {}", a.name)));
             }
             add(&p.users_file, &p.mailbox_base, &a.name, &password)?;
-            Ok(vec![format!("poshta: added user {}", a.name)])
+            Ok(with_reload(&p, format!("poshta: added user {}", a.name)))
         }
         UserCmd::Passwd(a) => {
             let p = paths(a.config.as_deref())?;
@@ -89,19 +91,37 @@ fn run_cmd(cmd: UserCmd) -> Result<Vec<String>, String> {
             }
             let password = get_password(a.password_stdin)?;
             passwd(&p.users_file, &a.name, &password)?;
-            Ok(vec![format!("poshta: changed password of user {}", a.name)])
+            Ok(with_reload(&p, format!("poshta: changed password of user {}", a.name)))
         }
         UserCmd::Del(a) => {
             let p = paths(a.config.as_deref())?;
             check_name(&a.name)?;
             del(&p.users_file, &a.name)?;
-            Ok(vec![format!("poshta: removed user {} (Maildir kept)", a.name)])
+            Ok(with_reload(
+                &p,
+                format!("poshta: removed user {} (Maildir kept)", a.name),
+            ))
         }
         UserCmd::List(a) => {
             let p = paths(a.config.as_deref())?;
             users::list(&p.users_file).map_err(|e| e.to_string())
         }
     }
+}
+
+/// The running daemon reads the users file at start and on reload: ask it to reload now
+/// (control socket `RELOAD`, the same as SIGHUP), so a new user, password or removal counts
+/// at once. Not running: nothing to do (it reads the file when it starts).
+fn with_reload(p: &Paths, done: String) -> Vec<String> {
+    use super::newaliases::{reload, ReloadError};
+    let mut out = vec![done];
+    match reload(&crate::net::control::socket_path(&p.queue_directory)) {
+        Ok(()) | Err(ReloadError::Down) => {}
+        Err(ReloadError::Failed(why)) => out.push(format!(
+            "poshta: warning: the running daemon was not asked to reload ({why}); send it SIGHUP"
+        )),
+    }
+    out
 }
 
 /// A clear message for a bad name (the users-file rules).
