@@ -407,9 +407,12 @@ pub fn prepare_dirs(s: &crate::config::Settings) -> Result<(), String> {
         ));
     }
     let (uid, gid) = (u.uid.as_raw(), u.gid.as_raw());
+    // maildrop/ keeps its files' owners: the owner of a dropped message is the uid that
+    // submitted it (net::pickup names it in the log and the Received: header).
+    let maildrop = s.queue_directory.join("maildrop");
     for dir in [&s.queue_directory, &s.virtual_mailbox_base] {
         let mut budget = CHOWN_ENTRIES_MAX;
-        chown_tree(dir, uid, gid, 0, &mut budget).map_err(|e| format!("chown {}: {e}", dir.display()))?;
+        chown_tree(dir, uid, gid, 0, &mut budget, &maildrop).map_err(|e| format!("chown {}: {e}", dir.display()))?;
     }
     if let Ok(m) = std::fs::symlink_metadata(&s.mailbox_users_file) {
         if m.is_file() && m.uid() != uid {
@@ -436,8 +439,16 @@ pub fn prepare_dirs(s: &crate::config::Settings) -> Result<(), String> {
     Ok(())
 }
 
-/// lchown `path` and what is below it (not following links) where the owner differs.
-fn chown_tree(path: &Path, uid: u32, gid: u32, depth: usize, budget: &mut usize) -> std::io::Result<()> {
+/// lchown `path` and what is below it (not following links) where the owner differs;
+/// `keep_contents` itself is changed, what is inside it is not.
+fn chown_tree(
+    path: &Path,
+    uid: u32,
+    gid: u32,
+    depth: usize,
+    budget: &mut usize,
+    keep_contents: &Path,
+) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     if *budget == 0 {
         return Ok(());
@@ -450,9 +461,9 @@ fn chown_tree(path: &Path, uid: u32, gid: u32, depth: usize, budget: &mut usize)
     if m.uid() != uid || m.gid() != gid {
         std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     }
-    if m.is_dir() && depth < CHOWN_DEPTH_MAX {
+    if m.is_dir() && depth < CHOWN_DEPTH_MAX && path != keep_contents {
         for e in std::fs::read_dir(path)? {
-            chown_tree(&e?.path(), uid, gid, depth + 1, budget)?;
+            chown_tree(&e?.path(), uid, gid, depth + 1, budget, keep_contents)?;
         }
     }
     Ok(())

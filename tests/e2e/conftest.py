@@ -5,6 +5,7 @@ Every instance lives in its own temp directory (config, queue, mailboxes, log) a
 on a free 127.0.0.1 port. Every wait is bounded.
 """
 import os
+import re
 import shutil
 import signal
 import socket
@@ -132,7 +133,12 @@ maillog_file = {self.dir}/maillog
         d = os.path.join(self.maildir(user), "new")
         if not os.path.isdir(d):
             return []
-        return sorted(os.path.join(d, n) for n in os.listdir(d))
+        # Delivery order: Maildir names start `SECS.MMICROS` (a plain sort would put
+        # M100000 before M99999 within one second).
+        def order(n):
+            m = re.match(r"(\d+)\.M(\d+)P\d+Q(\d+)", n)
+            return (int(m.group(1)), int(m.group(2)), int(m.group(3)), n) if m else (0, 0, 0, n)
+        return [os.path.join(d, n) for n in sorted(os.listdir(d), key=order)]
 
     def wait_messages(self, user, count, timeout=20):
         deadline = time.time() + timeout

@@ -298,6 +298,6 @@ def test_fail2ban_stock_filters_match_the_log(poshta, raw):
     sasl = run(["/usr/bin/python3", regex, maillog, filt + "[mode=auth]"], env=env)
     assert f"{failures} matched" in sasl.stdout, sasl.stdout[-3000:]
     assert "127.0.0.1" in sasl.stdout
-    normal = run(["/usr/bin/python3", regex, maillog, filt], env=env)
+    normal = run(["/usr/bin/python3", regex, "--print-all-matched", maillog, filt], env=env)
     assert "1 matched" in normal.stdout, normal.stdout[-3000:]
     assert "127.0.0.2" in normal.stdout
