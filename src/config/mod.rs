@@ -934,7 +934,10 @@ fn build_settings(
     let dns_level = get("smtp_dns_support_level").trim().to_ascii_lowercase();
     let dns_resolver = value::split_list(get("dns_resolver"));
     if let Err(e) = crate::dns::conf_from_servers(&dns_resolver) {
-        diags.error(line_of("dns_resolver"), format!("dns_resolver: {e}; using /etc/resolv.conf"));
+        diags.error(
+            line_of("dns_resolver"),
+            format!("dns_resolver: {e}; using /etc/resolv.conf"),
+        );
     }
     Settings {
         bounce_queue_lifetime_secs: time("bounce_queue_lifetime"),

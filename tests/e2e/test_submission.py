@@ -295,7 +295,7 @@ def test_fail2ban_stock_filters_match_the_log(poshta, raw):
     env = dict(os.environ, PYTHONPATH=os.path.join(root, "usr", "lib", "python3", "dist-packages"))
     failures = sum(1 for l in open(maillog) if "authentication failed" in l)
     assert failures >= 2  # smtplib tries PLAIN, then LOGIN
-    sasl = run(["/usr/bin/python3", regex, maillog, filt + "[mode=auth]"], env=env)
+    sasl = run(["/usr/bin/python3", regex, "--print-all-matched", maillog, filt + "[mode=auth]"], env=env)
     assert f"{failures} matched" in sasl.stdout, sasl.stdout[-3000:]
     assert "127.0.0.1" in sasl.stdout
     normal = run(["/usr/bin/python3", regex, "--print-all-matched", maillog, filt], env=env)
