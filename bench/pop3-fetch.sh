@@ -47,6 +47,8 @@ for m in $MODES; do [[ $m = plain || $m = tls ]] || die "bad mode '$m' (plain, t
 
 mkdir -p "$BENCH_TMPDIR" "$OUTDIR"
 RUN=$(mktemp -d "$BENCH_TMPDIR/run.XXXXXX") || die "cannot make a run directory in $BENCH_TMPDIR"
+# Started as root, poshta runs as mail_owner: it must reach its files in the run directory.
+chmod 755 "$RUN"
 chmod 755 "$RUN" # Dovecot's unprivileged processes must reach the Maildir and passwd file
 RESULTS=$RUN/results.jsonl
 : >"$RESULTS"

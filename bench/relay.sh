@@ -32,6 +32,8 @@ done
 
 mkdir -p "$BENCH_TMPDIR" "$OUTDIR"
 RUN=$(mktemp -d "$BENCH_TMPDIR/relay.XXXXXX")
+# Started as root, poshta runs as mail_owner: it must reach its files in the run directory.
+chmod 755 "$RUN"
 chmod 755 "$RUN"
 RESULTS=$RUN/results.jsonl
 : >"$RESULTS"

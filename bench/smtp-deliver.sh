@@ -592,6 +592,8 @@ EOF
 
 mkdir -p "$BENCH_TMPDIR" "$OUTDIR"
 RUN=$(mktemp -d "$BENCH_TMPDIR/run.XXXXXX") || die "cannot make a run directory in $BENCH_TMPDIR"
+# Started as root, poshta runs as mail_owner: it must reach its files in the run directory.
+chmod 755 "$RUN"
 RESULTS=$RUN/results.jsonl
 : >"$RESULTS"
 fetch_postfix_tools

@@ -52,6 +52,8 @@ for p in $PORTS; do [[ $p = 465 || $p = 587 ]] || die "bad port kind '$p' (465, 
 
 mkdir -p "$BENCH_TMPDIR" "$OUTDIR"
 RUN=$(mktemp -d "$BENCH_TMPDIR/run.XXXXXX") || die "cannot make a run directory in $BENCH_TMPDIR"
+# Started as root, poshta runs as mail_owner: it must reach its files in the run directory.
+chmod 755 "$RUN"
 chmod 755 "$RUN"
 RESULTS=$RUN/results.jsonl
 : >"$RESULTS"
