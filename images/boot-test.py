@@ -90,6 +90,8 @@ class Board:
     def __init__(self, profile, image_dir, disk, log_path):
         self.smtp = free_port()
         self.pop3 = free_port()
+        while self.pop3 == self.smtp:
+            self.pop3 = free_port()
         self.log_path = log_path
         net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.smtp}-:25,hostfwd=tcp:127.0.0.1:{self.pop3}-:110"
         append = "root=LABEL=poshta-root rootwait panic=-1 poshta.ntp=off"
@@ -161,7 +163,10 @@ def boot(profile, image_dir, disk, tmp, name):
             FIGURES.setdefault("banner", []).append(b.banner_secs)
             return b
         b.kill()
-        say(f"{name}: attempt {attempt}: no SMTP banner within {BOOT_TIMEOUT:.0f} s")
+        keep = os.path.join(ROOT, "dist", "boot-test-logs")
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(log_path, keep)
+        say(f"{name}: attempt {attempt}: no SMTP banner within {BOOT_TIMEOUT:.0f} s (console log in {keep})")
         with open(log_path, "rb") as f:
             sys.stderr.write(f.read()[-3000:].decode(errors="replace"))
     fail(f"{name}: did not boot twice")
