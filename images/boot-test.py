@@ -14,8 +14,9 @@ restrict=on: the guest reaches nothing else, and poshta.ntp=off keeps it from tr
 
 What the full run checks, boot by boot (each boot bounded by BOOT_TIMEOUT s, retried once:
 about 1 boot in 17 hung during research):
- 1. No poshta.conf on the FAT partition: the image's defaults. Boot to the SMTP banner (the
-    time is printed), send to alice@poshta.test with smtplib over STARTTLS, read it back
+ 1. No poshta.conf on the FAT partition: the image's defaults, on a "card" 512 MiB larger
+    than the image. The data partition has grown to the end (df /data on the serial
+    console). Boot to the SMTP banner (the time is printed), send to alice@poshta.test with smtplib over STARTTLS, read it back
     with poplib over STLS through a second forwarded port. Then poshta's RSS is read on the
     serial console's shell (VmRSS, idle). qemu is killed: a power cut.
  2. A poshta.conf is written into the FAT partition with mtools (domain example.org, user
@@ -49,6 +50,7 @@ ROOT = os.path.dirname(HERE)
 BOOT_TIMEOUT = float(os.environ.get("BOOT_TIMEOUT", "90"))
 DOMAIN = os.environ.get("IMAGE_DOMAIN", "poshta.test")
 FIGURES = {}
+GROW_MIB = 512  # the test's "card" is this much larger than the image
 
 
 def say(msg):
@@ -246,14 +248,13 @@ def data_file(layout, disk, path, tmp):
     """A file on the data partition, read with debugfs (after replaying the journal)."""
     part = os.path.join(tmp, "data.ext4")
     with open(disk, "rb") as src, open(part, "wb") as dst:
+        # To the end of the disk: the first boot grows the data partition.
         src.seek(layout.values["data_offset"])
-        remaining = layout.values["data_bytes"]
-        while remaining:
-            chunk = src.read(min(remaining, 1 << 20))
+        while True:
+            chunk = src.read(1 << 20)
             if not chunk:
                 break
             dst.write(chunk)
-            remaining -= len(chunk)
     subprocess.run(["e2fsck", "-E", "journal_only", "-y", part], capture_output=True, timeout=60)
     return subprocess.run(["debugfs", "-R", f"cat {path}", part], capture_output=True, timeout=60).stdout
 
@@ -288,11 +289,20 @@ def full(profile, image_dir, img, tmp):
     layout = Layout(image_dir)
     disk = os.path.join(tmp, "disk.img")
     shutil.copyfile(img, disk)
+    # A card larger than the image: the first boot grows the data partition to the end.
+    os.truncate(disk, os.path.getsize(disk) + GROW_MIB * 1024 * 1024)
 
     # 1. Defaults (no poshta.conf).
     b = boot(profile, image_dir, disk, tmp, "boot 1 (defaults)")
     try:
         measure_rss(b, "after boot, before any login")
+        df = b.console("df -k /data | tail -1; echo DF-$((6+6))", "DF-12", timeout=15) or ""
+        m = re.search(r"\s(\d+)\s+\d+\s+\d+\s+\d+%\s+/data", df)
+        size_mib = int(m.group(1)) // 1024 if m else 0
+        want_mib = (layout.values["data_bytes"] >> 20) + GROW_MIB
+        if size_mib < want_mib * 0.9:
+            fail(f"the data partition was not grown to the card: df says {df.strip()!r}", b.log_path)
+        say(f"boot 1: data partition grown to the end of the card: {size_mib} MiB for /data")
         send(b.smtp, f"alice@{DOMAIN}", "first@client.test")
         ids = wait_for(b.pop3, "alice", "secret", ["first@client.test"])
         if "first@client.test" not in ids:

@@ -18,14 +18,16 @@
 #   IMAGE_HOSTNAME [mail.poshta.test]  IMAGE_DOMAIN [poshta.test]: the defaults until
 #                poshta.conf sets others
 #   IMAGE_CACHE [images/.cache]: downloaded Debian packages (kept between runs)
-#   DATA_MIB [256]: size of the data partition (empty space costs nothing compressed)
+#   DATA_MIB [256]: size of the data partition in the image (empty space costs nothing
+#                compressed); the first boot grows it to the end of the card (poshta-grow)
 #
 # Inputs come from Debian's arm64 packages (linux-image-*-arm64, busybox-static and, for
 # rpi-arm64, raspi-firmware from the non-free-firmware component), fetched with a private
 # apt state and sources list into IMAGE_CACHE: the machine's apt configuration is neither
 # used nor changed (no `dpkg --add-architecture`). Needs mtools, dosfstools, fdisk (sfdisk),
-# e2fsprogs, kmod (depmod/modprobe), cpio, xz-utils, and qemu-user-static to run the arm64
-# busybox and poshta once (applet list, password hashes). Run as root or it uses fakeroot.
+# e2fsprogs, kmod (depmod/modprobe), cpio, xz-utils, qemu-user-static to run the arm64
+# busybox and poshta once (applet list, password hashes), and gcc-aarch64-linux-gnu +
+# libc6-dev-arm64-cross for images/grow/poshta-grow.c. Run as root or it uses fakeroot.
 #
 # /etc/poshta-build-time: seconds since the epoch at build time. Boards have no real-time
 # clock; the boot sets the clock forward to this (or to the last saved time) if it is behind,
@@ -59,8 +61,8 @@ die() {
     exit 1
 }
 [ -x "$POSHTA_BIN" ] || die "no poshta binary at $POSHTA_BIN (run images/build-binaries.sh)"
-for tool in mcopy mkfs.vfat sfdisk mke2fs depmod modprobe cpio xz qemu-aarch64-static; do
-    command -v "$tool" >/dev/null || die "missing $tool (apt-get install --no-install-recommends mtools dosfstools fdisk e2fsprogs kmod cpio xz-utils qemu-user-static)"
+for tool in mcopy mkfs.vfat sfdisk mke2fs depmod modprobe cpio xz qemu-aarch64-static aarch64-linux-gnu-gcc; do
+    command -v "$tool" >/dev/null || die "missing $tool (apt-get install --no-install-recommends mtools dosfstools fdisk e2fsprogs kmod cpio xz-utils qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"
 done
 if [ "$(id -u)" != 0 ] && [ -z "${FAKEROOTKEY:-}" ]; then
     command -v fakeroot >/dev/null || die "not root and no fakeroot"
@@ -181,6 +183,9 @@ chmod 1777 "$R/tmp"
 chmod 0700 "$R/root"
 cp -a "$HERE/rootfs/." "$R/"
 install -m 0755 "$POSHTA_BIN" "$R/usr/sbin/poshta"
+# Grows the data partition to the card's size at boot (busybox has no resize2fs).
+aarch64-linux-gnu-gcc -static -Os -Wall -Wextra -o "$R/usr/sbin/poshta-grow" "$HERE/grow/poshta-grow.c"
+aarch64-linux-gnu-strip "$R/usr/sbin/poshta-grow"
 # The image's default main.cf: the board profile with the image's names. It seeds the data
 # partition and is what poshta falls back to when the data partition's copy is damaged.
 {
