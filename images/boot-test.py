@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Boot a poshta image under qemu (TCG) and use it as a mail server, power cuts included.
 
-usage: images/boot-test.py [--profile generic-arm64|rpi-arm64] [--quick] [IMAGE_DIR]
+usage: images/boot-test.py [--profile generic-arm64|rpi-arm64|rpi-armv7] [--quick] [IMAGE_DIR]
 
 Build the image first with a test user:
     IMAGE_USERS="alice:secret" images/build.sh generic-arm64
 
 generic-arm64 boots under `qemu-system-aarch64 -M virt` (virtio disk and network);
-rpi-arm64 under `-M raspi3b` with the Pi 3 B device tree (SD card, USB network: slower, and
---quick is implied: one boot, SMTP in and POP3 out). The image file is copied first, so the
+rpi-arm64 under `-M raspi3b` with the Pi 3 B device tree, rpi-armv7 under
+`qemu-system-arm -M raspi2b` with the Pi 2 B one (SD card, USB network: slower, and --quick is
+implied: one boot, SMTP in and POP3 out). The image file is copied first, so the
 built image stays clean. Ports are forwarded from 127.0.0.1 only (qemu user networking with
 restrict=on: the guest reaches nothing else, and poshta.ntp=off keeps it from trying).
 
@@ -97,10 +98,15 @@ class Board:
         self.log_path = log_path
         net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.smtp}-:25,hostfwd=tcp:127.0.0.1:{self.pop3}-:110"
         append = "root=LABEL=poshta-root rootwait panic=-1 poshta.ntp=off"
-        if profile == "rpi-arm64":
+        if profile.startswith("rpi-"):
+            # The Pi 3 B for the 64-bit image, the Pi 2 B (Cortex-A7) for the 32-bit one.
+            qemu, machine, dtb = {
+                "rpi-arm64": ("qemu-system-aarch64", "raspi3b", "bcm2837-rpi-3-b.dtb"),
+                "rpi-armv7": ("qemu-system-arm", "raspi2b", "bcm2836-rpi-2-b.dtb"),
+            }[profile]
             cmd = [
-                "qemu-system-aarch64", "-M", "raspi3b", "-m", "1G",
-                "-dtb", os.path.join(image_dir, "bcm2837-rpi-3-b.dtb"),
+                qemu, "-M", machine, "-m", "1G",
+                "-dtb", os.path.join(image_dir, dtb),
                 "-append", f"console=ttyAMA0 {append}",
                 "-drive", f"file={disk},if=sd,format=raw",
                 "-netdev", net, "-device", "usb-net,netdev=n0",
@@ -406,7 +412,7 @@ def full(profile, image_dir, img, tmp):
 def quick(profile, image_dir, img, tmp):
     disk = os.path.join(tmp, "disk.img")
     shutil.copyfile(img, disk)
-    if profile == "rpi-arm64":
+    if profile.startswith("rpi-"):
         # qemu's SD card must be a power of two in size.
         size = os.path.getsize(disk)
         p2 = 1 << (size - 1).bit_length()
@@ -430,7 +436,7 @@ def main():
         i = args.index("--profile")
         profile = args[i + 1]
         del args[i:i + 2]
-    is_quick = "--quick" in args or profile == "rpi-arm64"
+    is_quick = "--quick" in args or profile.startswith("rpi-")
     args = [a for a in args if a != "--quick"]
     image_dir = args[0] if args else os.path.join(ROOT, "dist/images", profile)
     img = os.path.join(image_dir, f"poshta-{profile}.img")

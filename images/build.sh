@@ -7,9 +7,9 @@
 #   2. ext4 "poshta-root", mounted read-only: busybox, poshta, the init scripts.
 #   3. ext4 "poshta-data", read-write: configuration, queue, mail, logs, the saved clock.
 #
-# usage: images/build.sh generic-arm64|rpi-arm64
+# usage: images/build.sh generic-arm64|rpi-arm64|rpi-armv7
 #   -> dist/images/PROFILE/{poshta-PROFILE.img, poshta-PROFILE.img.xz, vmlinuz, initrd.img}
-#      (+ the device trees for rpi-arm64, for qemu -M raspi3b)
+#      (+ the Pi 3 B / Pi 2 B device trees for rpi-*, for qemu -M raspi3b / raspi2b)
 #
 # Environment:
 #   POSHTA_BIN [dist/aarch64-unknown-linux-musl/poshta]  (images/build-binaries.sh makes it)
@@ -21,8 +21,8 @@
 #   DATA_MIB [256]: size of the data partition in the image (empty space costs nothing
 #                compressed); the first boot grows it to the end of the card (poshta-grow)
 #
-# Inputs come from Debian's arm64 packages (linux-image-*-arm64, busybox-static and, for
-# rpi-arm64, raspi-firmware from the non-free-firmware component), fetched with a private
+# Inputs come from Debian's arm64 or armhf packages (linux-image-*-arm64|armmp, busybox-static and, for
+# rpi-*, raspi-firmware from the non-free-firmware component), fetched with a private
 # apt state and sources list into IMAGE_CACHE: the machine's apt configuration is neither
 # used nor changed (no `dpkg --add-architecture`). Needs mtools, dosfstools, fdisk (sfdisk),
 # e2fsprogs, kmod (depmod/modprobe), cpio, xz-utils, qemu-user-static to run the arm64
@@ -36,18 +36,22 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 PROFILE=${1:-}
+# Per architecture: Debian's name, the kernel flavour, qemu-user, the C cross compiler.
 case "$PROFILE" in
-generic-arm64 | rpi-arm64) ;;
+generic-arm64 | rpi-arm64)
+    DEB_ARCH=arm64 KFLAVOUR=arm64 QEMU_USER=qemu-aarch64-static CROSS=aarch64-linux-gnu
+    TRIPLE=aarch64-unknown-linux-musl
+    ;;
 rpi-armv7)
-    echo "build.sh: rpi-armv7 is not built: see docs/appliance.md (\"Why no rpi-armv7 image\")" >&2
-    exit 2
+    DEB_ARCH=armhf KFLAVOUR=armmp QEMU_USER=qemu-arm-static CROSS=arm-linux-gnueabihf
+    TRIPLE=armv7-unknown-linux-musleabihf
     ;;
 *)
-    echo "usage: images/build.sh generic-arm64|rpi-arm64" >&2
+    echo "usage: images/build.sh generic-arm64|rpi-arm64|rpi-armv7" >&2
     exit 2
     ;;
 esac
-POSHTA_BIN=${POSHTA_BIN:-$ROOT/dist/aarch64-unknown-linux-musl/poshta}
+POSHTA_BIN=${POSHTA_BIN:-$ROOT/dist/$TRIPLE/poshta}
 IMAGE_HOSTNAME=${IMAGE_HOSTNAME:-mail.poshta.test}
 IMAGE_DOMAIN=${IMAGE_DOMAIN:-poshta.test}
 CACHE=${IMAGE_CACHE:-$HERE/.cache}
@@ -61,8 +65,8 @@ die() {
     exit 1
 }
 [ -x "$POSHTA_BIN" ] || die "no poshta binary at $POSHTA_BIN (run images/build-binaries.sh)"
-for tool in mcopy mkfs.vfat sfdisk mke2fs depmod modprobe cpio xz qemu-aarch64-static aarch64-linux-gnu-gcc; do
-    command -v "$tool" >/dev/null || die "missing $tool (apt-get install --no-install-recommends mtools dosfstools fdisk e2fsprogs kmod cpio xz-utils qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"
+for tool in mcopy mkfs.vfat sfdisk mke2fs depmod modprobe cpio xz "$QEMU_USER" "$CROSS-gcc"; do
+    command -v "$tool" >/dev/null || die "missing $tool (apt-get install --no-install-recommends mtools dosfstools fdisk e2fsprogs kmod cpio xz-utils qemu-user-static gcc-$CROSS libc6-dev-$DEB_ARCH-cross)"
 done
 if [ "$(id -u)" != 0 ] && [ -z "${FAKEROOTKEY:-}" ]; then
     command -v fakeroot >/dev/null || die "not root and no fakeroot"
@@ -71,7 +75,7 @@ fi
 start=$SECONDS
 
 # --- Debian arm64 packages, with a private apt state and sources list --------------------
-apt=$CACHE/apt-arm64
+apt=$CACHE/apt-$DEB_ARCH
 mkdir -p "$apt/state/lists/partial" "$apt/cache/archives/partial" "$apt/debs" "$apt/parts"
 [ -f "$apt/status" ] || : >"$apt/status"
 # non-free-firmware holds raspi-firmware; the machine's own sources need not list it.
@@ -82,20 +86,20 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian
 SOURCES
 opts=(-o "Dir::State=$apt/state" -o "Dir::State::status=$apt/status" -o "Dir::Cache=$apt/cache"
     -o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/parts"
-    -o APT::Architecture=arm64 -o APT::Architectures=arm64 -o Debug::NoLocking=1
+    -o "APT::Architecture=$DEB_ARCH" -o "APT::Architectures=$DEB_ARCH" -o Debug::NoLocking=1
     -o APT::Sandbox::User=root)
 want=(busybox-static)
-[ "$PROFILE" = rpi-arm64 ] && want+=(raspi-firmware)
+[ "$PROFILE" != generic-arm64 ] && want+=(raspi-firmware)
 have() { ls "$apt"/debs/"$1"_*.deb >/dev/null 2>&1; }
 missing=0
-have 'linux-image-*-arm64' || missing=1
+have "linux-image-*-$KFLAVOUR" || missing=1
 for p in "${want[@]}"; do have "$p" || missing=1; done
 if [ "$missing" = 1 ]; then
     for i in 1 2 3; do
         # A failing index (the mirror has answered size mismatches) is fine if the
         # downloads work.
         apt-get "${opts[@]}" update -q >/dev/null 2>&1 || true
-        kpkg=$(apt-cache "${opts[@]}" depends linux-image-arm64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-arm64\)$/\1/p' | head -1)
+        kpkg=$(apt-cache "${opts[@]}" depends "linux-image-$KFLAVOUR" 2>/dev/null | sed -n "s/^ *Depends: \(linux-image-[0-9].*-$KFLAVOUR\)\$/\1/p" | head -1)
         if [ -n "$kpkg" ] && (cd "$apt/debs" && apt-get "${opts[@]}" download "$kpkg" "${want[@]}" >/dev/null 2>&1); then
             break
         fi
@@ -108,7 +112,7 @@ newest() { ls -v "$apt"/debs/$1_*.deb | tail -1; }
 
 rm -rf "$WORK"
 mkdir -p "$WORK/kernel" "$WORK/busybox" "$WORK/initramfs" "$WORK/rootfs" "$WORK/data" "$WORK/boot"
-dpkg-deb -x "$(newest 'linux-image-*-arm64')" "$WORK/kernel"
+dpkg-deb -x "$(newest "linux-image-*-$KFLAVOUR")" "$WORK/kernel"
 dpkg-deb -x "$(newest busybox-static)" "$WORK/busybox"
 KV=$(basename "$(dirname "$(find "$WORK/kernel/lib/modules" -mindepth 2 -maxdepth 2 -name modules.order | head -1)")")
 log "kernel $KV"
@@ -119,7 +123,7 @@ busybox_tree() { # DIR: busybox and a link per applet
     local d=$1 a
     mkdir -p "$d/bin" "$d/sbin" "$d/usr/bin" "$d/usr/sbin"
     cp "$BB" "$d/bin/busybox"
-    for a in $(qemu-aarch64-static "$BB" --list-full); do
+    for a in $("$QEMU_USER" "$BB" --list-full); do
         [ -e "$d/$a" ] || ln -s /bin/busybox "$d/$a"
     done
 }
@@ -133,7 +137,7 @@ generic-arm64) modules+=(virtio_pci virtio_blk virtio_net) ;;
 # SD card (sdhci-iproc: Pi 3 sdhci and Pi 4 emmc2; bcm2835: the Pi 3 sdhost), Ethernet
 # (Pi 3 B: smsc95xx on USB via dwc2; 3 B+: lan78xx; Pi 4: genet), the VL805 USB reset on
 # the Pi 4, the watchdog and hardware RNG, and usb-net for qemu's raspi3b.
-rpi-arm64) modules+=(mmc_block sdhci_iproc bcm2835 dwc2 smsc95xx lan78xx genet broadcom
+rpi-*) modules+=(mmc_block sdhci_iproc bcm2835 dwc2 smsc95xx lan78xx genet broadcom
     mdio_bcm_unimac reset_raspberrypi xhci_pci raspberrypi_cpufreq bcm2835_wdt bcm2835_rng
     cdc_ether rndis_host) ;;
 esac
@@ -142,7 +146,8 @@ busybox_tree "$I"
 mkdir -p "$I/proc" "$I/sys" "$I/dev" "$I/newroot" "$I/modules"
 : >"$I/modules/order"
 for m in "${modules[@]}"; do
-    modprobe -d "$WORK/kernel" -S "$KV" --show-depends "$m" 2>/dev/null | awk '$1 == "insmod" {print $2}'
+    # A module this kernel lacks or has built in is skipped.
+    modprobe -d "$WORK/kernel" -S "$KV" --show-depends "$m" 2>/dev/null | awk '$1 == "insmod" {print $2}' || true
 done | awk '!seen[$0]++' | while read -r ko; do
     cp "$ko" "$I/modules/"
     basename "$ko" >>"$I/modules/order"
@@ -184,8 +189,8 @@ chmod 0700 "$R/root"
 cp -a "$HERE/rootfs/." "$R/"
 install -m 0755 "$POSHTA_BIN" "$R/usr/sbin/poshta"
 # Grows the data partition to the card's size at boot (busybox has no resize2fs).
-aarch64-linux-gnu-gcc -static -Os -Wall -Wextra -o "$R/usr/sbin/poshta-grow" "$HERE/grow/poshta-grow.c"
-aarch64-linux-gnu-strip "$R/usr/sbin/poshta-grow"
+"$CROSS-gcc" -static -Os -Wall -Wextra -o "$R/usr/sbin/poshta-grow" "$HERE/grow/poshta-grow.c"
+"$CROSS-strip" "$R/usr/sbin/poshta-grow"
 # The image's default main.cf: the board profile with the image's names. It seeds the data
 # partition and is what poshta falls back to when the data partition's copy is damaged.
 {
@@ -229,7 +234,7 @@ if [ -n "${IMAGE_USERS:-}" ]; then
         -e "s|^virtual_mailbox_base = .*|virtual_mailbox_base = $D/lib/poshta/mail|" \
         "$D/etc/poshta/main.cf" >"$WORK/staging.cf"
     for u in $IMAGE_USERS; do
-        printf '%s\n' "${u#*:}" | qemu-aarch64-static "$POSHTA_BIN" user add "${u%%:*}" \
+        printf '%s\n' "${u#*:}" | "$QEMU_USER" "$POSHTA_BIN" user add "${u%%:*}" \
             --password-stdin -c "$WORK/staging.cf" >/dev/null || die "user add ${u%%:*} failed"
     done
 fi
@@ -240,7 +245,7 @@ if [ -z "$(awk -F: '$1 == "postmaster"' "$D/etc/poshta/users")" ]; then
     sed -e "s|^mailbox_users_file = .*|mailbox_users_file = $D/etc/poshta/users|" \
         -e "s|^virtual_mailbox_base = .*|virtual_mailbox_base = $D/lib/poshta/mail|" \
         "$D/etc/poshta/main.cf" >"$WORK/staging.cf"
-    head -c 24 /dev/urandom | base64 | qemu-aarch64-static "$POSHTA_BIN" user add postmaster \
+    head -c 24 /dev/urandom | base64 | "$QEMU_USER" "$POSHTA_BIN" user add postmaster \
         --password-stdin -c "$WORK/staging.cf" >/dev/null || die "user add postmaster failed"
 fi
 rm -f "$D/etc/poshta/users.lock"
@@ -253,7 +258,7 @@ generic-arm64)
     BOOT_MIB=64 # the arm64 vmlinuz is uncompressed (~33 MB)
     printf 'console=ttyAMA0 root=LABEL=poshta-root rootwait\n' >"$B/cmdline.txt"
     ;;
-rpi-arm64)
+rpi-*)
     BOOT_MIB=128
     fw=$WORK/firmware
     dpkg-deb -x "$(newest raspi-firmware)" "$fw"
@@ -261,16 +266,27 @@ rpi-arm64)
     [ -f "$fwdir/start4.elf" ] || die "raspi-firmware: no start4.elf in $fwdir"
     cp "$fwdir"/bootcode.bin "$fwdir"/start*.elf "$fwdir"/fixup*.dat "$B/"
     # Upstream (Debian) device trees: the firmware looks for these names with
-    # upstream_kernel=1 (Pi 3 B/B+/A+, Zero 2 W, CM3 as bcm2837; Pi 4, 400, CM4 as bcm2711).
-    cp "$WORK/kernel/usr/lib/linux-image-$KV/broadcom/"bcm2837-*.dtb \
-        "$WORK/kernel/usr/lib/linux-image-$KV/broadcom/"bcm2711-*.dtb "$B/"
-    ls "$WORK/kernel/usr/lib/linux-image-$KV/broadcom/"bcm2710-*.dtb >/dev/null 2>&1 &&
-        cp "$WORK/kernel/usr/lib/linux-image-$KV/broadcom/"bcm2710-*.dtb "$B/"
-    cp "$B"/bcm2837-rpi-3-b.dtb "$OUT/"
-    cat >"$B/config.txt" <<'CONFIG'
-# Raspberry Pi firmware configuration for the poshta image (Pi 3, 3+, Zero 2 W, 4, 400).
-# 64-bit kernel, Debian's upstream kernel and device trees (bcm2837-*, bcm2711-*).
-arm_64bit=1
+    # upstream_kernel=1 (Pi 3 B/B+/A+, Zero 2 W, CM3 as bcm2837; Pi 4, 400, CM4 as bcm2711;
+    # the Pi 2 as bcm2836). arm64 keeps them in broadcom/, armhf at the top.
+    dtbs=$WORK/kernel/usr/lib/linux-image-$KV
+    [ -d "$dtbs/broadcom" ] && dtbs=$dtbs/broadcom
+    for d in "$dtbs"/bcm2710-*.dtb "$dtbs"/bcm2711-*.dtb "$dtbs"/bcm2836-*.dtb "$dtbs"/bcm2837-*.dtb; do
+        [ -f "$d" ] && cp "$d" "$B/"
+    done
+    for d in bcm2837-rpi-3-b.dtb bcm2836-rpi-2-b.dtb; do
+        [ -f "$B/$d" ] && cp "$B/$d" "$OUT/"
+    done
+    if [ "$DEB_ARCH" = arm64 ]; then
+        arch_lines='# 64-bit kernel (Pi 3, 3+, Zero 2 W, 4, 400).
+arm_64bit=1'
+    else
+        arch_lines='# 32-bit kernel (Pi 2, 3, 3+, Zero 2 W, 4, 400: armv7).
+arm_64bit=0'
+    fi
+    cat >"$B/config.txt" <<CONFIG
+# Raspberry Pi firmware configuration for the poshta image ($PROFILE).
+$arch_lines
+# Debian's upstream kernel and device trees.
 upstream_kernel=1
 kernel=vmlinuz
 initramfs initrd.img followkernel
