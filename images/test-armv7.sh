@@ -6,8 +6,9 @@
 #
 # rustup has no armv7 musl std here (HTTP 404), so std and the test harness are built from
 # the toolchain's rust-src (-Zbuild-std, RUSTC_BOOTSTRAP=1), with images/lib/armv7.sh's C
-# compiler and musl; the first build takes several minutes. Not part of CI (see
-# docs/building.md): run it by hand. Environment: CARGO_TARGET_DIR [target].
+# compiler and musl (both installed or downloaded when root). Measured here: build 136 s,
+# 294 tests in 97 s under qemu-arm; CI runs it (tests/run.sh). Environment:
+# CARGO_TARGET_DIR [target].
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
