@@ -104,10 +104,15 @@ class Board:
                 "rpi-arm64": ("qemu-system-aarch64", "raspi3b", "bcm2837-rpi-3-b.dtb"),
                 "rpi-armv7": ("qemu-system-arm", "raspi2b", "bcm2836-rpi-2-b.dtb"),
             }[profile]
+            # The Pi 3's PL011 (ttyAMA0) belongs to Bluetooth in the upstream device tree,
+            # so its console is the mini UART (ttyS1), as on a real Pi: qemu's second serial.
+            console = "ttyS1" if machine == "raspi3b" else "ttyAMA0"
+            serial = ["-serial", "null", "-serial", "stdio"] if console == "ttyS1" else ["-serial", "stdio"]
             cmd = [
                 qemu, "-M", machine, "-m", "1G",
                 "-dtb", os.path.join(image_dir, dtb),
-                "-append", f"console=ttyAMA0 {append}",
+                "-append", f"console={console} {append}",
+                "-display", "none", "-monitor", "none", *serial,
                 "-drive", f"file={disk},if=sd,format=raw",
                 "-netdev", net, "-device", "usb-net,netdev=n0",
             ]
@@ -118,8 +123,9 @@ class Board:
                 "-drive", f"file={disk},if=virtio,format=raw",
                 "-netdev", net, "-device", "virtio-net-pci,netdev=n0,romfile=",
             ]
+            cmd += ["-nographic"]
         cmd += ["-kernel", os.path.join(image_dir, "vmlinuz"), "-initrd", os.path.join(image_dir, "initrd.img"),
-                "-nographic", "-no-reboot"]
+                "-no-reboot"]
         self.log = open(log_path, "wb")
         self.start = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT)
