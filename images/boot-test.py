@@ -30,6 +30,8 @@ about 1 boot in 17 hung during research):
  4. poshta.conf is overwritten with garbage: the board still boots and serves on the last
     good configuration (carol logs in, example.org is still local), and the reason is in
     poshta-error.txt on the FAT partition.
+ 5. poshta.conf removed, a whole main.cf (another domain) on the FAT partition instead: it
+    is applied, and poshta-error.txt is gone.
 Exit status 0 when all hold.
 """
 
@@ -271,6 +273,15 @@ def data_file(layout, disk, path, tmp):
     return subprocess.run(["debugfs", "-R", f"cat {path}", part], capture_output=True, timeout=60).stdout
 
 
+def root_file(layout, disk, path, tmp):
+    """A file on the (read-only) root partition, read with debugfs."""
+    part = os.path.join(tmp, "root.ext4")
+    with open(disk, "rb") as src, open(part, "wb") as dst:
+        src.seek(layout.values["root_offset"])
+        dst.write(src.read(layout.values["data_offset"] - layout.values["root_offset"]))
+    return subprocess.run(["debugfs", "-R", f"cat {path}", part], capture_output=True, timeout=60).stdout
+
+
 def measure_rss(b, when):
     out = b.console(
         "sleep 2; for p in $(pidof poshta); do grep -E 'VmRSS|RssAnon' /proc/$p/status; done; "
@@ -413,6 +424,25 @@ def full(profile, image_dir, img, tmp):
         fail(f"no poshta-error.txt saying why: {err!r}")
     say("boot 4: damaged poshta.conf: still serving example.org for carol; poshta-error.txt says: "
         + err.decode(errors="replace").strip().splitlines()[-1])
+
+    # 5. A whole main.cf on the FAT partition (and no poshta.conf): the image's default with
+    #    another domain. The error file goes once a configuration applies.
+    subprocess.run(["mdel", "-i", layout.fat(disk), "::/poshta.conf"], check=True, timeout=60)
+    base = root_file(layout, disk, "/usr/share/poshta/main.cf", tmp)
+    if b"queue_directory" not in base:
+        fail(f"no default main.cf on the root partition: {base[:200]!r}")
+    mcopy_in(layout, disk, base + b"\nmydomain = third.test\nmyhostname = mail.third.test\n", "main.cf", tmp)
+    b = boot(profile, image_dir, disk, tmp, "boot 5 (main.cf on the FAT partition)")
+    try:
+        send(b.smtp, "carol@third.test", "carol-3@client.test")
+        ids = wait_for(b.pop3, "carol", "pw one", ["carol-3@client.test"])
+        if "carol-3@client.test" not in ids:
+            fail("main.cf from the FAT partition was not applied", b.log_path)
+    finally:
+        b.kill()
+    if mtype(layout, disk, "poshta-error.txt") is not None:
+        fail("poshta-error.txt is still there after a good configuration")
+    say("boot 5: main.cf from the FAT partition applied (third.test is local); poshta-error.txt removed")
 
 
 def quick(profile, image_dir, img, tmp):
