@@ -296,7 +296,12 @@ enable_uart=1
 gpu_mem=16
 disable_splash=1
 CONFIG
-    printf 'console=ttyS1,115200 console=tty1 root=LABEL=poshta-root rootwait\n' >"$B/cmdline.txt"
+    # The last console is /dev/console (boot messages, the shell): the serial port on GPIO
+    # 14/15, since the board is headless; the kernel also writes to the screen. That port
+    # is the mini UART (ttyS1) on the Pi 3/4/Zero 2 W, the PL011 (ttyAMA0) on the Pi 2.
+    serial=ttyS1,115200
+    [ "$DEB_ARCH" = armhf ] && serial="ttyAMA0,115200 console=ttyS1,115200"
+    printf 'console=tty1 console=%s root=LABEL=poshta-root rootwait\n' "$serial" >"$B/cmdline.txt"
     ;;
 esac
 cat >"$B/poshta.conf.example" <<'EXAMPLE'
