@@ -31,7 +31,9 @@ about 1 boot in 17 hung during research):
     good configuration (carol logs in, example.org is still local), and the reason is in
     poshta-error.txt on the FAT partition.
  5. poshta.conf removed, a whole main.cf (another domain) on the FAT partition instead: it
-    is applied, and poshta-error.txt is gone.
+    is applied, and poshta-error.txt is gone. Then the data partition is filled (fallocate
+    on the console): poshta must answer 4xx, keep serving, and deliver every message it
+    accepted once there is room again.
 Exit status 0 when all hold.
 """
 
@@ -438,11 +440,53 @@ def full(profile, image_dir, img, tmp):
         ids = wait_for(b.pop3, "carol", "pw one", ["carol-3@client.test"])
         if "carol-3@client.test" not in ids:
             fail("main.cf from the FAT partition was not applied", b.log_path)
+        say("boot 5: main.cf from the FAT partition applied (third.test is local)")
+        disk_full(b)
     finally:
         b.kill()
     if mtype(layout, disk, "poshta-error.txt") is not None:
         fail("poshta-error.txt is still there after a good configuration")
-    say("boot 5: main.cf from the FAT partition applied (third.test is local); poshta-error.txt removed")
+    say("boot 5: poshta-error.txt was removed once a configuration applied")
+
+
+def disk_full(b):
+    """Fill the data partition: poshta must answer 4xx (never 5xx, never lose an accepted
+    message), and deliver everything once there is room again."""
+    out = b.console(
+        "i=0; while [ $i -lt 400 ] && fallocate -l 8M /data/fill.$i 2>/dev/null; do i=$((i+1)); done; "
+        "fallocate -l 64k /data/fill.small1 2>/dev/null; fallocate -l 4k /data/fill.small2 2>/dev/null; "
+        "sync; df -k /data | tail -1; echo FULL-$((2*3))", "FULL-6", timeout=120)
+    if out is None:
+        fail("could not fill the data partition on the console", b.log_path)
+    acked, refused = [], None
+    for n in range(1, 41):
+        mid = f"full-{n}@client.test"
+        try:
+            send(b.smtp, "carol@third.test", mid, body="y" * 4000)
+            acked.append(mid)
+        except smtplib.SMTPResponseException as e:
+            refused = (e.smtp_code, e.smtp_error)
+            break
+        except smtplib.SMTPRecipientsRefused as e:
+            refused = list(e.recipients.values())[0]
+            break
+    if refused is None:
+        fail(f"the data partition is full but poshta kept accepting ({len(acked)} messages)", b.log_path)
+    if not 400 <= refused[0] < 500:
+        fail(f"a full disk must be a temporary failure (4xx), got {refused}", b.log_path)
+    if not banner(b.smtp):
+        fail("poshta stopped answering on a full disk", b.log_path)
+    say(f"boot 5: data partition full: {len(acked)} more accepted, then {refused[0]} "
+        f"{refused[1].decode(errors='replace')[:60]!r}; still serving")
+    b.console("rm -f /data/fill.*; sync; poshta queue flush -c /etc/poshta/main.cf; echo FREE-$((3*3))", "FREE-9",
+              timeout=60)
+    send(b.smtp, "carol@third.test", "after-full@client.test")
+    want = ["carol-3@client.test", "after-full@client.test"] + acked
+    ids = wait_for(b.pop3, "carol", "pw one", want, timeout=120)
+    lost = [i for i in want if i not in ids]
+    if lost:
+        fail(f"{len(lost)} messages accepted on the nearly full disk were not delivered: {lost[:5]}", b.log_path)
+    say(f"boot 5: room again: a new message and all {len(acked)} accepted near the limit were delivered")
 
 
 def quick(profile, image_dir, img, tmp):
