@@ -136,6 +136,31 @@ fn check_loads_the_access_tables_with_file_and_line() {
 }
 
 #[test]
+fn check_reports_bad_sasl_passwd_and_transport_lines() {
+    let d = TempDir::new("relaymaps");
+    let sasl = d.write(
+        "sasl_passwd",
+        "# smarthost credentials\n[smtp.provider.example]:587 user:secret\n[smtp.other.example]:587\n",
+    );
+    let transport = d.write("transport", "lab.lan smtp:[mailhost.lab.lan]:25\nbroken.lan\n");
+    let cf = d.write(
+        "main.cf",
+        &format!(
+            "relayhost = [smtp.provider.example]:587\nsmtp_sasl_auth_enable = yes\n\
+             smtp_sasl_password_maps = hash:{}\ntransport_maps = texthash:{}\n",
+            sasl.display(),
+            transport.display()
+        ),
+    );
+    let o = poshta(&["check"], &cf);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("{}:3: error:", sasl.display())), "{err}");
+    assert!(err.contains(&format!("{}:2: error:", transport.display())), "{err}");
+    assert!(!err.contains("secret"), "a password must never be printed: {err}");
+}
+
+#[test]
 fn check_missing_file_uses_defaults() {
     let d = TempDir::new("missing");
     let o = poshta(&["check"], &d.0.join("main.cf"));
