@@ -12,7 +12,8 @@ use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::{Async, Timer};
 
 use super::{
-    decode_reply, encode_query, order_mx, random_u64, special_name, Answer, MxPlan, Qtype, Rdata, Reply, ResolverConf,
+    decode_reply, encode_query, order_mx, order_mx_pref, random_u64, special_name, Answer, MxPlan, MxPrefPlan, Qtype,
+    Rdata, Reply, ResolverConf,
 };
 use crate::limits::{DNS_STRAY_REPLIES_MAX, DNS_TCP_BYTES_MAX, DNS_UDP_BYTES_MAX};
 
@@ -235,7 +236,17 @@ pub async fn host_targets<L: Lookup>(l: &L, host: &str, fam: Families, max: usiz
 }
 
 /// RFC 5321 §5.1: the hosts to try for mail to `domain`, in order, at most `max` addresses.
-pub async fn mx_targets<L: Lookup>(l: &L, domain: &str, fam: Families, max: usize) -> Result<Vec<Target>, NotFound> {
+/// `is_self(host, None)` / `is_self(host, Some(ip))` say whether an MX host (by name, or one
+/// of its addresses) is this server: "if the SMTP client finds its
+/// own name or address among the MX hosts, it MUST discard that record and any with the same
+/// or a higher preference value"; when nothing is left the mail loops back to us (5.4.6).
+pub async fn mx_targets<L: Lookup>(
+    l: &L,
+    domain: &str,
+    fam: Families,
+    max: usize,
+    is_self: &dyn Fn(&str, Option<IpAddr>) -> bool,
+) -> Result<Vec<Target>, NotFound> {
     let domain = super::normalize(domain);
     let records = match l.lookup(&domain, Qtype::Mx).await {
         Err(e) => return Err(not_found(&domain, Qtype::Mx, Some(&e))),
@@ -244,42 +255,61 @@ pub async fn mx_targets<L: Lookup>(l: &L, domain: &str, fam: Families, max: usiz
         Ok(Answer::NoData) => return host_targets(l, &domain, fam, max).await,
         Ok(Answer::Records(r)) => r,
     };
-    let hosts = match order_mx(&records, random_u64) {
+    let hosts = match order_mx_pref(&records, random_u64) {
         // RFC 7505 §4.1: a null MX bounces at once with 5.1.10 (RFC 7505 §4.2 code).
-        MxPlan::NullMx => {
+        MxPrefPlan::NullMx => {
             return Err(NotFound {
                 permanent: true,
                 text: format!("Domain {domain} does not accept mail (nullMX)"),
                 dsn: "5.1.10",
             })
         }
-        MxPlan::Hosts(h) => h,
+        MxPrefPlan::Hosts(h) => h,
     };
     let max = max.max(1);
-    let mut out = Vec::new();
+    // (preference, target)
+    let mut out: Vec<(u16, Target)> = Vec::new();
     let mut last: Option<NotFound> = None;
+    let mut found_self = false;
     // Bounded by DNS_MX_RECORDS_MAX hosts and `max` addresses.
-    for h in hosts {
+    for (pref, h) in hosts {
         if out.len() >= max {
             break;
         }
         match addresses(l, &h, fam).await {
+            // RFC 5321 §5.1: ourselves, and every record from this preference on, are out.
+            Ok(a) if is_self(&h, None) || a.iter().any(|ip| is_self(&h, Some(*ip))) => {
+                out.retain(|(p, _)| *p < pref);
+                found_self = true;
+                break;
+            }
             Ok(a) if a.is_empty() => {
                 if last.as_ref().is_none_or(|l| l.permanent) {
                     last = Some(not_found(&h, Qtype::A, None));
                 }
             }
-            Ok(a) => out.extend(
-                a.into_iter()
-                    .take(max - out.len())
-                    .map(|ip| Target { host: h.clone(), ip }),
-            ),
+            Ok(a) => {
+                let room = max - out.len();
+                out.extend(
+                    a.into_iter()
+                        .take(room)
+                        .map(|ip| (pref, Target { host: h.clone(), ip })),
+                )
+            }
             // A temporary failure of any MX host makes the whole lookup temporary.
             Err((q, e)) => last = Some(not_found(&h, q, Some(&e))),
         }
     }
+    if out.is_empty() && found_self {
+        // Postfix's words and status for the same case.
+        return Err(NotFound {
+            permanent: true,
+            text: format!("mail for {domain} loops back to myself"),
+            dsn: "5.4.6",
+        });
+    }
     if out.is_empty() {
         return Err(last.unwrap_or_else(|| not_found(&domain, Qtype::Mx, None)));
     }
-    Ok(out)
+    Ok(out.into_iter().map(|(_, t)| t).collect())
 }

@@ -340,7 +340,23 @@ pub enum MxPlan {
 /// spread the load"), duplicates dropped, at most limits::DNS_MX_RECORDS_MAX. A single
 /// record whose exchange is the root is a null MX (RFC 7505 §3); a root exchange among
 /// other records is ignored (RFC 7505 §4.3 leaves that undefined: the real hosts are used).
-pub fn order_mx(records: &[Rdata], mut rand: impl FnMut() -> u64) -> MxPlan {
+pub fn order_mx(records: &[Rdata], rand: impl FnMut() -> u64) -> MxPlan {
+    match order_mx_pref(records, rand) {
+        MxPrefPlan::NullMx => MxPlan::NullMx,
+        MxPrefPlan::Hosts(h) => MxPlan::Hosts(h.into_iter().map(|(_, h)| h).collect()),
+    }
+}
+
+/// [`order_mx`] keeping each host's preference (RFC 5321 §5.1 drops records by preference
+/// when the client finds itself among them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxPrefPlan {
+    Hosts(Vec<(u16, String)>),
+    NullMx,
+}
+
+/// See [`order_mx`].
+pub fn order_mx_pref(records: &[Rdata], mut rand: impl FnMut() -> u64) -> MxPrefPlan {
     let mut mx: Vec<(u16, u64, String)> = records
         .iter()
         .filter_map(|r| match r {
@@ -349,20 +365,20 @@ pub fn order_mx(records: &[Rdata], mut rand: impl FnMut() -> u64) -> MxPlan {
         })
         .collect();
     if mx.len() == 1 && mx[0].2.is_empty() {
-        return MxPlan::NullMx;
+        return MxPrefPlan::NullMx;
     }
     mx.retain(|(_, _, h)| !h.is_empty());
     mx.sort();
-    let mut hosts: Vec<String> = Vec::new();
-    for (_, _, h) in mx {
-        if !hosts.contains(&h) && hosts.len() < DNS_MX_RECORDS_MAX {
-            hosts.push(h);
+    let mut hosts: Vec<(u16, String)> = Vec::new();
+    for (p, _, h) in mx {
+        if !hosts.iter().any(|(_, x)| *x == h) && hosts.len() < DNS_MX_RECORDS_MAX {
+            hosts.push((p, h));
         }
     }
     if hosts.is_empty() {
-        return MxPlan::NullMx;
+        return MxPrefPlan::NullMx;
     }
-    MxPlan::Hosts(hosts)
+    MxPrefPlan::Hosts(hosts)
 }
 
 #[cfg(test)]

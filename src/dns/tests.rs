@@ -236,6 +236,7 @@ fn addr(s: &str) -> Answer {
 }
 
 const V4: Families = Families { v4: true, v6: false };
+const NOT_ME: fn(&str, Option<IpAddr>) -> bool = |_, _| false;
 const ALL: Families = Families { v4: true, v6: true };
 
 #[test]
@@ -274,7 +275,7 @@ fn mx_targets_follow_rfc_5321_section_5_1() {
         ),
     ]);
     smol::block_on(async {
-        let t = mx_targets(&f, "D.example.", V4, 10).await.expect("targets");
+        let t = mx_targets(&f, "D.example.", V4, 10, &NOT_ME).await.expect("targets");
         let hosts: Vec<&str> = t.iter().map(|t| t.host.as_str()).collect();
         assert_eq!(
             hosts,
@@ -282,27 +283,39 @@ fn mx_targets_follow_rfc_5321_section_5_1() {
             "a host that fails is skipped"
         );
         // The address limit.
-        assert_eq!(mx_targets(&f, "d.example", V4, 1).await.expect("targets").len(), 1);
         assert_eq!(
-            mx_targets(&f, "plain.example", ALL, 10).await,
+            mx_targets(&f, "d.example", V4, 1, &NOT_ME)
+                .await
+                .expect("targets")
+                .len(),
+            1
+        );
+        assert_eq!(
+            mx_targets(&f, "plain.example", ALL, 10, &NOT_ME).await,
             Ok(vec![Target {
                 host: "plain.example".into(),
                 ip: "127.0.0.20".parse().expect("ip")
             }]),
             "no MX: the domain's own address"
         );
-        let e = mx_targets(&f, "null.example", V4, 10).await.expect_err("null MX");
+        let e = mx_targets(&f, "null.example", V4, 10, &NOT_ME)
+            .await
+            .expect_err("null MX");
         assert!(e.permanent && e.dsn == "5.1.10" && e.text.contains("nullMX"), "{e:?}");
-        let e = mx_targets(&f, "fail.example", V4, 10).await.expect_err("temp");
+        let e = mx_targets(&f, "fail.example", V4, 10, &NOT_ME).await.expect_err("temp");
         assert!(
             !e.permanent && e.dsn == "4.4.3" && e.text.contains("try again"),
             "{e:?}"
         );
-        let e = mx_targets(&f, "nx.example", V4, 10).await.expect_err("nxdomain");
+        let e = mx_targets(&f, "nx.example", V4, 10, &NOT_ME)
+            .await
+            .expect_err("nxdomain");
         assert!(e.permanent && e.dsn == "5.4.4", "{e:?}");
-        let e = mx_targets(&f, "noaddr.example", V4, 10).await.expect_err("no address");
+        let e = mx_targets(&f, "noaddr.example", V4, 10, &NOT_ME)
+            .await
+            .expect_err("no address");
         assert!(e.permanent && e.text.contains("gone.example"), "{e:?}");
-        let e = mx_targets(&f, "tempaddr.example", V4, 10)
+        let e = mx_targets(&f, "tempaddr.example", V4, 10, &NOT_ME)
             .await
             .expect_err("temp address");
         assert!(!e.permanent, "a temporary failure never bounces: {e:?}");
@@ -475,4 +488,64 @@ fn domain_resolves_for_sender_checks() {
     );
     assert_eq!(ask("nowhere.example"), Ok(false), "NXDOMAIN");
     assert!(ask("broken.example").is_err(), "a DNS failure is not a verdict");
+}
+
+/// RFC 5321 §5.1: finding itself among the MX hosts, the client drops that record and every
+/// record with the same or a higher preference; nothing left is a loop (5.4.6).
+#[test]
+fn mx_targets_drop_ourselves_and_worse() {
+    let f = fake(&[
+        (
+            "d.example",
+            "MX",
+            Ok(Answer::Records(vec![
+                Rdata::Mx(10, "other.d.example".into()),
+                Rdata::Mx(20, "same-pref.d.example".into()),
+                Rdata::Mx(20, "me.d.example".into()),
+                Rdata::Mx(30, "backup.d.example".into()),
+            ])),
+        ),
+        ("other.d.example", "A", Ok(addr("127.0.0.11"))),
+        ("same-pref.d.example", "A", Ok(addr("127.0.0.12"))),
+        ("me.d.example", "A", Ok(addr("127.0.0.1"))),
+        ("backup.d.example", "A", Ok(addr("127.0.0.13"))),
+        (
+            "loop.example",
+            "MX",
+            Ok(Answer::Records(vec![
+                Rdata::Mx(5, "me.d.example".into()),
+                Rdata::Mx(9, "backup.d.example".into()),
+            ])),
+        ),
+        (
+            "byname.example",
+            "MX",
+            Ok(Answer::Records(vec![Rdata::Mx(5, "mx.self.example".into())])),
+        ),
+        ("mx.self.example", "A", Ok(addr("127.0.0.77"))),
+    ]);
+    let me = |host: &str, ip: Option<IpAddr>| match ip {
+        None => host == "mx.self.example",
+        Some(ip) => ip == "127.0.0.1".parse::<IpAddr>().expect("ip"),
+    };
+    smol::block_on(async {
+        // Same-preference hosts are shuffled: whichever came first, only preference 10 stays.
+        for _ in 0..20 {
+            let t = mx_targets(&f, "d.example", V4, 10, &me).await.expect("targets");
+            let hosts: Vec<&str> = t.iter().map(|t| t.host.as_str()).collect();
+            assert_eq!(hosts, ["other.d.example"]);
+        }
+        let e = mx_targets(&f, "loop.example", V4, 10, &me).await.expect_err("loop");
+        assert!(
+            e.permanent && e.dsn == "5.4.6" && e.text.contains("loops back to myself"),
+            "{e:?}"
+        );
+        let e = mx_targets(&f, "byname.example", V4, 10, &me)
+            .await
+            .expect_err("loop by name");
+        assert_eq!(e.dsn, "5.4.6");
+        // Not us: everything in order.
+        let t = mx_targets(&f, "d.example", V4, 10, &NOT_ME).await.expect("targets");
+        assert_eq!(t.len(), 4);
+    });
 }

@@ -81,6 +81,37 @@ pub struct RelayConf {
     pub tls_verified: Result<Arc<ClientConfig>, String>,
     /// For `may`: TLS without certificate checks.
     pub tls_opportunistic: Arc<ClientConfig>,
+    /// Where this server takes SMTP (smtpd_listen; an unspecified address stands for every
+    /// address of this host's interfaces): an MX host listed here is ourselves.
+    pub me: Vec<SocketAddr>,
+}
+
+/// smtpd_listen with `0.0.0.0` / `::` replaced by this host's interface addresses
+/// (getifaddrs(3)), for RFC 5321 §5.1's "is this MX host me?".
+fn own_smtp_addresses(s: &Settings) -> Vec<SocketAddr> {
+    let ifaces: Vec<IpAddr> = match nix::ifaddrs::getifaddrs() {
+        Ok(list) => list
+            .filter_map(|i| i.address)
+            .filter_map(|a| {
+                a.as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(v4.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+            })
+            .collect(),
+        Err(_) => vec![
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ],
+    };
+    let mut out = Vec::new();
+    for a in &s.smtpd_listen {
+        if a.ip().is_unspecified() {
+            out.extend(ifaces.iter().map(|ip| SocketAddr::new(*ip, a.port())));
+        } else {
+            out.push(*a);
+        }
+    }
+    out
 }
 
 impl RelayConf {
@@ -124,6 +155,7 @@ impl RelayConf {
                 .with_custom_certificate_verifier(Arc::new(NoVerify))
                 .with_no_client_auth(),
             ),
+            me: own_smtp_addresses(s),
         }
     }
 }
@@ -552,7 +584,13 @@ async fn resolve(s: &Settings, conf: &RelayConf, dest: &Dest, items: &[Item]) ->
         return Ok(t);
     }
     let res = if dest.mx_lookup {
-        mx_targets(&conf.resolver, &dest.host, families(s), max).await
+        // RFC 5321 §5.1: an MX host that is this server (by name, or an address and port
+        // we take SMTP on) ends the list.
+        let is_self = |host: &str, ip: Option<IpAddr>| match ip {
+            None => host.eq_ignore_ascii_case(s.myhostname.trim_end_matches('.')),
+            Some(ip) => conf.me.contains(&SocketAddr::new(ip, dest.port)),
+        };
+        mx_targets(&conf.resolver, &dest.host, families(s), max, &is_self).await
     } else {
         // A host named directly ([host]): the hosts file first, as the C library's
         // "files dns" order would, so LAN names keep working with DNS on.

@@ -342,3 +342,20 @@ def test_delay_warning_once_per_message_across_restarts(make_poshta, dnsmasq):
     time.sleep(3)
     assert len(p.new_messages("alice")) == 1, "still one after a restart"
     assert "judy@fail.example" in p.cli("queue").stdout, "the mail itself is still queued"
+
+
+def test_mx_pointing_back_at_us_bounces_as_a_loop(make_poshta, dnsmasq):
+    # RFC 5321 §5.1: the only MX of loop.test is this very server (127.0.0.1 on the port
+    # poshta listens on): the record is discarded, nothing is left, and the mail bounces
+    # with 5.4.6 instead of circling between poshta and itself.
+    dns = dnsmasq("--mx-host=loop.test,mx.loop.test,10", "--host-record=mx.loop.test,127.0.0.1")
+    p = make_poshta(start=False)
+    with open(os.path.join(p.dir, "transport"), "w") as f:
+        f.write(f"loop.test smtp:loop.test:{p.port}\n")
+    p.write_config(f"dns_resolver = 127.0.0.1:{dns}\ntransport_maps = hash:{p.dir}/transport\n")
+    p.start()
+    send(p, ["erin@loop.test"])
+    _, status = dsn_of(p)
+    assert "Status: 5.4.6" in status, status
+    assert "loops back to myself" in status
+    assert "mx.loop.test[127.0.0.1]" not in p.logtext(), "poshta never connected to itself"
