@@ -188,6 +188,11 @@ chmod 1777 "$R/tmp"
 chmod 0700 "$R/root"
 cp -a "$HERE/rootfs/." "$R/"
 install -m 0755 "$POSHTA_BIN" "$R/usr/sbin/poshta"
+# The system MTA's names (`poshta install --links` on a normal system): scripts, cron and
+# NAS tools send with /usr/sbin/sendmail. Replaces busybox's sendmail applet if linked above.
+ln -sf poshta "$R/usr/sbin/sendmail"
+ln -sf ../sbin/poshta "$R/usr/bin/mailq"
+ln -sf ../sbin/poshta "$R/usr/bin/newaliases"
 # Grows the data partition to the card's size at boot (busybox has no resize2fs).
 "$CROSS-gcc" -static -Os -Wall -Wextra -o "$R/usr/sbin/poshta-grow" "$HERE/grow/poshta-grow.c"
 "$CROSS-strip" "$R/usr/sbin/poshta-grow"
