@@ -213,6 +213,8 @@ pub fn deliver_batch(items: &mut [(MaildirDelivery<'_>, &mut dyn Read)]) -> Vec<
         for (i, slot, unique, counted) in written {
             let (maildir, dirs, names) = &mut opened[slot];
             let Ok(dirs) = dirs else { continue };
+            // st_dev's type differs between targets (u64 here, narrower on some 32-bit ones).
+            #[allow(clippy::unnecessary_cast)]
             let dev = rustix::fs::fstat(&dirs.tmp).map(|st| st.st_dev as u64).unwrap_or(0);
             let sync = match synced.iter().find(|(d, _)| *d == dev) {
                 Some((_, r)) => *r,

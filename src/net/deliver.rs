@@ -735,6 +735,28 @@ async fn forward(ctx: &Rc<Ctx>, job: &Job, alias_addr: &str, targets: Vec<String
     Ok(new_qid)
 }
 
+/// A recipient's line in a delivery report: its address, the diagnostic text, and whether
+/// that text is a remote SMTP reply (`smtp; <reply>`, RFC 3464 §2.3.6) rather than a local
+/// reason (the bounce or deferral reason).
+fn report_fields(job: &Job, r: &Res) -> (String, String, bool) {
+    let addr = job
+        .recipients
+        .iter()
+        .find(|(i, _)| *i == r.idx)
+        .map(|(_, a)| a.clone())
+        .unwrap_or_default();
+    match r.diagnostic.strip_prefix("smtp; ") {
+        Some(reply) => (addr, reply.to_string(), true),
+        None => {
+            let reason = match &r.outcome {
+                Outcome::Bounced { reason } | Outcome::Deferred { reason } => reason.clone(),
+                Outcome::Delivered => String::new(),
+            };
+            (addr, reason, false)
+        }
+    }
+}
+
 /// Build a bounce (RFC 3464 multipart/report) for the bounced recipients of `job` and queue
 /// it from the null sender (RFC 5321 §4.5.5) to the original sender. Returns its queue id.
 async fn notify_sender(ctx: &Rc<Ctx>, myhostname: &str, job: &Job, outs: &[Res], now: u64) -> Result<String, String> {
@@ -742,22 +764,7 @@ async fn notify_sender(ctx: &Rc<Ctx>, myhostname: &str, job: &Job, outs: &[Res],
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Bounced { .. }))
         .map(|r| {
-            let addr = job
-                .recipients
-                .iter()
-                .find(|(i, _)| *i == r.idx)
-                .map(|(_, a)| a.clone())
-                .unwrap_or_default();
-            let reason = match &r.outcome {
-                Outcome::Bounced { reason } => reason.clone(),
-                _ => String::new(),
-            };
-            // An SMTP reply goes in as `smtp; <reply>` (RFC 3464 §2.3.6); anything else is
-            // a local text.
-            let (diag, is_smtp) = match r.diagnostic.strip_prefix("smtp; ") {
-                Some(reply) => (reply.to_string(), true),
-                None => (reason, false),
-            };
+            let (addr, diag, is_smtp) = report_fields(job, r);
             // RFC 3463: an unknown local user is 5.1.1; other local failures 5.0.0.
             let status = match (r.dsn.is_empty(), reason_is_unknown_user(&r.outcome)) {
                 (false, _) => r.dsn.clone(),
@@ -991,20 +998,7 @@ async fn warn_delay(ctx: &Rc<Ctx>, s: &crate::config::Settings, job: &Job, outs:
     let recipients = deferred
         .iter()
         .map(|r| {
-            let addr = job
-                .recipients
-                .iter()
-                .find(|(i, _)| *i == r.idx)
-                .map(|(_, a)| a.clone())
-                .unwrap_or_default();
-            let reason = match &r.outcome {
-                Outcome::Deferred { reason } => reason.clone(),
-                _ => String::new(),
-            };
-            let (diag, is_smtp) = match r.diagnostic.strip_prefix("smtp; ") {
-                Some(reply) => (reply.to_string(), true),
-                None => (reason, false),
-            };
+            let (addr, diag, is_smtp) = report_fields(job, r);
             // RFC 3464 §2.3.4: a delayed recipient's status is 4.x.x.
             let status = if r.dsn.starts_with('4') {
                 r.dsn.clone()

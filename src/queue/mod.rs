@@ -850,25 +850,7 @@ impl Queue {
     pub fn body(&self, qid: QueueId) -> Result<BodyReader, QueueError> {
         let inner = self.shared.inner.borrow();
         let m = inner.index.get(&qid).ok_or(QueueError::UnknownId(qid))?;
-        let mut paths: Vec<PathBuf> = Vec::new();
-        let mut seg_numbers: Vec<u32> = Vec::new();
-        let mut chunks = Vec::with_capacity(m.chunks.len());
-        for &(lsn, framed_len) in &m.chunks {
-            let seg = inner.locate(lsn).ok_or_else(|| QueueError::Corrupt {
-                path: inner.dir.clone(),
-                offset: lsn,
-                what: format!("body of {} points past the log", qid),
-            })?;
-            if seg_numbers.last() != Some(&seg.number) {
-                seg_numbers.push(seg.number);
-                paths.push(seg.path.clone());
-            }
-            chunks.push(ChunkLoc {
-                seg: (paths.len() - 1) as u32,
-                offset: record::SEGMENT_HEADER_BYTES + (lsn - seg.start_lsn),
-                framed_len,
-            });
-        }
+        let (paths, chunks) = chunk_locations(&m.chunks, |lsn| inner.locate(lsn), &inner.dir, qid)?;
         Ok(BodyReader {
             inner: BodyReaderInner::new(qid, paths, chunks),
         })
@@ -1172,10 +1154,32 @@ pub fn scan_message(dir: &Path, qid: QueueId) -> Result<Option<(MessageInfo, Env
         let i = rec.segments.partition_point(|s| s.start_lsn <= lsn).checked_sub(1)?;
         rec.segments.get(i).filter(|s| lsn < s.end_lsn)
     };
+    let (paths, chunks) = chunk_locations(&m.chunks, locate, dir, qid)?;
+    let env = Envelope {
+        sender: m.sender.clone(),
+        recipients: m.recipients.clone(),
+        arrival_unix: m.arrival_unix,
+        client: m.client.clone(),
+    };
+    let body = BodyReader {
+        inner: BodyReaderInner::new(qid, paths, chunks),
+    };
+    Ok(Some((m.info(), env, body)))
+}
+
+/// Where a message's body chunks are: the segment files they are in (in order, each once)
+/// and each chunk's segment index and file offset. `locate` finds the segment holding a
+/// log position.
+fn chunk_locations<'a>(
+    chunk_lsns: &[(u64, u32)],
+    locate: impl Fn(u64) -> Option<&'a SegMeta>,
+    dir: &Path,
+    qid: QueueId,
+) -> Result<(Vec<PathBuf>, Vec<ChunkLoc>), QueueError> {
     let mut paths: Vec<PathBuf> = Vec::new();
     let mut seg_numbers: Vec<u32> = Vec::new();
-    let mut chunks = Vec::with_capacity(m.chunks.len());
-    for &(lsn, framed_len) in &m.chunks {
+    let mut chunks = Vec::with_capacity(chunk_lsns.len());
+    for &(lsn, framed_len) in chunk_lsns {
         let seg = locate(lsn).ok_or_else(|| QueueError::Corrupt {
             path: dir.to_path_buf(),
             offset: lsn,
@@ -1191,16 +1195,7 @@ pub fn scan_message(dir: &Path, qid: QueueId) -> Result<Option<(MessageInfo, Env
             framed_len,
         });
     }
-    let env = Envelope {
-        sender: m.sender.clone(),
-        recipients: m.recipients.clone(),
-        arrival_unix: m.arrival_unix,
-        client: m.client.clone(),
-    };
-    let body = BodyReader {
-        inner: BodyReaderInner::new(qid, paths, chunks),
-    };
-    Ok(Some((m.info(), env, body)))
+    Ok((paths, chunks))
 }
 
 #[cfg(test)]

@@ -20,6 +20,18 @@ BIN = os.environ.get("POSHTA_BIN") or os.path.join(
 BIN = os.path.abspath(BIN)
 
 
+def wait_for(pred, timeout=20, what="condition", p=None):
+    """Poll `pred` (bounded by `timeout` seconds) until it returns something true; return
+    that. On timeout fail, with the tail of poshta's log when `p` is given."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}\n" + (p.logtext()[-4000:] if p else ""))
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

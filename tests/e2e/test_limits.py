@@ -5,7 +5,6 @@ import smtplib
 import socket
 import time
 
-import pytest
 
 from test_receive_deliver import send
 

@@ -19,20 +19,10 @@ import time
 
 import pytest
 
-from conftest import BIN
+from conftest import BIN, wait_for
 from test_relay import dumps, sink, smtp_sink_path  # noqa: F401  (sink is a fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates Linux users; needs root")
-
-
-def wait_for(pred, timeout=20, what="condition", p=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}\n" + (p.logtext()[-4000:] if p else ""))
 
 
 @pytest.fixture

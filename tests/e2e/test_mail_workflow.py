@@ -10,7 +10,6 @@ Then the same user reads the mailbox over POP3 with a password from `poshta user
 The spool directory is a test directory (root:mail 2775, like /var/mail); the user is
 removed afterwards."""
 import grp
-import mailbox
 import os
 import poplib
 import pwd
@@ -21,8 +20,9 @@ import time
 
 import pytest
 
-from conftest import BIN
-from test_sendmail import Local, mailx_bin, MAILX_ROOT, wait_for
+from conftest import BIN, wait_for
+from test_local_mail import mbox_messages
+from test_sendmail import Local, mailx_bin, MAILX_ROOT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates a Linux user; needs root")
 
@@ -37,16 +37,6 @@ def nick():
         yield pwd.getpwnam(name)
     finally:
         subprocess.run(["userdel", "-r", name], capture_output=True)
-
-
-def mbox_messages(path):
-    if not os.path.exists(path):
-        return []
-    box = mailbox.mbox(path, create=False)
-    try:
-        return list(box)
-    finally:
-        box.close()
 
 
 def mailx_cmd(local, args):

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_for
 
 
 def dnsmasq_path():
@@ -160,16 +160,6 @@ def peers():
     yield make
     for p in made:
         p.close()
-
-
-def wait_for(pred, timeout=20, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def send(p, rcpts, sender="alice@example.org"):

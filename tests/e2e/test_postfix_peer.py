@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_for
 
 NS_SCRIPT = ('mount --bind "$1/resolv.conf" /etc/resolv.conf && mount --bind "$1/hosts" /etc/hosts && '
              'mount --bind "$1/nsswitch.conf" /etc/nsswitch.conf && shift && exec "$@"')
@@ -258,16 +258,6 @@ def postfix_peer():
         p.close()
 
 
-def wait_for(pred, timeout=30, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_poshta_relays_to_postfix_with_starttls_and_auth(make_poshta, postfix_peer):
     pf = postfix_peer(
         "smtpd_tls_auth_only = yes\n",
@@ -287,7 +277,7 @@ def test_poshta_relays_to_postfix_with_starttls_and_auth(make_poshta, postfix_pe
     with smtplib.SMTP("127.0.0.1", p.port, timeout=10) as s:
         s.sendmail("alice@example.org", ["bob@peer.test"], "Subject: to postfix\n\nvia TLS and AUTH\n")
     try:
-        msgs = wait_for(lambda: pf.messages(), what="delivery into Postfix's Maildir")
+        msgs = wait_for(lambda: pf.messages(), timeout=30, what="delivery into Postfix's Maildir")
     except AssertionError:
         raise AssertionError(f"no delivery\n--- postfix:\n{pf.log()}\n--- poshta:\n{p.logtext()[-3000:]}")
     body = open(msgs[0], "rb").read()
@@ -316,7 +306,7 @@ def test_postfix_refuses_poshta_without_the_right_password(make_poshta, postfix_
     with smtplib.SMTP("127.0.0.1", p.port, timeout=10) as s:
         s.sendmail("alice@example.org", ["bob@peer.test"], "Subject: x\n\nx\n")
     # smtp_sasl_auth_soft_bounce = yes (Postfix's default): deferred, never lost.
-    wait_for(lambda: "status=deferred" in p.logtext(), what="deferral")
+    wait_for(lambda: "status=deferred" in p.logtext(), timeout=30, what="deferral")
     assert not pf.messages()
     assert "bob@peer.test" in p.cli("queue").stdout
 
@@ -330,6 +320,5 @@ def test_postfix_relays_into_poshta(make_poshta, postfix_peer):
     data = p.read(msgs[0])
     assert b"through postfix" in data
     assert b"by peer.test (Postfix)" in data, data[:600]
-    log = pf.log()
-    wait_for(lambda: "status=sent" in pf.log(), what="Postfix's log line")
+    wait_for(lambda: "status=sent" in pf.log(), timeout=30, what="Postfix's log line")
     assert "TLS connection established to 127.0.0.1" in pf.log(), pf.log()

@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+from conftest import wait_for
 
 RELAY = "relayhost = [127.0.0.1]:1\ndisable_dns_lookups = yes\ndelivery_paused = no\n"
 
@@ -15,16 +16,6 @@ def send(p, rcpts, sender="scanner@lan.example", body="Subject: queue control\n\
     import smtplib
     with smtplib.SMTP("127.0.0.1", p.port, timeout=10) as s:
         s.sendmail(sender, rcpts, body)
-
-
-def wait_for(pred, timeout=20, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def attempts(p):

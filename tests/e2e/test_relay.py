@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_for
 
 HERE = os.path.dirname(__file__)
 CACHE_SINK = os.path.join(HERE, "..", ".cache", "postfix", "usr", "sbin", "smtp-sink")
@@ -32,16 +32,6 @@ def smtp_sink_path():
 def send(p, rcpts, sender="scanner@lan.example", body="Subject: relay test\n\nhello relay\n"):
     with smtplib.SMTP("127.0.0.1", p.port, timeout=10) as s:
         s.sendmail(sender, rcpts, body)
-
-
-def wait_for(pred, timeout=20, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Scripted:

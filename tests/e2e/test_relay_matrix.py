@@ -6,7 +6,6 @@ import smtplib
 import ssl
 import time
 
-import pytest
 
 # Forms that name a non-local destination.
 REMOTE_TRICKS = [

@@ -4,7 +4,6 @@ mynetworks (127.0.0.2) sends from domains that have an MX, only an address, a nu
 records, or that do not exist; a DNS server that cannot answer never causes a rejection."""
 import smtplib
 
-import pytest
 
 from test_mx import dnsmasq  # noqa: F401  (the fixture)
 

@@ -16,20 +16,10 @@ import time
 
 import pytest
 
-from conftest import BIN
+from conftest import BIN, wait_for
 
 MAILX_ROOT = os.environ.get("BSD_MAILX_ROOT") or os.path.join(
     os.path.dirname(__file__), "..", ".cache", "bsd-mailx")
-
-
-def wait_for(pred, timeout=20, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def parse(data):
