@@ -170,6 +170,19 @@ def test_usage_errors(local):
     local.messages("alice", 1)
 
 
+def test_unknown_local_user_bounces_on_the_sendmail_path(local):
+    # Over SMTP an unknown local recipient is refused at RCPT; sendmail has no dialogue to
+    # refuse in, so the message is queued and bounces (RFC 3464, 5.1.1) to the sender.
+    r = local.run(["-f", "alice@example.org", "nosuchuser"], "Subject: lost\n\nto nobody\n")
+    assert r.returncode == 0, r.stderr
+    dsn = local.messages("alice", 1)[0]
+    assert dsn.get_content_type() == "multipart/report"
+    status = [p for p in dsn.walk() if p.get_content_type() == "message/delivery-status"][0].as_string()
+    assert "Status: 5.1.1" in status, status
+    assert "nosuchuser@mx.example.org" in status
+    assert "status=bounced" in local.p.logtext()
+
+
 def test_minus_bs_dialogue(local, unprivileged):
     script = ("EHLO me\r\nMAIL FROM:<nick>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
               "DATA\r\nSubject: bs\r\n\r\n..dot-stuffed\r\n.\r\n"
