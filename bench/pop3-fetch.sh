@@ -365,6 +365,9 @@ bench_poshta() {
     SRV=poshta SRV_MULTI=0
     SRV_MD=$PD/mail/$USER_NAME
     SRV_OWNER=""
+    # Started as root, poshta serves Maildirs as its mail_owner (`poshta`): the mailbox
+    # the benchmark fills must be that user's, as local delivery leaves it.
+    [ "$STORE" != mbox ] && [ "$(id -u)" = 0 ] && id poshta >/dev/null 2>&1 && SRV_OWNER=poshta:poshta
     [ "$STORE" = mbox ] && SRV_MD=$PD/spoolmail/$USER_NAME
     SRV_PORT_PLAIN=$P_POP3
     SRV_PORT_TLS=$P_POP3S
