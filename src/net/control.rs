@@ -3,11 +3,16 @@
 //!
 //! # Socket
 //!
-//! A Unix stream socket at `$queue_directory/control`, mode 0600. It is bound at start, after
-//! the queue lock is taken (so a leftover socket file can only be a stale one from an earlier
-//! run, and is removed first). Access control is the file mode: the CLI must run as the same
-//! user as the daemon (root when the daemon runs as root). The file stays behind at exit; a
+//! A Unix stream socket at `$queue_directory/control`, mode 0666 in the 0711 queue directory.
+//! It is bound at start, after the queue lock is taken (so a leftover socket file can only be
+//! a stale one from an earlier run, and is removed first). The file stays behind at exit; a
 //! client then gets "connection refused", which it reports as "the mail system is down".
+//!
+//! Access control uses the caller's uid from the kernel (SO_PEERCRED), with Postfix's
+//! defaults: any local user may list the queue (`mailq`, authorized_mailq_users =
+//! static:anyone) and flush it (`postqueue -f`, authorized_flush_users = static:anyone);
+//! SHOW, HOLD, RELEASE, DELETE and RELOAD (postcat, postsuper, `postfix reload`) need root or
+//! the daemon's own user.
 //!
 //! Clients are served one at a time (a control client is a person or a script, and this
 //! bounds the memory); each one has limits::CONTROL_CLIENT_TIMEOUT_SECS to send its request,
@@ -72,7 +77,7 @@ pub fn socket_path(queue_dir: &Path) -> PathBuf {
     queue_dir.join(SOCKET_NAME)
 }
 
-/// Bind the control socket (removing a stale one) and make it 0600. Call after the queue
+/// Bind the control socket (removing a stale one) and make it 0666. Call after the queue
 /// is open: its lock guarantees no other daemon uses this directory.
 pub fn bind(queue_dir: &Path) -> std::io::Result<Async<UnixListener>> {
     let path = socket_path(queue_dir);
@@ -82,7 +87,8 @@ pub fn bind(queue_dir: &Path) -> std::io::Result<Async<UnixListener>> {
         Err(e) => return Err(e),
     }
     let l = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    // Who may do what is decided per request from the caller's uid (module doc).
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
     Async::new(l)
 }
 
@@ -99,8 +105,13 @@ pub async fn serve(ctx: Rc<Ctx>, listener: Async<UnixListener>) {
                 continue;
             }
         };
+        // No credentials: treated as an ordinary user.
+        let uid = rustix::net::sockopt::socket_peercred(stream.get_ref())
+            .map(|c| c.uid.as_raw())
+            .unwrap_or(u32::MAX);
+        let privileged = uid == 0 || uid == rustix::process::geteuid().as_raw();
         let stream = UnixStream::from(stream);
-        client(&ctx, stream).await;
+        client(&ctx, stream, uid, privileged).await;
     }
 }
 
@@ -169,7 +180,7 @@ enum Action {
     Delete,
 }
 
-async fn client(ctx: &Rc<Ctx>, mut stream: UnixStream) {
+async fn client(ctx: &Rc<Ctx>, mut stream: UnixStream, uid: u32, privileged: bool) {
     let line = match read_request(&mut stream).await {
         Ok(l) => l,
         Err(why) => {
@@ -182,6 +193,18 @@ async fn client(ctx: &Rc<Ctx>, mut stream: UnixStream) {
     let verb = words.next().unwrap_or("").to_ascii_uppercase();
     let args: Vec<&str> = words.collect();
     let q = &ctx.queue;
+    if !privileged && !matches!(verb.as_str(), "LIST" | "FLUSH") {
+        mlog!(
+            "control",
+            "warning: uid={uid}: {verb} refused: only root or the mail system's user"
+        );
+        reply_err(
+            &mut stream,
+            "permission denied: only root or the mail system's user may do that",
+        )
+        .await;
+        return;
+    }
     match (verb.as_str(), args.as_slice()) {
         ("LIST", []) => {
             let text = crate::cli::queue::format_mailq(&q.list());

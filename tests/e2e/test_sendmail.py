@@ -211,6 +211,25 @@ def test_mailq_and_bp(local):
     assert r.returncode == 0 and b"Mail queue is empty" in r.stdout
 
 
+def test_any_user_may_list_and_flush_but_only_root_may_delete(local, unprivileged):
+    # Postfix's defaults: mailq and postqueue -f for anyone, postsuper for root. The daemon
+    # tells callers apart by their uid from the kernel (SO_PEERCRED), not by anything sent.
+    r = local.run(["someone@elsewhere.example"], "Subject: waits\n\nfor the relay\n")
+    assert r.returncode == 0, r.stderr
+    listed = wait_for(lambda: (lambda o: o if "someone@elsewhere.example" in o else None)(
+        local.run([], prog=local.mailq, user=unprivileged).stdout.decode()), what="the message in mailq")
+    assert "Requests" in listed or "Kbytes" in listed, listed
+    r = local.run(["queue", "flush"], prog=local.bin, user=unprivileged)
+    assert r.returncode == 0, r.stderr
+    r = local.run(["queue", "delete", "ALL"], prog=local.bin, user=unprivileged)
+    assert r.returncode != 0 and b"permission denied" in r.stderr, r.stdout + r.stderr
+    assert "someone@elsewhere.example" in local.run([], prog=local.mailq).stdout.decode()
+    assert "DELETE refused" in local.p.logtext()
+    r = local.run(["queue", "delete", "ALL"], prog=local.bin)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: "Mail queue is empty" in local.run([], prog=local.mailq).stdout.decode(), what="empty queue")
+
+
 def test_daemon_stopped_maildrop_then_import(make_poshta, unprivileged):
     local = Local(make_poshta)
     local.p.stop()
