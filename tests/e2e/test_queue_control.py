@@ -128,7 +128,8 @@ def test_hostile_requests_on_the_socket(deferred):
     import socket
     p = deferred
     path = os.path.join(p.dir, "spool", "control")
-    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    # Anyone may connect (mailq); what a caller may do is decided by its uid (SO_PEERCRED).
+    assert oct(os.stat(path).st_mode & 0o777) == "0o666"
 
     def ask(data):
         with socket.socket(socket.AF_UNIX) as s:
