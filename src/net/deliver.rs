@@ -735,6 +735,26 @@ async fn forward(ctx: &Rc<Ctx>, job: &Job, alias_addr: &str, targets: Vec<String
     Ok(new_qid)
 }
 
+/// Queue a delivery notice (bounce or delay) from the null sender (RFC 5321 §4.5.5) to
+/// `to`; returns its queue id once it is durable.
+async fn queue_notice_message(ctx: &Rc<Ctx>, to: &str, text: &[u8], now: u64) -> Result<String, String> {
+    let mut inc = ctx
+        .queue
+        .begin(crate::queue::Envelope {
+            sender: String::new(),
+            recipients: vec![to.to_string()],
+            arrival_unix: now,
+            client: "localhost[127.0.0.1]".into(),
+        })
+        .map_err(|e| e.to_string())?;
+    let new_qid = inc.qid().to_string();
+    for chunk in text.chunks(64 * 1024) {
+        inc.write(chunk).await.map_err(|e| e.to_string())?;
+    }
+    inc.commit().await.map_err(|e| e.to_string())?;
+    Ok(new_qid)
+}
+
 /// A recipient's line in a delivery report: its address, the diagnostic text, and whether
 /// that text is a remote SMTP reply (`smtp; <reply>`, RFC 3464 §2.3.6) rather than a local
 /// reason (the bounce or deferral reason).
@@ -797,20 +817,7 @@ async fn notify_sender(ctx: &Rc<Ctx>, myhostname: &str, job: &Job, outs: &[Res],
     let Some(text) = text else {
         return Ok(String::new());
     };
-    let mut inc = ctx
-        .queue
-        .begin(crate::queue::Envelope {
-            sender: String::new(),
-            recipients: vec![job.sender.clone()],
-            arrival_unix: now,
-            client: "localhost[127.0.0.1]".into(),
-        })
-        .map_err(|e| e.to_string())?;
-    let new_qid = inc.qid().to_string();
-    for chunk in text.chunks(64 * 1024) {
-        inc.write(chunk).await.map_err(|e| e.to_string())?;
-    }
-    inc.commit().await.map_err(|e| e.to_string())?;
+    let new_qid = queue_notice_message(ctx, &job.sender, &text, now).await?;
     crate::log::line(
         "bounce",
         format_args!("qid={} sender non-delivery notification: {new_qid}", job.qid),
@@ -1053,19 +1060,6 @@ async fn queue_notice(ctx: &Rc<Ctx>, job: &Job, notice: OwnedNotice, now: u64) -
     let Some(text) = text else {
         return Ok(None);
     };
-    let mut inc = ctx
-        .queue
-        .begin(crate::queue::Envelope {
-            sender: String::new(),
-            recipients: vec![job.sender.clone()],
-            arrival_unix: now,
-            client: "localhost[127.0.0.1]".into(),
-        })
-        .map_err(|e| e.to_string())?;
-    let new_qid = inc.qid().to_string();
-    for chunk in text.chunks(64 * 1024) {
-        inc.write(chunk).await.map_err(|e| e.to_string())?;
-    }
-    inc.commit().await.map_err(|e| e.to_string())?;
+    let new_qid = queue_notice_message(ctx, &job.sender, &text, now).await?;
     Ok(Some(new_qid))
 }
