@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{glob, unescape};
+use common::{connect_from, free_port, glob, unescape};
 
 const HOSTNAME: &str = "mx.example.org";
 
@@ -126,11 +126,6 @@ impl Drop for Instance {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 fn start(t: &Transcript, n: usize) -> Instance {
     let bin = env!("CARGO_BIN_EXE_poshta");
     let dir = std::env::temp_dir().join(format!("poshta-policy-{}-{n}", std::process::id()));
@@ -180,15 +175,6 @@ fn maillog(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("maillog")).unwrap_or_default()
 }
 
-/// Connect from the transcript's client address (any 127/8 address works on Linux).
-fn connect(from: IpAddr, port: u16) -> std::io::Result<TcpStream> {
-    use rustix::net::{AddressFamily, SocketType};
-    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None)?;
-    rustix::net::bind(&fd, &SocketAddr::new(from, 0))?;
-    rustix::net::connect(&fd, &SocketAddr::from(([127, 0, 0, 1], port)))?;
-    Ok(TcpStream::from(fd))
-}
-
 fn read_line(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<String>, String> {
     loop {
         if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
@@ -224,7 +210,7 @@ fn held(inst: &Instance) -> usize {
 }
 
 fn run(t: &Transcript, inst: &Instance) -> Result<(), String> {
-    let mut s = connect(t.client, inst.port).map_err(|e| format!("connect: {e}"))?;
+    let mut s = connect_from(t.client, inst.port).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();

@@ -625,7 +625,7 @@ mod loopback {
     use super::*;
     use std::collections::HashMap;
     use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
+    use std::net::TcpStream;
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
@@ -648,11 +648,6 @@ mod loopback {
             let _ = self.child.wait();
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-    }
-
-    fn free_port() -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
     }
 
     fn key_for(t: &Transcript) -> WorldKey {
@@ -681,7 +676,7 @@ mod loopback {
         let dir = std::env::temp_dir().join(format!("poshta-transcripts-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let port = free_port();
+        let port = common::free_port();
         let cf = dir.join("main.cf");
         std::fs::write(
             &cf,
@@ -731,15 +726,6 @@ mod loopback {
         panic!("poshta did not listen on {port}");
     }
 
-    /// Connect from the transcript's client address (any 127/8 address works on Linux).
-    fn connect(from: IpAddr, port: u16) -> std::io::Result<TcpStream> {
-        use rustix::net::{AddressFamily, SocketType};
-        let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None)?;
-        rustix::net::bind(&fd, &SocketAddr::new(from, 0))?;
-        rustix::net::connect(&fd, &SocketAddr::from(([127, 0, 0, 1], port)))?;
-        Ok(TcpStream::from(fd))
-    }
-
     struct Reader {
         s: TcpStream,
         buf: Vec<u8>,
@@ -779,7 +765,7 @@ mod loopback {
     }
 
     fn run(t: &Transcript, port: u16) -> Result<(), String> {
-        let s = connect(loopback_ip(t.directives.client_ip), port).map_err(|e| format!("connect: {e}"))?;
+        let s = common::connect_from(loopback_ip(t.directives.client_ip), port).map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
         let mut w = s.try_clone().map_err(|e| e.to_string())?;

@@ -83,3 +83,25 @@ pub fn check_lines(got: &[String], want: &[&str]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released: the caller binds it next).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Connect to 127.0.0.1:`port` from the address `from` (any 127/8 address works on Linux:
+/// loopback stands in for clients inside and outside mynetworks).
+pub fn connect_from(from: std::net::IpAddr, port: u16) -> std::io::Result<std::net::TcpStream> {
+    use rustix::net::{AddressFamily, SocketType};
+    use std::net::SocketAddr;
+    let family = if from.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = rustix::net::socket(family, SocketType::STREAM, None)?;
+    rustix::net::bind(&fd, &SocketAddr::new(from, 0))?;
+    rustix::net::connect(&fd, &SocketAddr::from(([127, 0, 0, 1], port)))?;
+    Ok(std::net::TcpStream::from(fd))
+}
