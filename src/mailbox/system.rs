@@ -105,18 +105,36 @@ pub enum Hold {
     Helper(crate::privsep::Handle),
 }
 
+thread_local! {
+    /// Set by [`drop_blocking`]: this thread may wait for the helper.
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Drop `v` (a mailbox and its [`Hold`]) on a thread that may block, so that a helper-held
+/// mailbox is released before this returns: a POP3 session calls it off the event loop
+/// before it answers QUIT, and the next session (or mail(1)) finds the mailbox free.
+pub fn drop_blocking<T>(v: T) {
+    MAY_BLOCK.with(|b| b.set(true));
+    drop(v);
+    MAY_BLOCK.with(|b| b.set(false));
+}
+
 impl Drop for Hold {
     fn drop(&mut self) {
         if let Hold::Helper(handle) = *self {
             if let Some(c) = crate::privsep::client() {
-                // A blocking call to the helper: never on the event loop (the Hold may be
-                // dropped there with its session).
-                smol::unblock(move || {
+                let close = move || {
                     if let Err(e) = c.close_mbox(handle) {
                         crate::mlog!("pop3d", "warning: delivery helper: close mailbox: {e}");
                     }
-                })
-                .detach();
+                };
+                if MAY_BLOCK.with(|b| b.get()) {
+                    close();
+                } else {
+                    // Dropped on the event loop (a session that ended abruptly): the blocking
+                    // call to the helper goes to the thread pool.
+                    smol::unblock(close).detach();
+                }
             }
         }
     }

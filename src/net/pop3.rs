@@ -266,19 +266,35 @@ pub async fn session(
                     }
                 }
                 Event::Update { deleted } => {
+                    // The mailbox is released (its locks too) before +OK goes out.
+                    let release = crate::mailbox::system::drop_blocking;
                     let ok = match mailbox.take() {
-                        Some(mb) if !deleted.is_empty() => match smol::unblock(move || mb.delete(&deleted)).await {
+                        Some(mb) if !deleted.is_empty() => match smol::unblock(move || {
+                            let r = mb.delete(&deleted);
+                            release(mb);
+                            r
+                        })
+                        .await
+                        {
                             Ok(_) => true,
                             Err(e) => {
                                 mlog!(SVC, "warning: sid={sid} delete: {e}");
                                 false
                             }
                         },
-                        _ => true,
+                        Some(mb) => {
+                            smol::unblock(move || release(mb)).await;
+                            true
+                        }
+                        None => true,
                     };
                     server.update_done(ok);
                 }
-                Event::Closed => mailbox = None,
+                Event::Closed => {
+                    if let Some(mb) = mailbox.take() {
+                        smol::unblock(move || crate::mailbox::system::drop_blocking(mb)).await;
+                    }
+                }
             }
         }
         if !write_out(&mut stream, &mut server, timeout).await {
