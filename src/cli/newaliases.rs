@@ -13,10 +13,7 @@
 //! is not asked to reload: it keeps its last good table anyway); 75 when the daemon did
 //! not answer the reload request.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::time::Duration;
-
+use super::queue::CtlError;
 use crate::config::Loaded;
 use crate::policy::aliases::Aliases;
 
@@ -50,54 +47,18 @@ pub fn run(prog: &str, loaded: &Loaded) -> i32 {
         }
     }
     let sock = crate::net::control::socket_path(&loaded.settings.queue_directory);
-    match reload(&sock) {
+    match super::queue::reload(&sock) {
         Ok(()) => 0,
-        Err(Down) => {
+        Err(CtlError::Down) => {
             eprintln!(
                 "{prog}: the mail system is not running (no daemon at {}); it reads the aliases when it starts",
                 sock.display()
             );
             0
         }
-        Err(Failed(why)) => {
+        Err(CtlError::Refused(why) | CtlError::Broken(why)) => {
             eprintln!("{prog}: fatal: could not ask the mail system to reload: {why}");
             75
         }
-    }
-}
-
-pub(crate) enum ReloadError {
-    Down,
-    Failed(String),
-}
-use ReloadError::{Down, Failed};
-
-pub(crate) fn reload(sock: &std::path::Path) -> Result<(), ReloadError> {
-    let stream = match UnixStream::connect(sock) {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Err(Down)
-        }
-        Err(e) => return Err(Failed(format!("{}: {e}", sock.display()))),
-    };
-    let t = Some(Duration::from_secs(crate::limits::CONTROL_CLIENT_TIMEOUT_SECS * 2));
-    let failed = |e: std::io::Error| Failed(e.to_string());
-    stream.set_read_timeout(t).map_err(failed)?;
-    stream.set_write_timeout(t).map_err(failed)?;
-    (&stream).write_all(b"RELOAD\n").map_err(failed)?;
-    let mut line = String::new();
-    BufReader::new(&stream)
-        .take(4096)
-        .read_line(&mut line)
-        .map_err(failed)?;
-    if line.starts_with("OK ") {
-        Ok(())
-    } else {
-        Err(Failed(format!("the daemon said: {}", line.trim_end())))
     }
 }

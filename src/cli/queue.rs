@@ -111,15 +111,46 @@ pub fn format_mailq(msgs: &[MessageInfo]) -> String {
     out
 }
 
+/// The part of `show ID` (postcat-like) before the message: the envelope, each recipient
+/// with its state, and the contents marker. The daemon's SHOW and `show` from disk both
+/// use it, so the two print the same.
+pub fn format_show_head(info: &MessageInfo, env: &crate::queue::Envelope) -> String {
+    let id = info.qid;
+    let mut head = format!(
+        "*** ENVELOPE RECORDS {id} ***\nmessage_size: {}\nmessage_arrival_time: {}\nclient: {}\nsender: {}\n",
+        info.size,
+        crate::time::mailq(env.arrival_unix),
+        env.client,
+        env.sender
+    );
+    for r in &env.recipients {
+        match info.recipients.iter().find(|(a, _)| a == r).map(|(_, s)| s) {
+            Some(RcptState::Deferred { reason, .. }) => {
+                head.push_str(&format!("recipient: {r} (deferred: {reason})\n"))
+            }
+            Some(_) => head.push_str(&format!("recipient: {r}\n")),
+            None => head.push_str(&format!("recipient: {r} (done)\n")),
+        }
+    }
+    head.push_str(&format!("*** MESSAGE CONTENTS {id} ***\n"));
+    head
+}
+
 /// Why a control request did not get an answer.
 #[derive(Debug)]
-enum CtlError {
+pub(crate) enum CtlError {
     /// No daemon: no socket, or nobody listening on it.
     Down,
     /// The daemon said ERR.
     Refused(String),
     /// Anything else (timeout, short or malformed reply).
     Broken(String),
+}
+
+/// Ask the running daemon to reload (`RELOAD`, the same as SIGHUP): newaliases, and
+/// `poshta user` after a change to the users file.
+pub(crate) fn reload(sock: &Path) -> Result<(), CtlError> {
+    request(sock, "RELOAD", &mut std::io::sink())
 }
 
 /// Send one request and copy the response body to `out`.
@@ -321,23 +352,7 @@ fn show_from_disk(dir: &Path, id_text: &str, out: &mut dyn Write) -> i32 {
         }
     };
     let id = info.qid;
-    let mut head = format!(
-        "*** ENVELOPE RECORDS {id} ***\nmessage_size: {}\nmessage_arrival_time: {}\nclient: {}\nsender: {}\n",
-        info.size,
-        crate::time::mailq(env.arrival_unix),
-        env.client,
-        env.sender
-    );
-    for r in &env.recipients {
-        match info.recipients.iter().find(|(a, _)| a == r).map(|(_, s)| s) {
-            Some(RcptState::Deferred { reason, .. }) => {
-                head.push_str(&format!("recipient: {r} (deferred: {reason})\n"))
-            }
-            Some(_) => head.push_str(&format!("recipient: {r}\n")),
-            None => head.push_str(&format!("recipient: {r} (done)\n")),
-        }
-    }
-    head.push_str(&format!("*** MESSAGE CONTENTS {id} ***\n"));
+    let head = format_show_head(&info, &env);
     let res = out
         .write_all(head.as_bytes())
         // Bounded by the message size; each read checks its record's checksum.

@@ -113,11 +113,11 @@ fn run_cmd(cmd: UserCmd) -> Result<Vec<String>, String> {
 /// (control socket `RELOAD`, the same as SIGHUP), so a new user, password or removal counts
 /// at once. Not running: nothing to do (it reads the file when it starts).
 fn with_reload(p: &Paths, done: String) -> Vec<String> {
-    use super::newaliases::{reload, ReloadError};
+    use super::queue::{reload, CtlError};
     let mut out = vec![done];
     match reload(&crate::net::control::socket_path(&p.queue_directory)) {
-        Ok(()) | Err(ReloadError::Down) => {}
-        Err(ReloadError::Failed(why)) => out.push(format!(
+        Ok(()) | Err(CtlError::Down) => {}
+        Err(CtlError::Refused(why) | CtlError::Broken(why)) => out.push(format!(
             "poshta: warning: the running daemon was not asked to reload ({why}); send it SIGHUP"
         )),
     }

@@ -67,7 +67,7 @@ use smol::{Async, Timer};
 use super::Ctx;
 use crate::limits;
 use crate::mlog;
-use crate::queue::{Deletion, QueueError, QueueId, RcptState};
+use crate::queue::{Deletion, QueueError, QueueId};
 
 /// The socket's file name in the queue directory.
 pub const SOCKET_NAME: &str = "control";
@@ -80,16 +80,21 @@ pub fn socket_path(queue_dir: &Path) -> PathBuf {
 /// Bind the control socket (removing a stale one) and make it 0666. Call after the queue
 /// is open: its lock guarantees no other daemon uses this directory.
 pub fn bind(queue_dir: &Path) -> std::io::Result<Async<UnixListener>> {
-    let path = socket_path(queue_dir);
-    match std::fs::remove_file(&path) {
+    // Who may do what is decided per request from the caller's uid (module doc).
+    Async::new(bind_public_socket(&socket_path(queue_dir))?)
+}
+
+/// Bind a Unix socket at `path` that every local user may connect to (0666), removing a
+/// stale one first (the caller holds the queue lock: no live daemon owns it).
+pub fn bind_public_socket(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let l = UnixListener::bind(&path)?;
-    // Who may do what is decided per request from the caller's uid (module doc).
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
-    Async::new(l)
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
 }
 
 /// Accept and serve control clients, one at a time, for the life of the process.
@@ -294,24 +299,7 @@ async fn show(ctx: &Rc<Ctx>, stream: &mut UnixStream, id_text: &str) {
         reply_err(stream, &format!("{id}: no such message")).await;
         return;
     };
-    let mut head = format!(
-        "*** ENVELOPE RECORDS {id} ***\nmessage_size: {}\nmessage_arrival_time: {}\nclient: {}\nsender: {}\n",
-        info.size,
-        crate::time::mailq(env.arrival_unix),
-        env.client,
-        env.sender
-    );
-    for r in &env.recipients {
-        let state = info.recipients.iter().find(|(a, _)| a == r).map(|(_, s)| s);
-        match state {
-            Some(RcptState::Deferred { reason, .. }) => {
-                head.push_str(&format!("recipient: {r} (deferred: {reason})\n"))
-            }
-            Some(_) => head.push_str(&format!("recipient: {r}\n")),
-            None => head.push_str(&format!("recipient: {r} (done)\n")),
-        }
-    }
-    head.push_str(&format!("*** MESSAGE CONTENTS {id} ***\n"));
+    let head = crate::cli::queue::format_show_head(&info, &env);
     let tail = format!("\n*** MESSAGE FILE END {id} ***\n");
     let total = head.len() as u64 + info.size + tail.len() as u64;
     if !send(stream, format!("OK {total}\n{head}").as_bytes()).await {

@@ -245,14 +245,7 @@ pub fn bind(queue_dir: &Path) -> std::io::Result<Async<UnixListener>> {
     }
     // Everyone must reach the socket; nobody but its owner may put things in public/.
     std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o755))?;
-    let path = socket_path(queue_dir);
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let l = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    let l = super::control::bind_public_socket(&socket_path(queue_dir))?;
     open_queue_dir(queue_dir)?;
     Async::new(l)
 }
