@@ -208,21 +208,30 @@ pub fn deliver_batch(items: &mut [(MaildirDelivery<'_>, &mut dyn Read)]) -> Vec<
         results.push(r);
     }
     if grouped && !written.is_empty() {
-        // One syncfs per filesystem (Maildirs may live on several).
-        let mut synced: Vec<(u64, Result<(), Errno>)> = Vec::new();
+        // One syncfs per filesystem (Maildirs may live on several), decided once per Maildir.
+        let mut by_dev: Vec<(u64, Result<(), Errno>)> = Vec::new();
+        let slot_sync: Vec<Option<Result<(), Errno>>> = opened
+            .iter()
+            .enumerate()
+            .map(|(slot, (_, dirs, _))| {
+                let dirs = dirs.as_ref().ok().filter(|_| written.iter().any(|w| w.1 == slot))?;
+                // st_dev's type differs between targets (u64 here, narrower on some 32-bit ones).
+                #[allow(clippy::unnecessary_cast)]
+                let dev = rustix::fs::fstat(&dirs.tmp).map(|st| st.st_dev as u64).unwrap_or(0);
+                Some(match by_dev.iter().find(|(d, _)| *d == dev) {
+                    Some((_, r)) => *r,
+                    None => {
+                        let r = rustix::fs::syncfs(&dirs.tmp);
+                        by_dev.push((dev, r));
+                        r
+                    }
+                })
+            })
+            .collect();
         for (i, slot, unique, counted) in written {
             let (maildir, dirs, names) = &mut opened[slot];
-            let Ok(dirs) = dirs else { continue };
-            // st_dev's type differs between targets (u64 here, narrower on some 32-bit ones).
-            #[allow(clippy::unnecessary_cast)]
-            let dev = rustix::fs::fstat(&dirs.tmp).map(|st| st.st_dev as u64).unwrap_or(0);
-            let sync = match synced.iter().find(|(d, _)| *d == dev) {
-                Some((_, r)) => *r,
-                None => {
-                    let r = rustix::fs::syncfs(&dirs.tmp);
-                    synced.push((dev, r));
-                    r
-                }
+            let (Ok(dirs), Some(sync)) = (dirs, slot_sync[slot]) else {
+                continue;
             };
             results[i] = match sync {
                 Ok(()) => rename_into_new(dirs, &items[i].0, &unique, &counted).map(|(path, name)| {
