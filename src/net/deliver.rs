@@ -366,16 +366,8 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
                             }
                             Target::Remote(a) => remote_targets.push(a),
                             Target::Command { command, source } => {
-                                let class = source_class(&source);
-                                if !s.allow_mail_to_commands.iter().any(|c| c == class) {
-                                    subs.push(fail(
-                                        j,
-                                        idx,
-                                        DeliveryError::permanent(format!(
-                                            "mail to command is restricted (allow_mail_to_commands does not list {class})"
-                                        )),
-                                        "5.7.1",
-                                    ));
+                                if let Some(e) = restricted(&s.allow_mail_to_commands, &source, "command") {
+                                    subs.push(fail(j, idx, e, "5.7.1"));
                                     continue;
                                 }
                                 helped.push(Helped {
@@ -390,16 +382,8 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
                                 });
                             }
                             Target::File { path, source } => {
-                                let class = source_class(&source);
-                                if !s.allow_mail_to_files.iter().any(|c| c == class) {
-                                    subs.push(fail(
-                                        j,
-                                        idx,
-                                        DeliveryError::permanent(format!(
-                                            "mail to file is restricted (allow_mail_to_files does not list {class})"
-                                        )),
-                                        "5.7.1",
-                                    ));
+                                if let Some(e) = restricted(&s.allow_mail_to_files, &source, "file") {
+                                    subs.push(fail(j, idx, e, "5.7.1"));
                                     continue;
                                 }
                                 helped.push(Helped {
@@ -669,6 +653,17 @@ fn source_class(s: &Source) -> &'static str {
         Source::Alias => "alias",
         Source::Include(_) => "include",
     }
+}
+
+/// Postfix's allow_mail_to_commands / allow_mail_to_files: the error when `allowed` does not
+/// list the class of `source` (`what`: "command" or "file").
+fn restricted(allowed: &[String], source: &Source, what: &str) -> Option<DeliveryError> {
+    let class = source_class(source);
+    (!allowed.iter().any(|c| c == class)).then(|| {
+        DeliveryError::permanent(format!(
+            "mail to {what} is restricted (allow_mail_to_{what}s does not list {class})"
+        ))
+    })
 }
 
 /// Header loop facts of each job (one blocking read of each header, off the event loop).
