@@ -136,11 +136,14 @@ fn start(t: &Transcript, n: usize) -> Instance {
     for (name, body) in &t.files {
         std::fs::write(dir.join(name), body.replace("$DIR", &d)).expect("write table");
     }
+    // As root the daemon drops to mail_owner: `nobody` exists on every Debian machine, so
+    // these tests need no `poshta` system user (`poshta init` makes that one).
     let mut cf_text = format!(
         "myhostname = {HOSTNAME}\nmydestination = example.org\nmynetworks = 127.0.0.1/32\n\
          smtpd_listen = 127.0.0.1:{port}\nsubmission_listen =\nsubmissions_listen =\n\
          pop3d_listen =\npop3s_listen =\nqueue_directory = {d}/spool\n\
          virtual_mailbox_base = {d}/mail\nmailbox_users_file = {d}/users\nmaillog_file = {d}/maillog\n\
+         mail_owner = nobody\n\
          alias_maps =\n"
     );
     for line in &t.cf {

@@ -678,6 +678,8 @@ mod loopback {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let port = common::free_port();
         let cf = dir.join("main.cf");
+        // As root the daemon drops to mail_owner: `nobody` exists on every Debian machine,
+        // so these tests need no `poshta` system user (`poshta init` makes that one).
         std::fs::write(
             &cf,
             format!(
@@ -686,7 +688,8 @@ mod loopback {
                  smtpd_recipient_limit = {}\nsmtpd_listen = 127.0.0.1:{port}\n\
                  submission_listen =\nsubmissions_listen =\npop3d_listen =\npop3s_listen =\n\
                  queue_directory = {d}/spool\nvirtual_mailbox_base = {d}/mail\n\
-                 mailbox_users_file = {d}/users\nmaillog_file = {d}/maillog\n",
+                 mailbox_users_file = {d}/users\nmaillog_file = {d}/maillog\n\
+                 mail_owner = nobody\n",
                 key.exclusions,
                 key.size,
                 key.rcpt_limit,
