@@ -5,6 +5,7 @@
 
 pub mod dot;
 pub mod line;
+pub mod pickup;
 pub mod pop3;
 pub mod reply;
 pub mod sasl;
