@@ -322,10 +322,10 @@ impl Users {
         self.verify_with_memory(name, password, &mut Vec::new())
     }
 
-    /// `verify`, computing in `memory` (grown to the hash's m_cost and kept by the caller):
-    /// a long-lived password thread reuses one block instead of allocating 19 MiB per check,
-    /// which the allocator did not give back (RSS grew by that much per login, up to
-    /// ~200 MiB, bench/tls-submit.sh).
+    /// `verify`, computing in `memory` (grown to the hash's m_cost; the caller decides how
+    /// long to keep it): the password thread reuses one block through a burst of logins
+    /// and drops it when no check waits. Allocated per check on many threads, glibc kept
+    /// every block (RSS grew by 19 MiB per login, up to ~200 MiB, bench/tls-submit.sh).
     pub fn verify_with_memory(&self, name: &str, password: &str, memory: &mut Vec<argon2::Block>) -> bool {
         let (hash, known) = match self.hashes.get(name) {
             Some(h) => (h.as_str(), true),
@@ -346,6 +346,17 @@ impl Users {
             let expected = parsed.hash.as_ref()?;
             let blocks = params.block_count();
             if memory.len() < blocks {
+                if memory.capacity() < blocks {
+                    // Reserve past glibc's largest dynamic mmap threshold (32 MiB on 64-bit,
+                    // DEFAULT_MMAP_THRESHOLD_MAX): such a block is always its own mmap and
+                    // `free` unmaps it without raising the threshold, so dropping the work
+                    // area gives its 19 MiB back to the kernel. At or under the threshold,
+                    // glibc serves the second login from its heap and keeps the pages
+                    // resident for the life of the process. Only the `blocks` filled below
+                    // are ever touched: the rest of the reservation is address space, not
+                    // memory. (musl maps large blocks on its own.)
+                    *memory = Vec::with_capacity(blocks.max(WORK_AREA_RESERVE_BYTES / ARGON2_BLOCK_BYTES));
+                }
                 memory.resize(blocks, argon2::Block::default());
             }
             let mut out = vec![0u8; expected.len()];
@@ -360,6 +371,13 @@ impl Users {
         ok && known
     }
 }
+
+/// Bytes in one argon2 block (RFC 9106 §3.1: the memory is m blocks of 1024 bytes).
+const ARGON2_BLOCK_BYTES: usize = 1024;
+
+/// Address space reserved for an argon2 work area: above glibc's 32 MiB upper bound for its
+/// dynamic mmap threshold (see `verify_with_memory`).
+const WORK_AREA_RESERVE_BYTES: usize = 33 << 20;
 
 /// Names in file order.
 pub fn list(path: &Path) -> Result<Vec<String>, UsersError> {

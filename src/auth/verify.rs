@@ -4,9 +4,14 @@
 //! thread pool, concurrent logins each allocated their own block, and glibc kept every
 //! thread's block in that thread's arena: 50 concurrent AUTHs left the process at ~4 GiB
 //! (bench/tls-submit.sh). One thread checking one password at a time bounds that memory to
-//! one block, reused by the allocator, at the cost of queueing logins (~20 ms each here;
-//! a burst of 50 waits about a second). The queue is bounded: sessions beyond it wait to
-//! enqueue.
+//! one block at the cost of queueing logins (~20 ms each here; a burst of 50 waits about a
+//! second). The queue is bounded: sessions beyond it wait to enqueue.
+//!
+//! The block is reused while checks are queued and given back to the kernel as soon as
+//! none waits (`Users::verify_with_memory` makes it an mmap of its own), so the 19 MiB is
+//! resident only during logins, as in Dovecot's auth process: a POP3 session that logged
+//! in once does not carry it while it downloads. Mapping and zeroing it again costs about
+//! 1–2 ms per isolated login; repeated logins mostly hit the cache below instead.
 //!
 //! # The verified-login cache (auth_cache_ttl)
 //!
@@ -32,9 +37,6 @@ use blake2::Blake2bMac512;
 use smol::channel::{bounded, Sender};
 
 use super::users::Users;
-
-/// How long the work area is kept after the last check.
-const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Pending checks before `verify` callers wait to enqueue.
 const QUEUE_LEN: usize = 64;
@@ -136,22 +138,16 @@ impl Verifier {
     pub fn start() -> std::io::Result<Verifier> {
         let (tx, rx) = bounded::<Request>(QUEUE_LEN);
         std::thread::Builder::new().name("poshta-auth".into()).spawn(move || {
-            // One argon2 work area, reused while logins come, given back after a quiet
-            // minute so an idle board is small again.
+            // One argon2 work area, reused while checks are queued (module doc).
             let mut memory = Vec::new();
             let mut cache = Cache::new();
             loop {
-                let next = smol::block_on(smol::future::or(async { Some(rx.recv().await) }, async {
-                    smol::Timer::after(IDLE_RELEASE).await;
-                    None
-                }));
-                let r = match next {
-                    Some(Ok(r)) => r,
-                    Some(Err(_)) => break,
-                    None => {
-                        memory = Vec::new();
-                        continue;
-                    }
+                if rx.is_empty() {
+                    memory = Vec::new();
+                }
+                let r = match smol::block_on(rx.recv()) {
+                    Ok(r) => r,
+                    Err(_) => break,
                 };
                 let now = Instant::now();
                 let mac = if r.ttl.is_zero() || !cache.usable() {
