@@ -33,6 +33,11 @@ pub const POP3_UID_BYTES_MAX: usize = 70;
 /// Messages one POP3 session lists; later ones wait for a later session (bounds memory
 /// for a huge maildrop; the shell should stop reading the directory there too).
 pub const POP3_MAILDROP_MESSAGES_MAX: usize = 100_000;
+/// Bytes of whole messages a POP3 session reads ahead of the client's RETRs (net::pop3):
+/// one thread-pool trip serves the next ones from memory.
+pub const POP3_READ_AHEAD_BYTES: usize = 64 * 1024;
+/// Messages a POP3 session reads ahead at most.
+pub const POP3_READ_AHEAD_MESSAGES: usize = 32;
 /// How many bytes of unread input one session may hold while a reply is pending.
 pub const SESSION_INPUT_BYTES_MAX: usize = 64 * 1024;
 /// One read from a client socket.

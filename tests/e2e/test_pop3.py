@@ -259,3 +259,59 @@ def test_large_mailbox_list_is_fast(poshta):
     assert len(listing) == 5000 and len(uidl) == 5000
     assert elapsed < 5, elapsed
     c.quit()
+
+
+def test_read_ahead_serves_every_message_exactly(poshta):
+    """RETR reads small messages ahead of the client (net::pop3 ReadAhead, 64 KiB and 32
+    messages per trip): every message must still come out exactly as stored, whatever the
+    order the client asks in, with large ones (past the budget, past one 64 KiB chunk)
+    between small ones, repeated RETRs, TOP, and all RETRs pipelined in one write."""
+    new = os.path.join(poshta.maildir("alice"), "new")
+    os.makedirs(new, exist_ok=True)
+    bodies = []
+    for i in range(80):
+        if i in (10, 45):
+            body = b"Subject: big %d\n\n" % i + b"".join(b"line %06d .x\n" % k for k in range(15000))  # ~210 KiB
+        elif i == 20:
+            body = b"Subject: chunk\n\n" + b"y" * 63 + b"\n" + (b"z" * 63 + b"\n") * 1021 + b"w" * 111 + b"\n"
+            assert len(body) == 65536  # exactly one chunk
+        elif i % 3 == 0:
+            body = b"Subject: crlf %d\r\n\r\n.dot first\r\nmid\r\n..two dots\r\n" % i
+        else:
+            body = b"Subject: lf %d\n\n.dot\nno final newline %d" % (i, i)
+        bodies.append(body)
+        with open(os.path.join(new, f"{1700000000 + i}.M{i}P1Q{i}.mx"), "wb") as f:
+            f.write(body)
+
+    def expect(i):
+        # What poplib hands back: lines without their ends, dot-stuffing undone.
+        return bodies[i].replace(b"\r\n", b"\n").split(b"\n") if not bodies[i].endswith(b"\n") else \
+            bodies[i].replace(b"\r\n", b"\n")[:-1].split(b"\n")
+
+    c = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=60)
+    c.user("alice")
+    c.pass_("secret-alice")
+    assert c.stat()[0] == 80
+    for n in range(1, 81):
+        assert c.retr(n)[1] == expect(n - 1), n
+    assert c.retr(5)[1] == expect(4)  # again, after the read-ahead passed it
+    top = c.top(7, 1)[1]
+    assert top[0] == expect(6)[0] and len(top) == 3
+    for n in (60, 59, 12, 11, 46, 45, 80):
+        assert c.retr(n)[1] == expect(n - 1), n
+    # Every RETR in one write (RFC 2449 PIPELINING): 80 replies, in order.
+    c.sock.sendall(b"".join(b"RETR %d\r\n" % n for n in range(1, 81)))
+    data = b""
+    deadline = time.time() + 30
+    while data.count(b"\r\n.\r\n") < 80 and time.time() < deadline:
+        chunk = c.sock.recv(1 << 16)
+        assert chunk
+        data += chunk
+    replies = data.split(b"\r\n.\r\n")[:80]
+    for n, r in enumerate(replies, 1):
+        status, _, text = r.partition(b"\r\n")
+        assert status.startswith(b"+OK"), (n, status)
+        lines = [l[1:] if l.startswith(b"..") else l for l in text.split(b"\r\n")] if text else []
+        assert lines == expect(n - 1), n
+    c.sock.sendall(b"QUIT\r\n")
+    c.sock.close()
