@@ -8,6 +8,10 @@
 #   LIST_N [50000]            messages for the LIST timing (0: skip it)
 #   MODES ["plain tls"]       plain: POP3 on a plain port (USER/PASS from 127.0.0.1);
 #                             tls: implicit TLS (POP3S, poplib.POP3_SSL)
+#   PIPELINE ["1 32"]         client windows, each a phase: 1 is poplib, one command at a
+#                             time; W > 1 keeps W RETR/DELE in flight (RFC 2449 PIPELINING,
+#                             which both servers announce), so the servers' costs show
+#                             rather than poplib's per-line work (mode label "plain+p32")
 #   SERVERS ["dovecot poshta"]  PHASE_TIMEOUT [300] s per phase   START_TIMEOUT [30]
 #   STORE [maildir]           maildir: a mailbox user's Maildir; mbox: a system user's mbox
 #                             (the passwd user `nobody`, marked `system` in poshta's users
@@ -28,6 +32,7 @@ N=${N:-5000}
 SIZE=${SIZE:-2048}
 LIST_N=${LIST_N:-50000}
 MODES=${MODES:-"plain tls"}
+PIPELINE=${PIPELINE:-"1 32"}
 SERVERS=${SERVERS:-"dovecot poshta"}
 PHASE_TIMEOUT=${PHASE_TIMEOUT:-300}
 POSHTA=${1:-${POSHTA:-}}
@@ -44,6 +49,7 @@ done
 [ "$N" -ge 1 ] || die "N must be at least 1"
 [ "$SIZE" -ge 400 ] || die "SIZE must be at least 400 (the headers)"
 for m in $MODES; do [[ $m = plain || $m = tls ]] || die "bad mode '$m' (plain, tls)"; done
+for w in $PIPELINE; do [[ $w =~ ^[1-9][0-9]*$ ]] || die "bad PIPELINE window '$w'"; done
 
 mkdir -p "$BENCH_TMPDIR" "$OUTDIR"
 RUN=$(mktemp -d "$BENCH_TMPDIR/run.XXXXXX") || die "cannot make a run directory in $BENCH_TMPDIR"
@@ -200,8 +206,9 @@ record_idle() {
         cgroup="${SRV_CG:-none}" idle:="$idle"
 }
 
-phase_fetch() { # phase_fetch MODE
-    local mode=$1 port tlsopt=() hwmopt=() cpu0 cpu1 client status mem left hwm
+phase_fetch() { # phase_fetch MODE WINDOW
+    local mode=$1 window=$2 port tlsopt=() hwmopt=() cpu0 cpu1 client status mem left hwm label=$1
+    [ "$window" -gt 1 ] && label="$mode+p$window"
     if [ "$mode" = tls ]; then
         port=$SRV_PORT_TLS
         tlsopt=(--tls 1 --cafile "$CERT")
@@ -214,7 +221,7 @@ phase_fetch() { # phase_fetch MODE
     sampler_start "$SRV_CG" "$SRV_PID" "$RUN/mem.json" $((PHASE_TIMEOUT + 60))
     cpu0=$(cpu_ns_of "$SRV_CG" "$SRV_PID")
     run_waited "$RUN/client.json" timeout -k 5 $((PHASE_TIMEOUT + 10)) "$PY" "$HERE/mailbench.py" pop3-fetch --port "$port" \
-        --user "$USER_NAME" --password "$PASSWORD" --expect "$N" --timeout "$PHASE_TIMEOUT" "${tlsopt[@]}" "${hwmopt[@]}"
+        --user "$USER_NAME" --password "$PASSWORD" --expect "$N" --timeout "$PHASE_TIMEOUT" --pipeline "$window" "${tlsopt[@]}" "${hwmopt[@]}"
     client=$(cat "$RUN/client.json" 2>/dev/null)
     [ -n "$client" ] || client='{"status": "client failed or timed out"}'
     sleep 0.2 # a server may finish its UPDATE state just after the +OK to QUIT
@@ -228,9 +235,9 @@ phase_fetch() { # phase_fetch MODE
     if [ "$status" = ok ] && [ "$(echo "$left" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print((d["new"] or 0)+(d["cur"] or 0))')" != 0 ]; then
         status="mailbox not empty after QUIT: $left"
     fi
-    tool emit "$RESULTS" kind=fetch server="$SRV" mode="$mode" n="$N" cpu_ns=$((cpu1 - cpu0)) \
+    tool emit "$RESULTS" kind=fetch server="$SRV" mode="$label" pipeline="$window" n="$N" cpu_ns=$((cpu1 - cpu0)) \
         peak_hwm_kib="$hwm" mem:="$mem" left:="$left" client:="$client" status="$status"
-    log "$SRV $mode: $status, $(echo "$client" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d.get("secs_total"), "s")'), " \
+    log "$SRV $label: $status, $(echo "$client" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d.get("secs_total"), "s")'), " \
         "$(awk "BEGIN{printf \"%.3f s CPU\", ($cpu1-$cpu0)/1e9}"), left $left"
 }
 
@@ -257,7 +264,9 @@ phase_list() {
 run_phases() {
     local m
     record_idle
-    for m in $MODES; do phase_fetch "$m"; done
+    for m in $MODES; do
+        for w in $PIPELINE; do phase_fetch "$m" "$w"; done
+    done
     phase_list
 }
 
