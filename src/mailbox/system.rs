@@ -9,7 +9,17 @@
 //!
 //! `home_mailbox` must be relative and must not contain `..` (else: a system error, logged).
 //! A mailbox that does not exist yet is an empty maildrop (nothing is created: delivery
-//! creates it, with the right owner).
+//! creates it, with the right owner). A home Maildir must be a directory owned by the user
+//! (it may be a symlink to one); an mbox anywhere must be a regular file with one link owned
+//! by the user (below).
+//!
+//! # Who opens it
+//!
+//! Running as a normal user (no privilege separation), this process does ([`open_place`]).
+//! Started as root, the daemon runs as mail_owner: the spool mbox is opened by the
+//! privileged helper, which passes the descriptor (`OpenMbox`, below); anything in a home is
+//! opened by a maildrop agent the helper starts as the user, with the same [`open_place`],
+//! and the session talks to it ([`super::agent`], `OpenHome`): root never walks a home.
 //!
 //! # Opening an mbox: [`open_system_mbox`]
 //!
