@@ -17,7 +17,8 @@
 //! The agent opens the mailbox with the code the daemon uses when it runs as a normal user
 //! ([`super::system::open_place`]: the same Maildir and mbox maildrops, the same locks, so
 //! local delivery and mail(1) stay compatible and a second session gets `[IN-USE]`), and
-//! serves the protocol below until the socket closes. It exits at end of file, after
+//! serves the protocol below until the socket closes (SIGHUP, SIGINT and SIGTERM are
+//! swallowed, as in the helper, so an UPDATE is never cut short). It exits at end of file, after
 //! [`Ask::Commit`] or [`Ask::Close`], or when the daemon says nothing for `idle_secs` (the
 //! POP3 autologout plus a margin). A connection that ends without `Commit` deletes nothing
 //! (RFC 1939 §6).
@@ -178,6 +179,13 @@ fn clean(text: &str) -> String {
 /// `poshta maildrop-agent`: serve the session on standard input (a socket). See the module doc.
 pub fn agent_main() -> i32 {
     use std::os::fd::AsFd;
+    // As the helper: a terminal's or a service manager's signals must not end the agent in
+    // the middle of an UPDATE; it ends at end of file, when the session is gone.
+    let _signals = async_signal::Signals::new([
+        async_signal::Signal::Hup,
+        async_signal::Signal::Int,
+        async_signal::Signal::Term,
+    ]);
     match std::io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => serve(UnixStream::from(fd)),
         Err(e) => {
