@@ -172,6 +172,13 @@ pub const LOOP_HEADER_SCAN_BYTES_MAX: usize = 256 * 1024;
 /// POP3 on an mbox: how long a login waits for the mailbox locks before `-ERR [IN-USE]`
 /// (a delivery holds them for milliseconds; mail(1) or another session for minutes).
 pub const POP3_MBOX_LOCK_WAIT_MS: u64 = 2_000;
+/// Maildrop agents (a home mailbox served to a POP3 session as the user, started as root)
+/// alive at once; the session cap (smtpd_sessions_max) bounds them first, this bounds the
+/// helper whatever the daemon asks.
+pub const POP3_HOME_AGENTS_MAX: usize = 256;
+/// How long a POP3 session waits for one answer of its maildrop agent (the first one comes
+/// after the whole mailbox was listed: a large mbox on an SD card takes a while).
+pub const POP3_AGENT_ANSWER_SECS: u64 = 300;
 
 /// Name servers used from resolv.conf or dns_resolver (glibc's MAXNS).
 pub const DNS_SERVERS_MAX: usize = 3;

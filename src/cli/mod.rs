@@ -249,6 +249,7 @@ pub fn main() -> i32 {
             return crate::privsep::helper::main(std::path::Path::new(cf));
         }
         Some("delivery-agent") => return crate::delivery::local::agent_main(),
+        Some("maildrop-agent") => return crate::mailbox::agent::agent_main(),
         _ => {}
     }
     let top: Top = argh::from_env();

@@ -8,7 +8,9 @@
 //! Two backends: Maildir ([`maildir`], mailbox users and `home_mailbox = Maildir/`) and mbox
 //! ([`mbox`], system users' `mail_spool_directory/USER`). [`Mailbox`] is the backend-neutral
 //! face the POP3 shell holds: the same [`Entry`] (size as transmitted, unique id) and a
-//! [`Message`] reader. [`system`] finds and opens a system user's mailbox.
+//! [`Message`] reader. [`system`] finds and opens a system user's mailbox; when poshta runs
+//! as root, a home mailbox is served by an agent running as the user ([`agent`]), which
+//! opens one of the two backends and forwards to it.
 //!
 //! # Sizes
 //!
@@ -20,6 +22,7 @@
 //! terminating `.` when a message does not end with a line end (RFC 1939 §3) — poshta's
 //! deliveries always end with one, since SMTP bodies do.
 
+pub mod agent;
 pub mod maildir;
 pub mod mbox;
 pub mod system;
@@ -173,6 +176,8 @@ impl CrlfCounter {
 pub enum Mailbox {
     Maildir(maildir::Maildrop),
     Mbox(mbox::MboxDrop),
+    /// A home mailbox opened by a `maildrop-agent` running as the user.
+    Agent(agent::RemoteDrop),
 }
 
 impl Mailbox {
@@ -193,6 +198,7 @@ impl Mailbox {
         match self {
             Mailbox::Maildir(m) => m.entries(),
             Mailbox::Mbox(m) => m.entries(),
+            Mailbox::Agent(m) => m.entries(),
         }
     }
 
@@ -201,6 +207,7 @@ impl Mailbox {
         match self {
             Mailbox::Maildir(m) => m.warnings(),
             Mailbox::Mbox(m) => m.warnings(),
+            Mailbox::Agent(m) => m.warnings(),
         }
     }
 
@@ -209,6 +216,7 @@ impl Mailbox {
         match self {
             Mailbox::Maildir(m) => m.open_message(index).map(Message::File),
             Mailbox::Mbox(m) => m.open_message(index).map(Message::Mbox),
+            Mailbox::Agent(m) => m.open_message(index).map(Message::Agent),
         }
     }
 
@@ -217,6 +225,7 @@ impl Mailbox {
         match self {
             Mailbox::Maildir(m) => m.delete(indexes),
             Mailbox::Mbox(m) => m.delete(indexes),
+            Mailbox::Agent(m) => m.delete(indexes),
         }
     }
 }
@@ -226,6 +235,7 @@ impl Mailbox {
 pub enum Message {
     File(File),
     Mbox(mbox::MboxMessage),
+    Agent(agent::RemoteMessage),
 }
 
 impl Read for Message {
@@ -233,6 +243,7 @@ impl Read for Message {
         match self {
             Message::File(f) => f.read(buf),
             Message::Mbox(m) => m.read(buf),
+            Message::Agent(m) => m.read(buf),
         }
     }
 }

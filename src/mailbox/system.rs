@@ -9,7 +9,17 @@
 //!
 //! `home_mailbox` must be relative and must not contain `..` (else: a system error, logged).
 //! A mailbox that does not exist yet is an empty maildrop (nothing is created: delivery
-//! creates it, with the right owner).
+//! creates it, with the right owner). A home Maildir must be a directory owned by the user
+//! (it may be a symlink to one); an mbox anywhere must be a regular file with one link owned
+//! by the user (below).
+//!
+//! # Who opens it
+//!
+//! Running as a normal user (no privilege separation), this process does ([`open_place`]).
+//! Started as root, the daemon runs as mail_owner: the spool mbox is opened by the
+//! privileged helper, which passes the descriptor (`OpenMbox`, below); anything in a home is
+//! opened by a maildrop agent the helper starts as the user, with the same [`open_place`],
+//! and the session talks to it ([`super::agent`], `OpenHome`): root never walks a home.
 //!
 //! # Opening an mbox: [`open_system_mbox`]
 //!
@@ -33,6 +43,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{Mode, OFlags, CWD};
 use rustix::io::Errno;
 
+use super::agent::{Place, RemoteDrop};
 use super::mbox::MboxDrop;
 use super::{Mailbox, MailboxError};
 use crate::config::Settings;
@@ -110,6 +121,11 @@ thread_local! {
     static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Whether this thread may wait (see [`drop_blocking`]).
+pub(crate) fn may_block() -> bool {
+    MAY_BLOCK.with(|b| b.get())
+}
+
 /// Drop `v` (a mailbox and its [`Hold`]) on a thread that may block, so that a helper-held
 /// mailbox is released before this returns: a POP3 session calls it off the event loop
 /// before it answers QUIT, and the next session (or mail(1)) finds the mailbox free.
@@ -128,7 +144,7 @@ impl Drop for Hold {
                         crate::mlog!("pop3d", "warning: delivery helper: close mailbox: {e}");
                     }
                 };
-                if MAY_BLOCK.with(|b| b.get()) {
+                if may_block() {
                     close();
                 } else {
                     // Dropped on the event loop (a session that ended abruptly): the blocking
@@ -179,6 +195,7 @@ fn describe(e: Errno) -> String {
     match e {
         Errno::LOOP => "refused: is a symbolic link".into(),
         Errno::NXIO => "refused: not a regular file (FIFO or device)".into(),
+        Errno::PERM => "refused: has more than one hard link or another owner than the user".into(),
         e => format!("open: {e}"),
     }
 }
@@ -198,48 +215,69 @@ fn open_checked(path: &Path, uid: u32) -> Result<File, Errno> {
     Ok(File::from(fd))
 }
 
+/// Open the mailbox at `place`, which belongs to `uid`, in this process and with its rights:
+/// the daemon running as a normal user, or the user's own maildrop agent ([`super::agent`]).
+/// A Maildir that does not exist yet is an empty maildrop (nothing is created in a home);
+/// one that is not a directory owned by `uid` is refused (a Maildir symlinked to another
+/// user's directory would serve that user's mail to this one).
+pub fn open_place(place: &Place, uid: u32) -> Result<Mailbox, MailboxError> {
+    match place {
+        Place::Maildir(dir) => {
+            if std::fs::symlink_metadata(dir).is_err() {
+                return Ok(Mailbox::Mbox(MboxDrop::empty(dir)));
+            }
+            // The Maildir path itself may be a symlink (an admin's choice): its target must
+            // still be the user's.
+            let meta = std::fs::metadata(dir).map_err(|e| MailboxError::io(dir, e))?;
+            if !meta.is_dir() {
+                return Err(sys_error(dir, "refused: the Maildir is not a directory"));
+            }
+            if meta.uid() != uid {
+                return Err(sys_error(
+                    dir,
+                    format!(
+                        "refused: the Maildir belongs to uid {}, not to the user (uid {uid})",
+                        meta.uid()
+                    ),
+                ));
+            }
+            Mailbox::open_maildir(dir)
+        }
+        Place::Mbox(path) => match open_system_mbox(path, uid)? {
+            None => Ok(Mailbox::Mbox(MboxDrop::empty(path))),
+            Some((file, hold)) => MboxDrop::open(file, path, Some(Box::new(hold))).map(Mailbox::Mbox),
+        },
+    }
+}
+
 /// Open `user`'s system mailbox as a POP3 maildrop (see the module doc).
 pub fn open_system_mailbox(settings: &Settings, user: &str) -> Result<Mailbox, MailboxError> {
     let acct = account(user)?;
-    match locate(&settings.mail_spool_directory, &settings.home_mailbox, &acct)? {
-        // Running as mail_owner (privilege separation): users' homes are closed to us, and
-        // the helper serves only the spool mbox.
-        Location::Maildir(dir) if crate::privsep::client().is_some() => Err(sys_error(
-            &dir,
-            "POP3 for a home_mailbox Maildir is not available when poshta runs as root \
-             (the daemon runs as mail_owner and cannot enter users' homes); use the spool mbox",
-        )),
-        Location::Maildir(dir) => {
-            // Nothing is created in a user's home: no Maildir yet means no mail yet.
-            if std::fs::symlink_metadata(&dir).is_err() {
-                return Ok(Mailbox::Mbox(MboxDrop::empty(&dir)));
-            }
-            Mailbox::open_maildir(&dir)
-        }
-        // Running with privilege separation (started as root): only the helper may open
-        // another user's mailbox; it does the same checks and locking as the user's side
-        // and passes the descriptor (crate::privsep). It serves the spool mbox.
-        Location::Mbox(path) if crate::privsep::client().is_some() => {
-            if path != settings.mail_spool_directory.join(&acct.name) {
-                return Err(sys_error(
-                    &path,
-                    "POP3 for a home_mailbox file needs the spool mbox when running as root",
-                ));
-            }
-            let c = crate::privsep::client().ok_or_else(|| sys_error(&path, "no delivery helper"))?;
-            match c.open_mbox(&acct.name) {
-                Ok((file, handle)) => {
-                    MboxDrop::open(file, &path, Some(Box::new(Hold::Helper(handle)))).map(Mailbox::Mbox)
-                }
-                // RFC 1939 §8: another session, mail(1) or a delivery has it.
-                Err(why) if why.contains("locked") => Err(MailboxError::InUse),
-                Err(why) => Err(sys_error(&path, why)),
-            }
-        }
-        Location::Mbox(path) => match open_system_mbox(&path, acct.uid)? {
-            None => Ok(Mailbox::Mbox(MboxDrop::empty(&path))),
-            Some((file, hold)) => MboxDrop::open(file, &path, Some(Box::new(hold))).map(Mailbox::Mbox),
+    let location = locate(&settings.mail_spool_directory, &settings.home_mailbox, &acct)?;
+    let place = match location {
+        Location::Maildir(dir) => Place::Maildir(dir),
+        Location::Mbox(path) => Place::Mbox(path),
+    };
+    let Some(c) = crate::privsep::client() else {
+        return open_place(&place, acct.uid);
+    };
+    // Running with privilege separation (started as root): only the helper may open another
+    // user's mailbox.
+    match place {
+        // The spool mbox: the helper does the checks and locking of open_system_mbox as root
+        // and passes the descriptor (crate::privsep).
+        Place::Mbox(path) if settings.home_mailbox.is_empty() => match c.open_mbox(&acct.name) {
+            Ok((file, handle)) => MboxDrop::open(file, &path, Some(Box::new(Hold::Helper(handle)))).map(Mailbox::Mbox),
+            // RFC 1939 §8: another session, mail(1) or a delivery has it.
+            Err(why) if why.contains("locked") => Err(MailboxError::InUse),
+            Err(why) => Err(sys_error(&path, why)),
         },
+        // Anything in a home: root never walks it and mail_owner cannot enter it; the helper
+        // starts an agent as the user, which opens it with open_place (super::agent).
+        Place::Maildir(path) | Place::Mbox(path) => {
+            let sock = c.open_home(&acct.name).map_err(|why| sys_error(&path, why))?;
+            RemoteDrop::connect(sock, &path).map(Mailbox::Agent)
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{ErrorKind, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,9 @@ use crate::config::Settings;
 use crate::delivery::local::{self, Ident, LocalConfig, Meta};
 use crate::delivery::mbox::MboxLock;
 use crate::delivery::DeliveryError;
-use crate::limits::PRIVSEP_OPEN_MBOXES_MAX;
+use crate::limits::{POP3_HOME_AGENTS_MAX, PRIVSEP_OPEN_MBOXES_MAX};
+use crate::mailbox::agent::{Job, Place};
+use crate::mailbox::system::{locate, Account, Location};
 use crate::policy::aliases::{Aliases, Source, Target};
 
 /// How long `OpenMbox` waits for another program's lock.
@@ -31,6 +34,8 @@ pub struct State {
     alias_stamps: Vec<Option<(i64, i64, u64, u64)>>,
     open: HashMap<u64, (PathBuf, MboxLock)>,
     next_handle: u64,
+    /// Maildrop agents started for POP3 sessions, reaped as they exit.
+    agents: Vec<std::process::Child>,
 }
 
 fn stamps(settings: &Settings) -> Vec<Option<(i64, i64, u64, u64)>> {
@@ -53,6 +58,7 @@ impl State {
             settings,
             open: HashMap::new(),
             next_handle: 1,
+            agents: Vec::new(),
         };
         st.load_aliases();
         st
@@ -165,7 +171,7 @@ pub fn serve(sock: UnixStream, mut st: State, config_file: Option<&Path>) -> i32
                     let fd_ok = st
                         .open
                         .get(&handle)
-                        .map(|(_, lock)| send_with_fd(&sock, handle, lock.file()));
+                        .map(|(_, lock)| send_with_fd(&sock, &Response::Opened { handle }, lock.file().as_fd()));
                     match fd_ok {
                         Some(Ok(())) => continue,
                         Some(Err(e)) => {
@@ -175,6 +181,17 @@ pub fn serve(sock: UnixStream, mut st: State, config_file: Option<&Path>) -> i32
                         }
                         None => Response::Refused("internal: lost the handle".into()),
                     }
+                }
+                Err(why) => Response::Refused(why),
+            },
+            Request::OpenHome { user } => match start_agent(&mut st, &user) {
+                Ok(ours) => {
+                    // Our copy closes here: the session and the agent hold the two ends.
+                    if let Err(e) = send_with_fd(&sock, &Response::Agent, ours.as_fd()) {
+                        crate::mlog!("local", "fatal: delivery helper: send: {e}");
+                        return 1;
+                    }
+                    continue;
                 }
                 Err(why) => Response::Refused(why),
             },
@@ -213,19 +230,18 @@ pub fn serve(sock: UnixStream, mut st: State, config_file: Option<&Path>) -> i32
     }
 }
 
-/// Send `Opened { handle }` with the mailbox's descriptor (SCM_RIGHTS). The helper keeps
-/// its own descriptor: closing any descriptor of the file would drop its fcntl lock.
-fn send_with_fd(sock: &UnixStream, handle: u64, file: &File) -> std::io::Result<()> {
+/// Send `answer` with a descriptor (SCM_RIGHTS): `Opened` with the mailbox's (the helper
+/// keeps its own: closing any descriptor of the file would drop its fcntl lock), `Agent`
+/// with the session's end of the agent's socket.
+fn send_with_fd(sock: &UnixStream, answer: &Response, fd: BorrowedFd<'_>) -> std::io::Result<()> {
     use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     use std::mem::MaybeUninit;
-    use std::os::fd::AsFd;
-    let payload = postcard::to_stdvec(&Response::Opened { handle })
-        .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))?;
+    let payload = postcard::to_stdvec(answer).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))?;
     let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
     bytes.extend_from_slice(&payload);
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut cmsg = SendAncillaryBuffer::new(&mut space);
-    let fds = [file.as_fd()];
+    let fds = [fd];
     if !cmsg.push(SendAncillaryMessage::ScmRights(&fds)) {
         return Err(std::io::Error::other("no room for the descriptor"));
     }
@@ -385,6 +401,62 @@ fn identity(st: &State, source: &Source) -> Result<Ident, DeliveryError> {
     };
     let meta = std::fs::metadata(&file).map_err(|e| DeliveryError::temporary(format!("{}: {e}", file.display())))?;
     Ident::owner_or_default_privs(meta.uid())
+}
+
+/// Start a maildrop agent as system user `name` for their home mailbox (see
+/// [`crate::mailbox::agent`]): the socketpair's other end is its standard input, the job
+/// (which mailbox, from this helper's own settings and passwd lookup) is already written
+/// into ours, which goes to the session. The agent is never root and never for the spool
+/// mbox (that one the helper opens itself: OpenMbox).
+fn start_agent(st: &mut State, name: &str) -> Result<OwnedFd, String> {
+    use std::os::unix::process::CommandExt;
+    // Reap the agents that ended; the rest count against the cap.
+    st.agents.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+    if st.agents.len() >= POP3_HOME_AGENTS_MAX {
+        return Err(format!("too many maildrop agents ({POP3_HOME_AGENTS_MAX})"));
+    }
+    let who = user(name).map_err(|e| e.reason)?;
+    if who.uid == 0 {
+        return Err("refusing to start a maildrop agent as root".into());
+    }
+    if st.local.home_mailbox.trim().is_empty() {
+        return Err("home_mailbox is not set: the mailbox is the spool mbox".into());
+    }
+    let acct = Account {
+        name: who.name.clone(),
+        uid: who.uid,
+        gid: who.gid,
+        home: who.home.clone(),
+    };
+    let place = match locate(&st.local.mail_spool_directory, st.local.home_mailbox.trim(), &acct) {
+        Ok(Location::Maildir(d)) => Place::Maildir(d),
+        Ok(Location::Mbox(p)) => Place::Mbox(p),
+        Err(e) => return Err(e.to_string()),
+    };
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let job = Job {
+        place,
+        uid: who.uid,
+        // The session's autologout, plus a margin for a client reading a long message.
+        idle_secs: st.settings.pop3d_autologout_secs.max(1) + 60,
+    };
+    let mut w = &ours;
+    // Small: fits the socket buffer before the agent reads it.
+    write_frame(&mut w, &job).map_err(|e| format!("agent job: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let child = std::process::Command::new(exe)
+        .arg("maildrop-agent")
+        .env_clear()
+        .current_dir("/")
+        .uid(who.uid)
+        .gid(who.gid)
+        .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("start maildrop agent as {}: {e}", who.name))?;
+    st.agents.push(child);
+    Ok(OwnedFd::from(ours))
 }
 
 /// Open and lock a system user's spool mailbox for POP3 (see the module doc).

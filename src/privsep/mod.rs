@@ -16,7 +16,8 @@
 //!
 //! # What the helper trusts
 //!
-//! Only "deliver this message for user X" and "open user X's mailbox". It reads main.cf
+//! Only "deliver this message for user X" and "open user X's mailbox" (the spool mbox
+//! itself, or a home mailbox through an agent running as X). It reads main.cf
 //! itself (the path comes from root's command line, not from the socket) and re-reads it on
 //! `Reload`; it looks every user up itself (getpwnam); it writes the spool mailbox as root
 //! with the checks of [`crate::delivery::mbox`] and everything in a home directory, every
@@ -36,7 +37,11 @@
 //! A delivery is `Deliver { work, meta }`, then `Data(bytes)` frames of at most
 //! PRIVSEP_CHUNK_BYTES, then `End` (or `Abort` when the daemon could not read the queue);
 //! the helper reads every frame up to `End`/`Abort` whatever happens, then answers one
-//! `Done`. `OpenMbox { user }` is answered by `Opened { handle }` carrying the open
+//! `Done`. `OpenHome { user }` is answered by `Agent` carrying, as an SCM_RIGHTS
+//! descriptor, one end of a socketpair whose other end is the standard input of a
+//! `poshta maildrop-agent` the helper started as the user (at most POP3_HOME_AGENTS_MAX
+//! alive; the helper reaps them), or `Refused(reason)`: the session then talks to the agent
+//! itself ([`crate::mailbox::agent`]). `OpenMbox { user }` is answered by `Opened { handle }` carrying the open
 //! mailbox (O_RDWR) as an SCM_RIGHTS descriptor in the same message, or `Refused(reason)`.
 //! The helper keeps the mailbox's dot-lock and fcntl lock until `CloseMbox { handle }`
 //! (answered `Closed`) or end of file; while it holds them, deliveries to that mailbox are
@@ -96,22 +101,41 @@ pub enum Work {
 /// Daemon → helper.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    Deliver { work: Work, meta: Meta },
+    Deliver {
+        work: Work,
+        meta: Meta,
+    },
     Data(Vec<u8>),
     End,
     Abort,
-    OpenMbox { user: String },
-    CloseMbox { handle: u64 },
+    OpenMbox {
+        user: String,
+    },
+    CloseMbox {
+        handle: u64,
+    },
     Reload,
+    /// Start a maildrop agent as `user` for their home mailbox (crate::mailbox::agent).
+    OpenHome {
+        user: String,
+    },
 }
 
 /// Helper → daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Done { ok: bool, permanent: bool, reason: String },
-    Opened { handle: u64 },
+    Done {
+        ok: bool,
+        permanent: bool,
+        reason: String,
+    },
+    Opened {
+        handle: u64,
+    },
     Closed,
     Refused(String),
+    /// The session's end of the agent's socket comes with this (SCM_RIGHTS).
+    Agent,
 }
 
 /// Write one frame.
@@ -314,6 +338,22 @@ impl Client {
             Response::Closed => Ok(()),
             Response::Refused(why) => Err(why),
             other => Err(format!("delivery helper: unexpected {other:?}")),
+        }
+    }
+
+    /// Have the helper start a maildrop agent as system user `user` for their home mailbox
+    /// (blocking): the socket to talk to it ([`crate::mailbox::agent`]).
+    pub fn open_home(&self, user: &str) -> Result<UnixStream, String> {
+        let r = self.call(|sock| {
+            let mut w = sock;
+            write_frame(&mut w, &Request::OpenHome { user: user.to_string() }).map_err(|e| e.to_string())?;
+            recv_response(sock)
+        })?;
+        match r {
+            (Response::Agent, Some(fd)) => Ok(UnixStream::from(fd)),
+            (Response::Agent, None) => Err("delivery helper sent no socket".into()),
+            (Response::Refused(why), _) => Err(why),
+            (other, _) => Err(format!("delivery helper: unexpected {other:?}")),
         }
     }
 

@@ -186,3 +186,21 @@ fn a_body_read_error_aborts_without_a_partial_message() {
     // The protocol is still in step.
     f.client.deliver(&work, &meta(2), &mut &b"ok\n"[..]).unwrap();
 }
+
+#[test]
+fn open_home_refusals_keep_the_helper_serving() {
+    let Some(f) = fixture("home", "") else { return };
+    // Unknown users, root, and a configuration without home_mailbox get no agent.
+    let e = f.client.open_home("no-such-user-poshta-x").unwrap_err();
+    assert!(e.contains("unknown user"), "{e}");
+    let e = f.client.open_home(&f.user).unwrap_err();
+    let root = nix::unistd::geteuid().is_root();
+    assert!(
+        e.contains(if root { "as root" } else { "home_mailbox is not set" }),
+        "{e}"
+    );
+    let e = f.client.open_home("root").unwrap_err();
+    assert!(e.contains("as root"), "{e}");
+    // The helper still answers.
+    f.client.reload().unwrap();
+}
