@@ -40,8 +40,14 @@ pub async fn refuse(stream: Async<TcpStream>, peer: SocketAddr, implicit_tls: bo
 }
 
 async fn write_out(stream: &mut Stream, server: &mut Server, timeout: Duration) -> bool {
-    super::send_all(stream, &server.take_output(), timeout).await
+    let out = server.take_output();
+    let ok = super::send_all(stream, &out, timeout).await;
+    server.recycle_output(out);
+    ok
 }
+
+/// One read from a message file (and the size of a message that is "whole" after it).
+const CHUNK: usize = crate::limits::QUEUE_CHUNK_BYTES_MAX;
 
 /// Whole messages read ahead of the client's RETRs.
 ///
@@ -74,7 +80,7 @@ impl ReadAhead {
         let mut out = Vec::new();
         for i in from..count.min(from + crate::limits::POP3_READ_AHEAD_MESSAGES) {
             let Ok(mut msg) = mb.open_message(i) else { break };
-            let mut bytes = Vec::new();
+            let mut bytes = Vec::with_capacity(ReadAhead::capacity(mb, i, budget + 1));
             // One byte over the budget tells "too big" without reading the whole message.
             match (&mut msg).take(budget as u64 + 1).read_to_end(&mut bytes) {
                 Ok(n) if n <= budget => {
@@ -85,6 +91,15 @@ impl ReadAhead {
             }
         }
         out
+    }
+
+    /// A buffer size for reading message `index` whole: its listed size (RFC 1939 §11:
+    /// with CR LF line ends, so never less than what is stored; mbox `>From ` quoting
+    /// undone only shrinks it) plus one byte for the end-of-file read, at most `cap`.
+    /// Growing from empty cost several reallocations per message.
+    fn capacity(mb: &Mailbox, index: usize, cap: usize) -> usize {
+        let listed = mb.entries().get(index).map_or(0, |e| e.size());
+        usize::try_from(listed).unwrap_or(usize::MAX).saturating_add(1).min(cap)
     }
 
     fn fill(&mut self, msgs: Vec<(usize, Vec<u8>)>) {
@@ -272,29 +287,29 @@ pub async fn session(
                     // most messages are whole after it (a 2 KiB message costs one hand-off,
                     // not three); bigger ones stream on in chunks. When it is whole, the
                     // trip also reads the next small messages (ReadAhead).
-                    let first = smol::unblock(move || -> Result<_, MailboxError> {
-                        let mut msg = mb.open_message(index)?;
-                        let mut chunk = Vec::new();
-                        let n = (&mut msg)
-                            .take(crate::limits::QUEUE_CHUNK_BYTES_MAX as u64)
-                            .read_to_end(&mut chunk)
-                            .map_err(|e| MailboxError::Io {
-                                path: format!("message {}", index + 1).into(),
-                                source: e,
+                    let first =
+                        smol::unblock(move || -> Result<_, MailboxError> {
+                            let mut msg = mb.open_message(index)?;
+                            let mut chunk = Vec::with_capacity(ReadAhead::capacity(&mb, index, CHUNK));
+                            let n = (&mut msg).take(CHUNK as u64).read_to_end(&mut chunk).map_err(|e| {
+                                MailboxError::Io {
+                                    path: format!("message {}", index + 1).into(),
+                                    source: e,
+                                }
                             })?;
-                        let next = if n < crate::limits::QUEUE_CHUNK_BYTES_MAX {
-                            ReadAhead::read(&mb, index + 1, crate::limits::POP3_READ_AHEAD_BYTES.saturating_sub(n))
-                        } else {
-                            Vec::new()
-                        };
-                        Ok((msg, chunk, n, next))
-                    })
-                    .await;
+                            let next = if n < CHUNK {
+                                ReadAhead::read(&mb, index + 1, crate::limits::POP3_READ_AHEAD_BYTES.saturating_sub(n))
+                            } else {
+                                Vec::new()
+                            };
+                            Ok((msg, chunk, n, next))
+                        })
+                        .await;
                     match first {
                         Ok((msg, mut chunk, n, next)) => {
                             server.retr_begin();
                             server.retr_chunk(&chunk[..n]);
-                            if n < crate::limits::QUEUE_CHUNK_BYTES_MAX {
+                            if n < CHUNK {
                                 server.retr_end();
                                 ahead.fill(next);
                                 continue;
@@ -302,7 +317,7 @@ pub async fn session(
                             if !write_out(&mut stream, &mut server, timeout).await {
                                 break 'session;
                             }
-                            chunk.resize(crate::limits::QUEUE_CHUNK_BYTES_MAX, 0);
+                            chunk.resize(CHUNK, 0);
                             let mut reader = smol::Unblock::with_capacity(crate::limits::QUEUE_CHUNK_BYTES_MAX, msg);
                             loop {
                                 match reader.read(&mut chunk).await {

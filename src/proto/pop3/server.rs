@@ -50,6 +50,9 @@ use crate::limits::{
 use crate::proto::line::{Frame, LineReader};
 use crate::proto::sasl::{Exchange, Mechanism, SaslError, Step};
 
+/// The largest output buffer a session keeps between writes (see `recycle_output`).
+pub const OUTPUT_KEEP_BYTES: usize = 256 * 1024;
+
 /// Fixed facts about one session, given by the shell.
 #[derive(Debug, Clone)]
 pub struct Pop3Params {
@@ -548,6 +551,16 @@ impl Server {
     /// Bytes to send to the client (drains the output buffer).
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
+    }
+
+    /// Give back a buffer from [`Server::take_output`] once it is sent: the next replies
+    /// are written into it instead of a new one grown from empty (a burst of pipelined
+    /// RETRs fills tens of KiB). Kept only up to [`OUTPUT_KEEP_BYTES`] of capacity.
+    pub fn recycle_output(&mut self, mut buf: Vec<u8>) {
+        if self.out.is_empty() && buf.capacity() <= OUTPUT_KEEP_BYTES {
+            buf.clear();
+            self.out = buf;
+        }
     }
 
     /// True once nothing more will be read: after QUIT, eof, timeout or a failed RETR.
