@@ -510,6 +510,7 @@ impl RemoteDrop {
                     name: l.uid.into_bytes().into_boxed_slice(),
                     uid: Uid::Prefix(len),
                     size: l.size,
+                    in_new: false,
                 });
             }
         }

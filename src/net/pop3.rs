@@ -5,8 +5,8 @@
 //!
 //! Mailbox work is blocking file I/O: it runs on the thread pool (`smol::unblock`); a
 //! message is streamed through `smol::Unblock` in chunks, so memory does not grow with the
-//! message. Deletions happen only on QUIT (UPDATE state, RFC 1939 §6); a dropped
-//! connection deletes nothing.
+//! message. Deletions (and a Maildir's new/ → cur/ moves) happen only on QUIT (UPDATE state,
+//! RFC 1939 §6); a dropped connection changes nothing.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -350,7 +350,9 @@ pub async fn session(
                     // The mailbox is released (its locks too) before +OK goes out.
                     let release = crate::mailbox::system::drop_blocking;
                     let ok = match mailbox.take() {
-                        Some(mb) if !deleted.is_empty() => match smol::unblock(move || {
+                        // RFC 1939 §6: UPDATE also when nothing was deleted (a Maildir moves the
+                        // messages listed from new/ to cur/).
+                        Some(mb) => match smol::unblock(move || {
                             let r = mb.delete(&deleted);
                             release(mb);
                             r
@@ -363,10 +365,6 @@ pub async fn session(
                                 false
                             }
                         },
-                        Some(mb) => {
-                            smol::unblock(move || release(mb)).await;
-                            true
-                        }
                         None => true,
                     };
                     server.update_done(ok);
