@@ -430,8 +430,14 @@ fn move_never_replaces_a_cur_message() {
     let r = m.delete(&[]).unwrap();
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     drop(m);
-    assert_eq!(std::fs::read(md.join("cur").join("1700000000.M1P1Q1.h:2,")).unwrap(), b"old\n");
-    assert_eq!(std::fs::read(md.join("new").join("1700000000.M1P1Q1.h")).unwrap(), b"new\n");
+    assert_eq!(
+        std::fs::read(md.join("cur").join("1700000000.M1P1Q1.h:2,")).unwrap(),
+        b"old\n"
+    );
+    assert_eq!(
+        std::fs::read(md.join("new").join("1700000000.M1P1Q1.h")).unwrap(),
+        b"new\n"
+    );
     let m = Maildrop::open(&md).unwrap();
     assert_eq!(uids(&m), ids);
     // Deleting the cur/ one lets the copy move at last; it then has the plain id.
@@ -477,5 +483,7 @@ fn fifty_thousand_messages_list_fast() {
     assert_eq!(m.len() as u64, N);
     assert!(m.entries().iter().all(|e| e.size() == 4));
     assert!(m.warnings().is_empty());
-    println!("open with {N} in new/: {first:?}; UPDATE moving them to cur/: {update:?}; open with {N} in cur/: {second:?}");
+    println!(
+        "open with {N} in new/: {first:?}; UPDATE moving them to cur/: {update:?}; open with {N} in cur/: {second:?}"
+    );
 }

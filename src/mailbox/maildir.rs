@@ -587,7 +587,11 @@ fn assign_uids(entries: &mut Vec<Entry>, w: &mut Warnings) {
     if !still.is_empty() {
         for &i in &still {
             let e = &entries[i];
-            w.push(format!("{}/{}: unique id clash, skipped", dir_name(e.in_new), show(&e.name)));
+            w.push(format!(
+                "{}/{}: unique id clash, skipped",
+                dir_name(e.in_new),
+                show(&e.name)
+            ));
         }
         let mut k = 0usize;
         entries.retain(|_| {
@@ -735,6 +739,217 @@ mod tests {
         // In the info part it is not an attribute.
         assert_eq!(virtual_size(b"1.M2P3Q4.h:2,W=5"), None);
         assert_eq!(virtual_size(b"W=5"), None);
+    }
+
+    /// A Maildir under the temp dir, removed on drop.
+    struct Tmp(PathBuf);
+    impl Tmp {
+        fn new(tag: &str) -> Tmp {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("poshta-md5-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            crate::delivery::maildir::create_maildir(&p.join("Maildir")).unwrap();
+            Tmp(p)
+        }
+        fn md(&self) -> PathBuf {
+            self.0.join("Maildir")
+        }
+        fn put(&self, sub: &str, name: &str, body: &[u8]) {
+            std::fs::write(self.md().join(sub).join(name), body).unwrap();
+        }
+        fn names(&self, sub: &str) -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(self.md().join(sub))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        }
+    }
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn listing(m: &Maildrop) -> Vec<(String, u64)> {
+        m.entries().iter().map(|e| (e.uid().to_string(), e.size())).collect()
+    }
+
+    fn read(m: &Maildrop, i: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        m.open_message(i).unwrap().read_to_end(&mut v).unwrap();
+        v
+    }
+
+    /// Issue 5: new/ and cur/ are listed together, in one order; a message keeps its number's
+    /// order and its UID when UPDATE moves it from new/ to cur/ (session 1 → session 2), even
+    /// where one unique part is a prefix of another (":" sorts after ",").
+    #[test]
+    fn listing_spans_new_and_cur_and_survives_the_move() {
+        let t = Tmp::new("list");
+        t.put("cur", "1700000001.M1P1Q1.h,S=2,W=3:2,S", b"a\n");
+        t.put("new", "1700000000.M9P1Q1.h,S=2,W=3", b"b\n");
+        t.put("new", "1700000002.M5.h", b"c\n");
+        t.put("cur", "1700000002.M5.h,S=2:2,", b"d\n");
+        t.put("new", "1700000003.M1P1Q1.h:2,F", b"e\n"); // info already there: kept as is
+        t.put("new", ".hidden", b"x\n");
+        let m = Maildrop::open(&t.md()).unwrap();
+        assert!(m.warnings().is_empty(), "{:?}", m.warnings());
+        let first = listing(&m);
+        let uids: Vec<&str> = first.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(
+            uids,
+            [
+                "1700000000.M9P1Q1.h,S=2,W=3",
+                "1700000001.M1P1Q1.h,S=2,W=3",
+                "1700000002.M5.h,S=2",
+                "1700000002.M5.h",
+                "1700000003.M1P1Q1.h"
+            ]
+        );
+        assert_eq!(read(&m, 0), b"b\n");
+        assert_eq!(read(&m, 3), b"c\n");
+        assert!(m.entries()[0].in_new && !m.entries()[1].in_new);
+        // Nothing moved at open.
+        assert_eq!(t.names("new").len(), 4);
+        m.delete(&[]).unwrap();
+        drop(m);
+        assert_eq!(t.names("new"), [".hidden"]);
+        assert_eq!(
+            t.names("cur"),
+            [
+                "1700000000.M9P1Q1.h,S=2,W=3:2,",
+                "1700000001.M1P1Q1.h,S=2,W=3:2,S",
+                "1700000002.M5.h,S=2:2,",
+                "1700000002.M5.h:2,",
+                "1700000003.M1P1Q1.h:2,F"
+            ]
+        );
+        let m = Maildrop::open(&t.md()).unwrap();
+        assert_eq!(listing(&m), first, "same order, sizes and UIDs from cur/");
+        assert!(m.entries().iter().all(|e| !e.in_new));
+    }
+
+    /// RFC 1939 §6: UPDATE unlinks from new/ and from cur/; the survivors still in new/ move
+    /// with ":2,"; only the directories changed are touched.
+    #[test]
+    fn update_deletes_from_both_and_moves_survivors() {
+        let t = Tmp::new("del");
+        t.put("new", "1700000000.M1P1Q1.h", b"n0\n");
+        t.put("cur", "1700000001.M1P1Q1.h:2,S", b"c1\n");
+        t.put("new", "1700000002.M1P1Q1.h", b"n2\n");
+        t.put("cur", "1700000003.M1P1Q1.h:2,", b"c3\n");
+        let m = Maildrop::open(&t.md()).unwrap();
+        let r = m.delete(&[0, 1]).unwrap();
+        assert_eq!((r.deleted, r.already_gone, r.failed.len()), (2, 0, 0));
+        drop(m);
+        assert!(t.names("new").is_empty());
+        assert_eq!(t.names("cur"), ["1700000002.M1P1Q1.h:2,", "1700000003.M1P1Q1.h:2,"]);
+        // Download-and-delete of everything in new/: cur/ is not touched at all.
+        t.put("new", "1700000004.M1P1Q1.h", b"n4\n");
+        let cur_before = std::fs::metadata(t.md().join("cur")).unwrap();
+        let m = Maildrop::open(&t.md()).unwrap();
+        let r = m.delete(&[2]).unwrap();
+        assert_eq!((r.deleted, r.already_gone), (1, 0));
+        drop(m);
+        let cur_after = std::fs::metadata(t.md().join("cur")).unwrap();
+        assert_eq!(cur_before.modified().unwrap(), cur_after.modified().unwrap());
+        assert!(t.names("new").is_empty());
+        assert_eq!(t.names("cur").len(), 2);
+    }
+
+    /// A file delivered after the listing is not part of the session: UPDATE leaves it in new/.
+    #[test]
+    fn update_leaves_later_arrivals_in_new() {
+        let t = Tmp::new("late");
+        t.put("new", "1700000000.M1P1Q1.h", b"early\n");
+        let m = Maildrop::open(&t.md()).unwrap();
+        t.put("new", "1600000000.M1P1Q1.h", b"late\n");
+        m.delete(&[]).unwrap();
+        drop(m);
+        assert_eq!(t.names("new"), ["1600000000.M1P1Q1.h"]);
+        assert_eq!(t.names("cur"), ["1700000000.M1P1Q1.h:2,"]);
+    }
+
+    /// Another program (a mail reader) moves a listed message from new/ to cur/ between the
+    /// listing and RETR: it is still served, and DELE removes the moved file at UPDATE.
+    #[test]
+    fn a_message_moved_by_another_program_is_still_served_and_deleted() {
+        let t = Tmp::new("moved");
+        t.put("new", "1700000000.M1P1Q1.h", b"zero\n");
+        t.put("new", "1700000001.M1P1Q1.h", b"one\n");
+        t.put("new", "1700000002.M1P1Q1.h", b"two\n");
+        let m = Maildrop::open(&t.md()).unwrap();
+        let md = t.md();
+        for (n, info) in [("1700000000.M1P1Q1.h", ":2,S"), ("1700000001.M1P1Q1.h", ":2,RS")] {
+            std::fs::rename(md.join("new").join(n), md.join("cur").join(format!("{n}{info}"))).unwrap();
+        }
+        assert_eq!(read(&m, 0), b"zero\n");
+        assert_eq!(read(&m, 1), b"one\n");
+        // Gone for good (removed, not moved): Gone.
+        std::fs::remove_file(md.join("new").join("1700000002.M1P1Q1.h")).unwrap();
+        assert!(matches!(m.open_message(2), Err(MailboxError::Gone)));
+        let r = m.delete(&[0, 2]).unwrap();
+        assert_eq!((r.deleted, r.already_gone, r.failed.len()), (1, 1, 0));
+        drop(m);
+        // The kept one stays as the other program left it.
+        assert_eq!(t.names("cur"), ["1700000001.M1P1Q1.h:2,RS"]);
+        assert!(t.names("new").is_empty());
+    }
+
+    /// A message missing from new/ whose unique part a kept message shares is not removed from
+    /// cur/ on its behalf: that file is the kept one.
+    #[test]
+    fn a_deleted_copy_never_removes_the_kept_one() {
+        let t = Tmp::new("copy");
+        t.put("cur", "1700000000.M1P1Q1.h:2,", b"old\n");
+        t.put("new", "1700000000.M1P1Q1.h", b"new\n");
+        let m = Maildrop::open(&t.md()).unwrap();
+        assert_eq!(read(&m, 1), b"new\n");
+        std::fs::remove_file(t.md().join("new").join("1700000000.M1P1Q1.h")).unwrap();
+        let r = m.delete(&[1]).unwrap();
+        assert_eq!((r.deleted, r.already_gone), (0, 1));
+        drop(m);
+        assert_eq!(t.names("cur"), ["1700000000.M1P1Q1.h:2,"]);
+    }
+
+    /// RFC 1939 §6: a session that ends without QUIT (the maildrop dropped, no UPDATE)
+    /// changes nothing on disk.
+    #[test]
+    fn a_dropped_session_changes_nothing() {
+        let t = Tmp::new("drop");
+        t.put("new", "1700000000.M1P1Q1.h", b"a\n");
+        t.put("cur", "1700000001.M1P1Q1.h:2,", b"b\n");
+        let (new0, cur0) = (t.names("new"), t.names("cur"));
+        let m = Maildrop::open(&t.md()).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(read(&m, 0), b"a\n");
+        drop(m);
+        assert_eq!((t.names("new"), t.names("cur")), (new0, cur0));
+    }
+
+    /// The same unique part in new/ and cur/ after a crash: both listed, distinct UIDs (the
+    /// cur/ one keeps the plain id), stable across sessions; the new/ copy stays in new/.
+    #[test]
+    fn crash_duplicate_in_new_and_cur() {
+        let t = Tmp::new("crash");
+        t.put("new", "1700000000.M1P1Q1.h,W=4", b"abc\n");
+        t.put("cur", "1700000000.M1P1Q1.h,W=4:2,S", b"abc\n");
+        let m = Maildrop::open(&t.md()).unwrap();
+        let first = listing(&m);
+        assert_eq!(first.len(), 2);
+        // ":2," < ":2,S": the new/ one (":2," once moved) comes first and keeps the plain id.
+        assert_eq!(first[0].0, "1700000000.M1P1Q1.h,W=4");
+        assert!(m.entries()[0].in_new);
+        assert_eq!(first[1].0.len(), 32);
+        m.delete(&[]).unwrap();
+        drop(m);
+        // No clash for this name: it moved, and keeps its id and place.
+        assert!(t.names("new").is_empty());
+        let m = Maildrop::open(&t.md()).unwrap();
+        assert_eq!(listing(&m), first);
     }
 
     #[test]
