@@ -349,6 +349,9 @@ pub async fn session(
                     ahead = ReadAhead::default();
                     // The mailbox is released (its locks too) before +OK goes out.
                     let release = crate::mailbox::system::drop_blocking;
+                    // RFC 1939 §6: -ERR ("some deleted messages not removed") only if some were
+                    // marked; a failed new/ → cur/ move alone loses nothing.
+                    let none_marked = deleted.is_empty();
                     let ok = match mailbox.take() {
                         // RFC 1939 §6: UPDATE also when nothing was deleted (a Maildir moves the
                         // messages listed from new/ to cur/).
@@ -361,8 +364,8 @@ pub async fn session(
                         {
                             Ok(_) => true,
                             Err(e) => {
-                                mlog!(SVC, "warning: sid={sid} delete: {e}");
-                                false
+                                mlog!(SVC, "warning: sid={sid} update: {e}");
+                                none_marked
                             }
                         },
                         None => true,
