@@ -342,7 +342,11 @@ impl Maildrop {
             }
         }
         if !missing.is_empty() {
-            cur_changed |= self.delete_moved(&marked, &missing, &mut report, &mut failures)?;
+            // A failed look into cur/ leaves those messages (reported); the rest goes on.
+            match self.delete_moved(&marked, &missing, &mut report, &mut failures) {
+                Ok(changed) => cur_changed |= changed,
+                Err(e) => failures.push(e.to_string()),
+            }
         }
         let moved = self.move_survivors(&marked);
         new_changed |= moved > 0;
