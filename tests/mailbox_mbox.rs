@@ -287,6 +287,30 @@ fn changed_mailbox_is_not_rewritten() {
     assert_eq!(std::fs::read(&p).unwrap().len(), 10);
 }
 
+/// RFC 1939 §6: the session now runs UPDATE at every QUIT, also with nothing deleted (issue
+/// 5, for Maildir's new/ → cur/); an mbox then neither rewrites, checks nor fsyncs anything.
+#[test]
+fn update_with_nothing_deleted_leaves_the_mbox_alone() {
+    let t = TmpDir::new("noop");
+    let data = format!("{F1}Subject: a\n\nA\n\n{F2}Subject: b\n\nB\n\n");
+    let p = t.file(data.as_bytes());
+    let m = open(&p);
+    let before = std::fs::metadata(&p).unwrap().modified().unwrap();
+    let r = m.delete(&[]).unwrap();
+    assert_eq!((r.deleted, r.already_gone, r.failed.len()), (0, 0, 0));
+    assert_eq!(std::fs::read(&p).unwrap(), data.as_bytes());
+    assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), before);
+    // Not even the "mailbox changed" check runs: a shrunk file is left as found, no error.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    assert!(m.delete(&[]).is_ok());
+    assert_eq!(std::fs::read(&p).unwrap().len(), 10);
+}
+
 fn delivery<'a>(path: &'a Path, uidl: &'a str) -> MboxDelivery<'a> {
     MboxDelivery {
         path,

@@ -20,8 +20,8 @@
 //! serves the protocol below until the socket closes (SIGHUP, SIGINT and SIGTERM are
 //! swallowed, as in the helper, so an UPDATE is never cut short). It exits at end of file, after
 //! [`Ask::Commit`] or [`Ask::Close`], or when the daemon says nothing for `idle_secs` (the
-//! POP3 autologout plus a margin). A connection that ends without `Commit` deletes nothing
-//! (RFC 1939 §6).
+//! POP3 autologout plus a margin). A connection that ends without `Commit` changes nothing
+//! (RFC 1939 §6): nothing deleted, nothing moved from a Maildir's `new/`.
 //!
 //! # Wire format
 //!
@@ -40,10 +40,11 @@
 //! ```
 //!
 //! `Chunk.data` is at most [`CHUNK_BYTES`] of the message as stored (the POP3 core converts
-//! line ends and dot-stuffs); only the last chunk may be empty. `Commit` removes the marked
-//! messages (RFC 1939 §6 UPDATE; a mark out of range fails the whole commit, nothing
-//! removed), releases the mailbox and its locks, answers, and ends the agent; `Close` only
-//! releases. Sizes and unique ids are the backends' own (RFC 1939 §7, §11), so a listing
+//! line ends and dot-stuffs); only the last chunk may be empty. `Commit` is the UPDATE of
+//! every QUIT, also with no `Mark` (RFC 1939 §6): it removes the marked messages and, for a
+//! Maildir, moves the listed survivors from `new/` to `cur/` (a mark out of range fails the
+//! whole commit, nothing removed or moved), releases the mailbox and its locks, answers, and
+//! ends the agent; `Close` (a session that ended without QUIT) only releases. Sizes and unique ids are the backends' own (RFC 1939 §7, §11), so a listing
 //! is the same whether served locally or by an agent.
 //!
 //! # The agent is not trusted
@@ -510,6 +511,7 @@ impl RemoteDrop {
                     name: l.uid.into_bytes().into_boxed_slice(),
                     uid: Uid::Prefix(len),
                     size: l.size,
+                    in_new: false,
                 });
             }
         }
@@ -575,8 +577,8 @@ impl RemoteDrop {
         }
     }
 
-    /// RFC 1939 §6 (UPDATE): the agent removes the messages at `indexes`, then releases the
-    /// mailbox and ends.
+    /// RFC 1939 §6 (UPDATE): the agent removes the messages at `indexes` (may be empty) and
+    /// moves a Maildir's survivors to `cur/`, then releases the mailbox and ends.
     pub fn delete(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
         let mut conn = lock(&self.conn);
         let mut marks = Vec::with_capacity(indexes.len().min(MARKS_PER_FRAME));

@@ -11,16 +11,42 @@
 //!    open Maildirs (keyed by canonical path) so two sessions of this process never share one
 //!    even where flock is unreliable (some network file systems). Held → [`MailboxError::InUse`]
 //!    (RFC 1939 §8: "-ERR maildrop already locked"). Both are released on Drop.
-//! 3. Every regular file in `new/` moves to `cur/` with the info `:2,` appended (no flags: a
-//!    POP3 client has seen everything, and RFC 1939 has no flags to keep), as Dovecot does when
-//!    a client first sees a message. Names starting with `.` are not messages; symlinks and
-//!    other non-regular files stay where they are and are reported as warnings. Messages
-//!    delivered after this step are not part of the session (they are listed next time; they
-//!    are never seen half-written, since delivery renames complete files into `new/`).
-//! 4. `cur/` is listed: regular files only (the kernel's d_type, or `fstatat` without following
-//!    links where the file system does not fill d_type); symlinks, FIFOs, devices, sockets and
-//!    unreadable files are skipped with a warning, the rest is served. At most
-//!    [`MAILDROP_MESSAGES_MAX`] messages per session.
+//! 3. `cur/`, then `new/`, is listed; nothing is moved or renamed (a download-and-delete
+//!    session thus costs one metadata write per message, the unlink at UPDATE). Regular files
+//!    only (the kernel's d_type, or `fstatat` without following links where the file system
+//!    does not fill d_type); names starting with `.` are not messages; symlinks, FIFOs,
+//!    devices, sockets and unreadable files are skipped with a warning, the rest is served.
+//!    At most [`MAILDROP_MESSAGES_MAX`] messages per session over both directories (`cur/`
+//!    first; the rest is listed once messages are deleted). Each message remembers its
+//!    directory. Messages delivered after this step are not part of the session (they are
+//!    listed next time; they are never seen half-written, since delivery renames complete
+//!    files into `new/`).
+//!
+//! # Reading
+//!
+//! A message is opened in its directory. If it is gone from `new/` (a mail reader that
+//! ignores poshta's lock moved it to `cur/` meanwhile), `cur/` is searched once for a regular
+//! file with the same unique part, which is served; otherwise the message is gone.
+//!
+//! # UPDATE (RFC 1939 §6)
+//!
+//! At QUIT in TRANSACTION state, also when nothing was deleted:
+//!
+//! 1. Each deleted message is unlinked from its directory. One missing from `new/` is looked
+//!    for in `cur/` by its unique part (one pass for all of them) and that file is unlinked,
+//!    unless a message kept in this session has the same unique part; one missing from
+//!    `cur/` is counted as already gone.
+//! 2. Every *listed* survivor still in `new/` is renamed to `cur/` with the info `:2,`
+//!    appended (no flags: a POP3 client has seen everything, and RFC 1939 has no flags to
+//!    keep), never replacing a file there (`RENAME_NOREPLACE`): a copy of the same name in
+//!    `cur/` leaves it in `new/`, with a logged warning. Files that arrived after the listing
+//!    are not touched.
+//! 3. The directories changed (only those) are fsynced, `cur/` first, before the client hears
+//!    +OK.
+//!
+//! A session that ends without QUIT changes nothing: messages stay where they were. Since
+//! the unique id and the order come from the unique part and the name in `cur/`, a message
+//! keeps its UIDL and its place whether it is listed from `new/` or from `cur/`.
 //!
 //! # File names
 //!
@@ -29,7 +55,8 @@
 //!
 //! - Order (message numbers, oldest first): by the leading decimal `secs`, then the decimal
 //!   after `.M` (microseconds; 0 when absent, as in older `{secs}.{pid}.{host}` names), then
-//!   the name's bytes. A name without leading digits sorts after all dated ones.
+//!   the bytes of the name in `cur/` (a name in `new/` without info counts with `:2,`), then
+//!   `cur/` before `new/`. A name without leading digits sorts after all dated ones.
 //! - Size (RFC 1939 §11, CRLF line ends): the decimal of a `,W=` attribute in UNIQUE (Dovecot's
 //!   virtual size) when present; otherwise the file is read once, counting bytes and bare LFs.
 //!   Only names are read for poshta's own deliveries.
@@ -39,8 +66,9 @@
 //!   basis 0x6c62272e07bb014262b821756295c58d, prime 2^88 + 0x13b) as 32 lower-case hex digits.
 //!   An accidental collision among a mailbox's names has probability around n²/2^129.
 //!   Should two files still share an id (the same UNIQUE twice in `cur/` with different INFO,
-//!   left by a crashed client), every one after the first in message order gets the hash of
-//!   `"\0dup\0"` followed by its whole name; a file still clashing after that is skipped.
+//!   or in both `new/` and `cur/`, left by a crashed client), every one after the first in
+//!   message order gets the hash of `"\0dup\0"` followed by its whole name (as it is in its
+//!   directory); a file still clashing after that is skipped.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -94,6 +122,7 @@ impl Drop for Registered {
 /// One POP3 session's view of a Maildir: locked, listed once at open.
 pub struct Maildrop {
     path: PathBuf,
+    new: OwnedFd,
     cur: OwnedFd,
     entries: Vec<Entry>,
     warnings: Vec<String>,
@@ -175,7 +204,8 @@ fn open_regular(dir: &OwnedFd, name: &[u8]) -> std::io::Result<(File, u64)> {
 }
 
 impl Maildrop {
-    /// Lock the Maildir, move `new/` into `cur/`, list `cur/` (see the module doc).
+    /// Lock the Maildir and list `new/` and `cur/` (see the module doc). Changes nothing on
+    /// disk but the lock file (and the directories, when missing).
     pub fn open(maildir: &Path) -> Result<Maildrop, MailboxError> {
         crate::delivery::maildir::create_maildir(maildir).map_err(|e| MailboxError::io(maildir, e))?;
         let key = std::fs::canonicalize(maildir).unwrap_or_else(|_| maildir.to_path_buf());
@@ -185,10 +215,14 @@ impl Maildrop {
         let new = open_dir(&md, Path::new("new"), true).map_err(|e| MailboxError::io(maildir.join("new"), e))?;
         let cur = open_dir(&md, Path::new("cur"), true).map_err(|e| MailboxError::io(maildir.join("cur"), e))?;
         let mut warnings = Warnings::default();
-        move_new_to_cur(&new, &cur, maildir, &mut warnings)?;
-        let entries = list_cur(&cur, maildir, &mut warnings)?;
+        let mut listing = Listing::default();
+        // cur/ first: when the cap is reached, the messages already seen are the ones served.
+        listing.add_dir(&cur, false, maildir, &mut warnings)?;
+        listing.add_dir(&new, true, maildir, &mut warnings)?;
+        let entries = listing.finish(&mut warnings);
         Ok(Maildrop {
             path: maildir.to_path_buf(),
+            new,
             cur,
             entries,
             warnings: warnings.finish(),
@@ -210,47 +244,191 @@ impl Maildrop {
         &self.entries
     }
 
-    /// Files skipped or left in `new/` while opening, for the log.
+    /// Files skipped while opening, for the log.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
 
-    fn cur_path(&self, name: &[u8]) -> PathBuf {
-        self.path.join("cur").join(show(name))
+    fn dir(&self, in_new: bool) -> &OwnedFd {
+        if in_new {
+            &self.new
+        } else {
+            &self.cur
+        }
+    }
+
+    fn file_path(&self, in_new: bool, name: &[u8]) -> PathBuf {
+        self.path.join(dir_name(in_new)).join(show(name))
     }
 
     /// Open message `index` (0-based) for reading. [`MailboxError::Gone`] when another client
     /// removed it since the listing, or when there is no such index.
     pub fn open_message(&self, index: usize) -> Result<File, MailboxError> {
         let e = self.entries.get(index).ok_or(MailboxError::Gone)?;
-        match open_regular(&self.cur, &e.name) {
+        match open_regular(self.dir(e.in_new), &e.name) {
             Ok((f, _)) => Ok(f),
+            // Another program (a mail reader ignoring poshta's lock) moved it from new/ to
+            // cur/ after the listing: same unique part, its own info. Looked for once.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && e.in_new => {
+                let unique = unique_part(&e.name);
+                let Some(name) = self.find_in_cur(|u| u == unique, 1)?.pop() else {
+                    return Err(MailboxError::Gone);
+                };
+                match open_regular(&self.cur, &name) {
+                    Ok((f, _)) => Ok(f),
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(MailboxError::Gone),
+                    Err(err) => Err(MailboxError::io(self.file_path(false, &name), err)),
+                }
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(MailboxError::Gone),
-            Err(err) => Err(MailboxError::io(self.cur_path(&e.name), err)),
+            Err(err) => Err(MailboxError::io(self.file_path(e.in_new, &e.name), err)),
         }
     }
 
-    /// RFC 1939 §6 (UPDATE): remove the messages at `indexes` (0-based). A message already
-    /// gone is counted, not an error; other failures are listed in the report and the rest
-    /// is still removed. `cur/` is fsynced once at the end so the removals are durable before
-    /// the client hears +OK; only that fsync failing is an `Err`.
+    /// Regular files in `cur/` whose unique part `wanted` accepts, at most `limit`: one pass
+    /// over the directory (bounded by its size), only on the rare paths where another program
+    /// moved a message listed in `new/`.
+    fn find_in_cur(&self, wanted: impl Fn(&[u8]) -> bool, limit: usize) -> Result<Vec<Box<[u8]>>, MailboxError> {
+        let cur_path = || self.path.join("cur");
+        let dir = Dir::read_from(&self.cur).map_err(|e| MailboxError::io(cur_path(), e))?;
+        let mut found = Vec::new();
+        for item in dir {
+            if found.len() >= limit {
+                break;
+            }
+            let d = item.map_err(|e| MailboxError::io(cur_path(), e))?;
+            let name = d.file_name().to_bytes();
+            if name.is_empty() || name.starts_with(b".") || !wanted(unique_part(name)) {
+                continue;
+            }
+            if kind(&self.cur, name, d.file_type()) == Ok(FileType::RegularFile) {
+                found.push(name.into());
+            }
+        }
+        Ok(found)
+    }
+
+    /// RFC 1939 §6 (UPDATE), at every QUIT in TRANSACTION state (`indexes` may be empty):
+    /// remove the messages at `indexes` (0-based) from `new/` or `cur/`, then move every listed
+    /// survivor still in `new/` to `cur/` (see the module doc). A message already gone is
+    /// counted, not an error; other failures are listed in the report and the rest is still
+    /// removed; a survivor that cannot move stays in `new/` (logged: nothing is lost, its id
+    /// is the same). The directories changed are fsynced before this returns, so the client
+    /// hears +OK only for what is durable; only an fsync failing is an `Err`.
     pub fn delete(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
         let mut report = DeleteReport::default();
         let mut failures = Warnings::default();
+        let mut marked = vec![false; self.entries.len()];
+        let (mut new_changed, mut cur_changed) = (false, false);
+        // Marked messages missing from new/: perhaps moved to cur/ by another program.
+        let mut missing: Vec<usize> = Vec::new();
         for &i in indexes {
             let Some(e) = self.entries.get(i) else {
                 failures.push(format!("no message at index {i}"));
                 continue;
             };
-            match rustix::fs::unlinkat(&self.cur, &*e.name, AtFlags::empty()) {
-                Ok(()) => report.deleted += 1,
+            if std::mem::replace(&mut marked[i], true) {
+                continue;
+            }
+            match rustix::fs::unlinkat(self.dir(e.in_new), &*e.name, AtFlags::empty()) {
+                Ok(()) => {
+                    report.deleted += 1;
+                    new_changed |= e.in_new;
+                    cur_changed |= !e.in_new;
+                }
+                Err(Errno::NOENT) if e.in_new => missing.push(i),
                 Err(Errno::NOENT) => report.already_gone += 1,
-                Err(err) => failures.push(format!("{}: {err}", self.cur_path(&e.name).display())),
+                Err(err) => failures.push(format!("{}: {err}", self.file_path(e.in_new, &e.name).display())),
             }
         }
+        if !missing.is_empty() {
+            // A failed look into cur/ leaves those messages (reported); the rest goes on.
+            match self.delete_moved(&marked, &missing, &mut report, &mut failures) {
+                Ok(changed) => cur_changed |= changed,
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        let moved = self.move_survivors(&marked);
+        new_changed |= moved > 0;
+        cur_changed |= moved > 0;
         report.failed = failures.finish();
-        rustix::fs::fsync(&self.cur).map_err(|e| MailboxError::io(self.path.join("cur"), e))?;
+        // cur/ first: should a crash come between the two, a moved message is at worst in both
+        // (listed with the duplicate rules), never in neither.
+        if cur_changed {
+            rustix::fs::fsync(&self.cur).map_err(|e| MailboxError::io(self.path.join("cur"), e))?;
+        }
+        if new_changed {
+            rustix::fs::fsync(&self.new).map_err(|e| MailboxError::io(self.path.join("new"), e))?;
+        }
         Ok(report)
+    }
+
+    /// Deleted messages found missing from `new/`: remove the file another program moved to
+    /// `cur/` (same unique part), unless a message kept in this session has that unique part
+    /// (then it is not ours to remove: counted as already gone). Returns whether `cur/` changed.
+    fn delete_moved(
+        &self,
+        marked: &[bool],
+        missing: &[usize],
+        report: &mut DeleteReport,
+        failures: &mut Warnings,
+    ) -> Result<bool, MailboxError> {
+        let kept: HashSet<&[u8]> = (self.entries.iter().zip(marked))
+            .filter(|(_, &m)| !m)
+            .map(|(e, _)| unique_part(&e.name))
+            .collect();
+        let mut wanted: HashSet<&[u8]> = missing
+            .iter()
+            .map(|&i| unique_part(&self.entries[i].name))
+            .filter(|u| !kept.contains(u))
+            .collect();
+        let mut changed = false;
+        let mut gone = missing.len();
+        if wanted.is_empty() {
+            report.already_gone += gone;
+            return Ok(false);
+        }
+        // One file per unique part: a second one (another copy) is not what the client saw.
+        let found = self.find_in_cur(|u| wanted.contains(u), MAILDROP_MESSAGES_MAX)?;
+        for name in found {
+            if !wanted.remove(unique_part(&name)) {
+                continue;
+            }
+            match rustix::fs::unlinkat(&self.cur, &*name, AtFlags::empty()) {
+                Ok(()) => {
+                    report.deleted += 1;
+                    changed = true;
+                }
+                Err(Errno::NOENT) => continue,
+                Err(err) => failures.push(format!("{}: {err}", self.file_path(false, &name).display())),
+            }
+            gone -= 1;
+        }
+        report.already_gone += gone;
+        Ok(changed)
+    }
+
+    /// Rename every listed, unmarked message still in `new/` to `cur/` with the info `:2,`
+    /// (never replacing a file there). Files delivered after the listing are not touched.
+    /// Returns how many moved.
+    fn move_survivors(&self, marked: &[bool]) -> usize {
+        let mut moved = 0usize;
+        let mut w = Warnings::default();
+        let mut target = Vec::with_capacity(256);
+        for (e, _) in self.entries.iter().zip(marked).filter(|(e, &m)| e.in_new && !m) {
+            target.clear();
+            target.extend(name_in_cur(&e.name, true));
+            match rename_noreplace(&self.new, &e.name, &self.cur, &target) {
+                Ok(()) => moved += 1,
+                // Another program moved or removed it meanwhile.
+                Err(Errno::NOENT) => {}
+                Err(err) => w.push(format!("new/{}: not moved to cur/: {err}", show(&e.name))),
+            }
+        }
+        for line in w.finish() {
+            crate::mlog!("pop3d", "warning: {}: {line}", self.path.display());
+        }
+        moved
     }
 }
 
@@ -287,116 +465,105 @@ fn rename_noreplace(from: &OwnedFd, old: &[u8], to: &OwnedFd, new: &[u8]) -> Res
     }
 }
 
-/// Step 3 of the module doc. Returns how many moved. Not fsynced: if a crash undoes a move,
-/// the message is simply in `new/` again, with the same unique id.
-fn move_new_to_cur(new: &OwnedFd, cur: &OwnedFd, maildir: &Path, w: &mut Warnings) -> Result<usize, MailboxError> {
-    let new_path = maildir.join("new");
-    let dir = Dir::read_from(new).map_err(|e| MailboxError::io(&new_path, e))?;
-    let mut moved = 0usize;
-    let mut target = Vec::with_capacity(256);
-    for item in dir {
-        // Bounded: the rest moves next session.
-        if moved >= MAILDROP_MESSAGES_MAX {
-            break;
-        }
-        let e = item.map_err(|e| MailboxError::io(&new_path, e))?;
-        let name = e.file_name().to_bytes();
-        // ".", ".." and hidden files are not messages.
-        if name.is_empty() || name.starts_with(b".") {
-            continue;
-        }
-        match kind(new, name, e.file_type()) {
-            Ok(FileType::RegularFile) => {}
-            Ok(FileType::Symlink) => {
-                w.push(format!("new/{}: symbolic link, skipped", show(name)));
-                continue;
-            }
-            Ok(t) => {
-                w.push(format!("new/{}: not a regular file ({t:?}), skipped", show(name)));
-                continue;
-            }
-            Err(Errno::NOENT) => continue,
-            Err(err) => {
-                w.push(format!("new/{}: {err}, skipped", show(name)));
-                continue;
-            }
-        }
-        target.clear();
-        target.extend_from_slice(name);
-        // Maildir spec: a message a client has seen goes to cur/ with info "2," (no flags).
-        if !name.contains(&b':') {
-            target.extend_from_slice(b":2,");
-        }
-        match rename_noreplace(new, name, cur, &target) {
-            Ok(()) => moved += 1,
-            Err(Errno::NOENT) => {} // another reader moved it meanwhile
-            Err(err) => w.push(format!("new/{}: not moved to cur/: {err}", show(name))),
-        }
+/// `new` or `cur`, for paths and warnings.
+fn dir_name(in_new: bool) -> &'static str {
+    if in_new {
+        "new"
+    } else {
+        "cur"
     }
-    Ok(moved)
 }
 
-/// Step 4 of the module doc.
-fn list_cur(cur: &OwnedFd, maildir: &Path, w: &mut Warnings) -> Result<Vec<Entry>, MailboxError> {
-    let cur_path = maildir.join("cur");
-    let dir = Dir::read_from(cur).map_err(|e| MailboxError::io(&cur_path, e))?;
-    let mut listed: Vec<(u64, u32, Entry)> = Vec::new();
-    let mut buf = Vec::new();
-    let mut not_listed = 0usize;
-    for item in dir {
-        let e = item.map_err(|e| MailboxError::io(&cur_path, e))?;
-        let name = e.file_name().to_bytes();
-        if name.is_empty() || name.starts_with(b".") {
-            continue;
-        }
-        match kind(cur, name, e.file_type()) {
-            Ok(FileType::RegularFile) => {}
-            Ok(FileType::Symlink) => {
-                w.push(format!("cur/{}: symbolic link, skipped", show(name)));
+/// The name a message has (or will have) in `cur/`: a name from `new/` without info gets
+/// `:2,` (Maildir spec: seen by a client, no flags).
+fn name_in_cur(name: &[u8], in_new: bool) -> impl Iterator<Item = u8> + '_ {
+    let info: &[u8] = if in_new && !name.contains(&b':') { b":2," } else { b"" };
+    name.iter().chain(info).copied()
+}
+
+/// Steps 3 and 4 of the module doc: the messages of `cur/` and `new/`, sorted at the end.
+#[derive(Default)]
+struct Listing {
+    listed: Vec<(u64, u32, Entry)>,
+    not_listed: usize,
+    buf: Vec<u8>,
+}
+
+impl Listing {
+    fn add_dir(&mut self, dir: &OwnedFd, in_new: bool, maildir: &Path, w: &mut Warnings) -> Result<(), MailboxError> {
+        let sub = dir_name(in_new);
+        let dir_path = maildir.join(sub);
+        let items = Dir::read_from(dir).map_err(|e| MailboxError::io(&dir_path, e))?;
+        for item in items {
+            let e = item.map_err(|e| MailboxError::io(&dir_path, e))?;
+            let name = e.file_name().to_bytes();
+            // ".", ".." and hidden files are not messages.
+            if name.is_empty() || name.starts_with(b".") {
                 continue;
             }
-            Ok(t) => {
-                w.push(format!("cur/{}: not a regular file ({t:?}), skipped", show(name)));
-                continue;
-            }
-            Err(Errno::NOENT) => continue,
-            Err(err) => {
-                w.push(format!("cur/{}: {err}, skipped", show(name)));
-                continue;
-            }
-        }
-        if listed.len() >= MAILDROP_MESSAGES_MAX {
-            not_listed += 1;
-            continue;
-        }
-        let size = match virtual_size(name) {
-            Some(s) => s,
-            None => match crlf_size_of(cur, name, &mut buf) {
-                Ok(s) => s,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(err) => {
-                    w.push(format!("cur/{}: unreadable ({err}), skipped", show(name)));
+            match kind(dir, name, e.file_type()) {
+                Ok(FileType::RegularFile) => {}
+                Ok(FileType::Symlink) => {
+                    w.push(format!("{sub}/{}: symbolic link, skipped", show(name)));
                     continue;
                 }
-            },
-        };
-        let (secs, micros) = delivery_time(name);
-        let entry = Entry {
-            name: name.into(),
-            uid: Uid::Prefix(0),
-            size,
-        };
-        listed.push((secs, micros, entry));
+                Ok(t) => {
+                    w.push(format!("{sub}/{}: not a regular file ({t:?}), skipped", show(name)));
+                    continue;
+                }
+                Err(Errno::NOENT) => continue,
+                Err(err) => {
+                    w.push(format!("{sub}/{}: {err}, skipped", show(name)));
+                    continue;
+                }
+            }
+            if self.listed.len() >= MAILDROP_MESSAGES_MAX {
+                self.not_listed += 1;
+                continue;
+            }
+            let size = match virtual_size(name) {
+                Some(s) => s,
+                None => match crlf_size_of(dir, name, &mut self.buf) {
+                    Ok(s) => s,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(err) => {
+                        w.push(format!("{sub}/{}: unreadable ({err}), skipped", show(name)));
+                        continue;
+                    }
+                },
+            };
+            let (secs, micros) = delivery_time(name);
+            let entry = Entry {
+                name: name.into(),
+                uid: Uid::Prefix(0),
+                size,
+                in_new,
+            };
+            self.listed.push((secs, micros, entry));
+        }
+        Ok(())
     }
-    if not_listed > 0 {
-        w.push(format!(
-            "cur/: {not_listed} messages beyond the first {MAILDROP_MESSAGES_MAX} are not listed this session"
-        ));
+
+    fn finish(mut self, w: &mut Warnings) -> Vec<Entry> {
+        if self.not_listed > 0 {
+            w.push(format!(
+                "{} messages beyond the first {MAILDROP_MESSAGES_MAX} are not listed this session",
+                self.not_listed
+            ));
+        }
+        // Sorted by the name in cur/, so a message keeps its number's order across the move;
+        // the same name twice (a copy in new/ and cur/) lists the cur/ one first.
+        self.listed.sort_unstable_by(|(s1, m1, a), (s2, m2, b)| {
+            (s1, m1)
+                .cmp(&(s2, m2))
+                .then_with(|| name_in_cur(&a.name, a.in_new).cmp(name_in_cur(&b.name, b.in_new)))
+                .then_with(|| a.in_new.cmp(&b.in_new))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let mut entries: Vec<Entry> = self.listed.into_iter().map(|(_, _, e)| e).collect();
+        assign_uids(&mut entries, w);
+        entries
     }
-    listed.sort_unstable_by(|a, b| (a.0, a.1, &a.2.name).cmp(&(b.0, b.1, &b.2.name)));
-    let mut entries: Vec<Entry> = listed.into_iter().map(|(_, _, e)| e).collect();
-    assign_uids(&mut entries, w);
-    Ok(entries)
 }
 
 /// Indexes of entries whose uid an earlier entry already has.
@@ -423,7 +590,12 @@ fn assign_uids(entries: &mut Vec<Entry>, w: &mut Warnings) {
     let still = duplicate_uids(entries);
     if !still.is_empty() {
         for &i in &still {
-            w.push(format!("cur/{}: unique id clash, skipped", show(&entries[i].name)));
+            let e = &entries[i];
+            w.push(format!(
+                "{}/{}: unique id clash, skipped",
+                dir_name(e.in_new),
+                show(&e.name)
+            ));
         }
         let mut k = 0usize;
         entries.retain(|_| {
@@ -499,8 +671,8 @@ fn delivery_time(name: &[u8]) -> (u64, u32) {
 }
 
 /// Read the file once (at most its size at open) and count its CRLF size.
-fn crlf_size_of(cur: &OwnedFd, name: &[u8], buf: &mut Vec<u8>) -> std::io::Result<u64> {
-    let (file, len) = open_regular(cur, name)?;
+fn crlf_size_of(dir: &OwnedFd, name: &[u8], buf: &mut Vec<u8>) -> std::io::Result<u64> {
+    let (file, len) = open_regular(dir, name)?;
     buf.resize(READ_BUFFER_BYTES, 0);
     let mut counter = CrlfCounter::default();
     let mut reader = file.take(len);
@@ -571,6 +743,217 @@ mod tests {
         // In the info part it is not an attribute.
         assert_eq!(virtual_size(b"1.M2P3Q4.h:2,W=5"), None);
         assert_eq!(virtual_size(b"W=5"), None);
+    }
+
+    /// A Maildir under the temp dir, removed on drop.
+    struct Tmp(PathBuf);
+    impl Tmp {
+        fn new(tag: &str) -> Tmp {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("poshta-md5-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            crate::delivery::maildir::create_maildir(&p.join("Maildir")).unwrap();
+            Tmp(p)
+        }
+        fn md(&self) -> PathBuf {
+            self.0.join("Maildir")
+        }
+        fn put(&self, sub: &str, name: &str, body: &[u8]) {
+            std::fs::write(self.md().join(sub).join(name), body).unwrap();
+        }
+        fn names(&self, sub: &str) -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(self.md().join(sub))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        }
+    }
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn listing(m: &Maildrop) -> Vec<(String, u64)> {
+        m.entries().iter().map(|e| (e.uid().to_string(), e.size())).collect()
+    }
+
+    fn read(m: &Maildrop, i: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        m.open_message(i).unwrap().read_to_end(&mut v).unwrap();
+        v
+    }
+
+    /// Issue 5: new/ and cur/ are listed together, in one order; a message keeps its number's
+    /// order and its UID when UPDATE moves it from new/ to cur/ (session 1 → session 2), even
+    /// where one unique part is a prefix of another (":" sorts after ",").
+    #[test]
+    fn listing_spans_new_and_cur_and_survives_the_move() {
+        let t = Tmp::new("list");
+        t.put("cur", "1700000001.M1P1Q1.h,S=2,W=3:2,S", b"a\n");
+        t.put("new", "1700000000.M9P1Q1.h,S=2,W=3", b"b\n");
+        t.put("new", "1700000002.M5.h", b"c\n");
+        t.put("cur", "1700000002.M5.h,S=2:2,", b"d\n");
+        t.put("new", "1700000003.M1P1Q1.h:2,F", b"e\n"); // info already there: kept as is
+        t.put("new", ".hidden", b"x\n");
+        let m = Maildrop::open(&t.md()).unwrap();
+        assert!(m.warnings().is_empty(), "{:?}", m.warnings());
+        let first = listing(&m);
+        let uids: Vec<&str> = first.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(
+            uids,
+            [
+                "1700000000.M9P1Q1.h,S=2,W=3",
+                "1700000001.M1P1Q1.h,S=2,W=3",
+                "1700000002.M5.h,S=2",
+                "1700000002.M5.h",
+                "1700000003.M1P1Q1.h"
+            ]
+        );
+        assert_eq!(read(&m, 0), b"b\n");
+        assert_eq!(read(&m, 3), b"c\n");
+        assert!(m.entries()[0].in_new && !m.entries()[1].in_new);
+        // Nothing moved at open.
+        assert_eq!(t.names("new").len(), 4);
+        m.delete(&[]).unwrap();
+        drop(m);
+        assert_eq!(t.names("new"), [".hidden"]);
+        assert_eq!(
+            t.names("cur"),
+            [
+                "1700000000.M9P1Q1.h,S=2,W=3:2,",
+                "1700000001.M1P1Q1.h,S=2,W=3:2,S",
+                "1700000002.M5.h,S=2:2,",
+                "1700000002.M5.h:2,",
+                "1700000003.M1P1Q1.h:2,F"
+            ]
+        );
+        let m = Maildrop::open(&t.md()).unwrap();
+        assert_eq!(listing(&m), first, "same order, sizes and UIDs from cur/");
+        assert!(m.entries().iter().all(|e| !e.in_new));
+    }
+
+    /// RFC 1939 §6: UPDATE unlinks from new/ and from cur/; the survivors still in new/ move
+    /// with ":2,"; only the directories changed are touched.
+    #[test]
+    fn update_deletes_from_both_and_moves_survivors() {
+        let t = Tmp::new("del");
+        t.put("new", "1700000000.M1P1Q1.h", b"n0\n");
+        t.put("cur", "1700000001.M1P1Q1.h:2,S", b"c1\n");
+        t.put("new", "1700000002.M1P1Q1.h", b"n2\n");
+        t.put("cur", "1700000003.M1P1Q1.h:2,", b"c3\n");
+        let m = Maildrop::open(&t.md()).unwrap();
+        let r = m.delete(&[0, 1]).unwrap();
+        assert_eq!((r.deleted, r.already_gone, r.failed.len()), (2, 0, 0));
+        drop(m);
+        assert!(t.names("new").is_empty());
+        assert_eq!(t.names("cur"), ["1700000002.M1P1Q1.h:2,", "1700000003.M1P1Q1.h:2,"]);
+        // Download-and-delete of everything in new/: cur/ is not touched at all.
+        t.put("new", "1700000004.M1P1Q1.h", b"n4\n");
+        let cur_before = std::fs::metadata(t.md().join("cur")).unwrap();
+        let m = Maildrop::open(&t.md()).unwrap();
+        let r = m.delete(&[2]).unwrap();
+        assert_eq!((r.deleted, r.already_gone), (1, 0));
+        drop(m);
+        let cur_after = std::fs::metadata(t.md().join("cur")).unwrap();
+        assert_eq!(cur_before.modified().unwrap(), cur_after.modified().unwrap());
+        assert!(t.names("new").is_empty());
+        assert_eq!(t.names("cur").len(), 2);
+    }
+
+    /// A file delivered after the listing is not part of the session: UPDATE leaves it in new/.
+    #[test]
+    fn update_leaves_later_arrivals_in_new() {
+        let t = Tmp::new("late");
+        t.put("new", "1700000000.M1P1Q1.h", b"early\n");
+        let m = Maildrop::open(&t.md()).unwrap();
+        t.put("new", "1600000000.M1P1Q1.h", b"late\n");
+        m.delete(&[]).unwrap();
+        drop(m);
+        assert_eq!(t.names("new"), ["1600000000.M1P1Q1.h"]);
+        assert_eq!(t.names("cur"), ["1700000000.M1P1Q1.h:2,"]);
+    }
+
+    /// Another program (a mail reader) moves a listed message from new/ to cur/ between the
+    /// listing and RETR: it is still served, and DELE removes the moved file at UPDATE.
+    #[test]
+    fn a_message_moved_by_another_program_is_still_served_and_deleted() {
+        let t = Tmp::new("moved");
+        t.put("new", "1700000000.M1P1Q1.h", b"zero\n");
+        t.put("new", "1700000001.M1P1Q1.h", b"one\n");
+        t.put("new", "1700000002.M1P1Q1.h", b"two\n");
+        let m = Maildrop::open(&t.md()).unwrap();
+        let md = t.md();
+        for (n, info) in [("1700000000.M1P1Q1.h", ":2,S"), ("1700000001.M1P1Q1.h", ":2,RS")] {
+            std::fs::rename(md.join("new").join(n), md.join("cur").join(format!("{n}{info}"))).unwrap();
+        }
+        assert_eq!(read(&m, 0), b"zero\n");
+        assert_eq!(read(&m, 1), b"one\n");
+        // Gone for good (removed, not moved): Gone.
+        std::fs::remove_file(md.join("new").join("1700000002.M1P1Q1.h")).unwrap();
+        assert!(matches!(m.open_message(2), Err(MailboxError::Gone)));
+        let r = m.delete(&[0, 2]).unwrap();
+        assert_eq!((r.deleted, r.already_gone, r.failed.len()), (1, 1, 0));
+        drop(m);
+        // The kept one stays as the other program left it.
+        assert_eq!(t.names("cur"), ["1700000001.M1P1Q1.h:2,RS"]);
+        assert!(t.names("new").is_empty());
+    }
+
+    /// A message missing from new/ whose unique part a kept message shares is not removed from
+    /// cur/ on its behalf: that file is the kept one.
+    #[test]
+    fn a_deleted_copy_never_removes_the_kept_one() {
+        let t = Tmp::new("copy");
+        t.put("cur", "1700000000.M1P1Q1.h:2,", b"old\n");
+        t.put("new", "1700000000.M1P1Q1.h", b"new\n");
+        let m = Maildrop::open(&t.md()).unwrap();
+        assert_eq!(read(&m, 1), b"new\n");
+        std::fs::remove_file(t.md().join("new").join("1700000000.M1P1Q1.h")).unwrap();
+        let r = m.delete(&[1]).unwrap();
+        assert_eq!((r.deleted, r.already_gone), (0, 1));
+        drop(m);
+        assert_eq!(t.names("cur"), ["1700000000.M1P1Q1.h:2,"]);
+    }
+
+    /// RFC 1939 §6: a session that ends without QUIT (the maildrop dropped, no UPDATE)
+    /// changes nothing on disk.
+    #[test]
+    fn a_dropped_session_changes_nothing() {
+        let t = Tmp::new("drop");
+        t.put("new", "1700000000.M1P1Q1.h", b"a\n");
+        t.put("cur", "1700000001.M1P1Q1.h:2,", b"b\n");
+        let (new0, cur0) = (t.names("new"), t.names("cur"));
+        let m = Maildrop::open(&t.md()).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(read(&m, 0), b"a\n");
+        drop(m);
+        assert_eq!((t.names("new"), t.names("cur")), (new0, cur0));
+    }
+
+    /// The same unique part in new/ and cur/ after a crash: both listed, distinct UIDs (the
+    /// cur/ one keeps the plain id), stable across sessions; the new/ copy stays in new/.
+    #[test]
+    fn crash_duplicate_in_new_and_cur() {
+        let t = Tmp::new("crash");
+        t.put("new", "1700000000.M1P1Q1.h,W=4", b"abc\n");
+        t.put("cur", "1700000000.M1P1Q1.h,W=4:2,S", b"abc\n");
+        let m = Maildrop::open(&t.md()).unwrap();
+        let first = listing(&m);
+        assert_eq!(first.len(), 2);
+        // ":2," < ":2,S": the new/ one (":2," once moved) comes first and keeps the plain id.
+        assert_eq!(first[0].0, "1700000000.M1P1Q1.h,W=4");
+        assert!(m.entries()[0].in_new);
+        assert_eq!(first[1].0.len(), 32);
+        m.delete(&[]).unwrap();
+        drop(m);
+        // No clash for this name: it moved, and keeps its id and place.
+        assert!(t.names("new").is_empty());
+        let m = Maildrop::open(&t.md()).unwrap();
+        assert_eq!(listing(&m), first);
     }
 
     #[test]

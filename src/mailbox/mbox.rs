@@ -585,6 +585,7 @@ fn assign_uids(listed: Vec<Listed>, warnings: &mut Vec<String>) -> (Vec<Entry>, 
             name: Box::default(),
             uid: Uid::Hashed(uid.into()),
             size: l.size,
+            in_new: false,
         });
         spans.push(l.span);
     }

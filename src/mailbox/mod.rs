@@ -83,10 +83,13 @@ impl std::error::Error for MailboxError {
 /// One message of the listing. Message number n (RFC 1939 §5) is `entries()[n - 1]`.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// The backend's locator: for Maildir the file name in `cur/` (bytes: names need not be UTF-8).
+    /// The backend's locator: for Maildir the file name (bytes: names need not be UTF-8) in
+    /// `new/` or `cur/` as `in_new` says.
     name: Box<[u8]>,
     uid: Uid,
     size: u64,
+    /// Maildir: the file was listed in `new/` (moved to `cur/` at UPDATE). False elsewhere.
+    in_new: bool,
 }
 
 /// Where the unique id is kept: usually a prefix of the name (no second allocation).
@@ -111,7 +114,7 @@ impl Entry {
         }
     }
 
-    /// The backend's name for the message (Maildir: the file name in `cur/`), for logs.
+    /// The backend's name for the message (Maildir: the file name in `new/` or `cur/`), for logs.
     pub fn name(&self) -> &OsStr {
         OsStr::from_bytes(&self.name)
     }
@@ -220,7 +223,9 @@ impl Mailbox {
         }
     }
 
-    /// RFC 1939 §6: remove the messages marked as deleted.
+    /// RFC 1939 §6 (UPDATE): remove the messages marked as deleted. Called at every QUIT in
+    /// TRANSACTION state, also with no index: a Maildir then moves its listed survivors from
+    /// `new/` to `cur/` (an mbox does nothing with an empty set).
     pub fn delete(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
         match self {
             Mailbox::Maildir(m) => m.delete(indexes),

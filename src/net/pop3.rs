@@ -5,8 +5,8 @@
 //!
 //! Mailbox work is blocking file I/O: it runs on the thread pool (`smol::unblock`); a
 //! message is streamed through `smol::Unblock` in chunks, so memory does not grow with the
-//! message. Deletions happen only on QUIT (UPDATE state, RFC 1939 §6); a dropped
-//! connection deletes nothing.
+//! message. Deletions (and a Maildir's new/ → cur/ moves) happen only on QUIT (UPDATE state,
+//! RFC 1939 §6); a dropped connection changes nothing.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -349,24 +349,32 @@ pub async fn session(
                     ahead = ReadAhead::default();
                     // The mailbox is released (its locks too) before +OK goes out.
                     let release = crate::mailbox::system::drop_blocking;
+                    // RFC 1939 §6: -ERR ("some deleted messages not removed") only if some were
+                    // marked; a failed new/ → cur/ move alone loses nothing.
+                    let none_marked = deleted.is_empty();
                     let ok = match mailbox.take() {
-                        Some(mb) if !deleted.is_empty() => match smol::unblock(move || {
+                        // RFC 1939 §6: UPDATE also when nothing was deleted (a Maildir moves the
+                        // messages listed from new/ to cur/).
+                        Some(mb) => match smol::unblock(move || {
                             let r = mb.delete(&deleted);
                             release(mb);
                             r
                         })
                         .await
                         {
-                            Ok(_) => true,
-                            Err(e) => {
-                                mlog!(SVC, "warning: sid={sid} delete: {e}");
+                            // RFC 1939 §6: "-ERR some deleted messages not removed".
+                            Ok(report) if !report.failed.is_empty() => {
+                                for why in &report.failed {
+                                    mlog!(SVC, "warning: sid={sid} update: not removed: {why}");
+                                }
                                 false
                             }
+                            Ok(_) => true,
+                            Err(e) => {
+                                mlog!(SVC, "warning: sid={sid} update: {e}");
+                                none_marked
+                            }
                         },
-                        Some(mb) => {
-                            smol::unblock(move || release(mb)).await;
-                            true
-                        }
                         None => true,
                     };
                     server.update_done(ok);

@@ -77,6 +77,51 @@ def test_dropped_connection_deletes_nothing(poshta):
     c.quit()
 
 
+def test_maildir_new_moves_to_cur_at_quit_not_at_login(poshta):
+    """Issue 5: messages stay in new/ until UPDATE. A dropped session (no QUIT) leaves them
+    there; LIST+RETR+QUIT without DELE moves the kept ones to cur/ with ":2,"; the UIDs are
+    the same from new/ and from cur/."""
+    deliver(poshta, "alice", 2)
+    md = poshta.maildir("alice")
+
+    def on_disk():
+        return sorted(os.listdir(os.path.join(md, "new"))), sorted(os.listdir(os.path.join(md, "cur")))
+
+    def session():
+        c = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
+        for _ in range(50):  # a dropped session's lock goes once the server sees the close
+            try:
+                c.user("alice")
+                c.pass_("secret-alice")
+                break
+            except poplib.error_proto as e:
+                assert b"[IN-USE]" in e.args[0], e
+                time.sleep(0.1)
+        assert len(c.list()[1]) == 2
+        uids = [l.split()[1].decode() for l in c.uidl()[1]]
+        assert [subjects_of(c.retr(n)[1]) for n in (1, 2)] == ["m0", "m1"]
+        return c, uids
+
+    before = on_disk()
+    assert len(before[0]) == 2 and before[1] == []
+    c, uids = session()
+    assert on_disk() == before, "nothing moves at login or RETR"
+    c.file.close()  # poplib's reader holds the socket open too
+    c.sock.close()  # dropped: RFC 1939 §6, no UPDATE
+    del c
+    time.sleep(0.5)
+    assert on_disk() == before, "a dropped session leaves them in new/"
+    c, again = session()
+    assert again == uids
+    c.quit()
+    new, cur = on_disk()
+    assert new == [] and cur == sorted(u + ":2," for u in uids), (new, cur)
+    c, again = session()
+    assert again == uids, "same UIDs from cur/"
+    c.quit()
+    assert on_disk() == ([], cur)
+
+
 def test_second_session_gets_in_use(poshta):
     a = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
     a.user("alice")

@@ -70,7 +70,7 @@ fn agent_serves_a_maildir_exactly_like_the_local_backend() {
         .map(|i| if i % 77 == 76 { b'\n' } else { b'a' + (i % 26) as u8 })
         .collect();
     let md = maildir_with("md", &[b"Subject: one\n\nx\n", &big, b"Subject: three\n\nz\n"]);
-    // The local backend's view first (it moves new/ to cur/ as the agent would).
+    // The local backend's view first (dropped without UPDATE: nothing moves).
     let local = Mailbox::open_maildir(&md).unwrap();
     let want = listing(&local);
     let bodies: Vec<Vec<u8>> = (0..3).map(|i| read_all(&local, i)).collect();
@@ -96,8 +96,13 @@ fn agent_serves_a_maildir_exactly_like_the_local_backend() {
     let r = mb.delete(&[0, 2]).unwrap();
     assert_eq!((r.deleted, r.already_gone, r.failed.len()), (2, 0, 0));
     assert_eq!(t.join().unwrap(), 0);
-    let cur: Vec<_> = std::fs::read_dir(md.join("cur")).unwrap().collect();
-    assert_eq!(cur.len(), 1);
+    // The survivor moved from new/ to cur/ in the agent (issue 5).
+    assert_eq!(std::fs::read_dir(md.join("new")).unwrap().count(), 0);
+    let cur: Vec<String> = std::fs::read_dir(md.join("cur"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(cur, vec![format!("{}:2,", want[1].1)]);
     drop(mb);
     // The lock went with the agent: a new session opens it at once.
     let (again, t) = open(Place::Maildir(md.clone()));
@@ -155,7 +160,9 @@ fn second_maildir_session_is_in_use_and_a_dropped_one_deletes_nothing() {
     }
     drop(first);
     assert_eq!(t1.join().unwrap(), 0);
-    assert_eq!(std::fs::read_dir(md.join("cur")).unwrap().count(), 2);
+    // Nothing deleted, nothing moved: both still in new/.
+    assert_eq!(std::fs::read_dir(md.join("new")).unwrap().count(), 2);
+    assert_eq!(std::fs::read_dir(md.join("cur")).unwrap().count(), 0);
     std::fs::remove_dir_all(md.parent().unwrap()).unwrap();
 }
 
@@ -198,7 +205,36 @@ fn a_commit_with_an_index_out_of_range_deletes_nothing() {
         "{answer:?}"
     );
     assert_eq!(t.join().unwrap(), 0);
-    assert_eq!(std::fs::read_dir(md.join("cur")).unwrap().count(), 1);
+    // Nothing deleted, nothing moved.
+    assert_eq!(std::fs::read_dir(md.join("new")).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(md.join("cur")).unwrap().count(), 0);
+    std::fs::remove_dir_all(md.parent().unwrap()).unwrap();
+}
+
+/// RFC 1939 §6: QUIT with nothing deleted still commits: the agent moves the listed messages
+/// from new/ to cur/ (issue 5); the ids stay the same.
+#[test]
+fn a_commit_with_no_marks_moves_survivors_to_cur() {
+    let md = maildir_with("nomarks", &[b"Subject: a\n\n1\n", b"Subject: b\n\n2\n"]);
+    let (remote, t) = open(Place::Maildir(md.clone()));
+    let mb = Mailbox::Agent(remote.unwrap());
+    let want = listing(&mb);
+    let r = mb.delete(&[]).unwrap();
+    assert_eq!((r.deleted, r.already_gone, r.failed.len()), (0, 0, 0));
+    assert_eq!(t.join().unwrap(), 0);
+    drop(mb);
+    assert_eq!(std::fs::read_dir(md.join("new")).unwrap().count(), 0);
+    let mut cur: Vec<String> = std::fs::read_dir(md.join("cur"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    cur.sort();
+    assert_eq!(cur, want.iter().map(|(_, u)| format!("{u}:2,")).collect::<Vec<_>>());
+    let (again, t) = open(Place::Maildir(md.clone()));
+    let again = Mailbox::Agent(again.unwrap());
+    assert_eq!(listing(&again), want);
+    crate::mailbox::system::drop_blocking(again);
+    assert_eq!(t.join().unwrap(), 0);
     std::fs::remove_dir_all(md.parent().unwrap()).unwrap();
 }
 
