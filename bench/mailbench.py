@@ -637,10 +637,12 @@ def report_pop3(path, out):
         multi = bool(servers.get(r["server"], {}).get("multi_process"))
         r["peak_kib"], r["peak_figure"] = _peak_mem(r, multi)
         r["peak_pss_kib"] = (r.get("mem") or {}).get("pss_kib")
+        r["median_rss_kib"] = (r.get("mem") or {}).get("rss_sum_median_kib")
         if r["server"] == "dovecot":
             base[r["mode"]] = r
     hdr = ("server", "mode", "msgs", "secs", "client CPU s", "msgs/s", "x dovecot", "CPU s", "CPU ms/msg", "x dovecot CPU",
-           "idle RSS MiB", "peak RSS MiB", "peak PSS MiB", "x dovecot RSS", "memory figure", "left", "status")
+           "idle RSS MiB", "peak RSS MiB", "peak PSS MiB", "x dovecot RSS", "median RSS MiB", "x dovecot median",
+           "memory figure", "left", "status")
     table = []
     for r in fetch:
         c = r.get("client", {})
@@ -653,6 +655,8 @@ def report_pop3(path, out):
         )
         r["ratio_cpu"] = round(r["cpu_ns"] / b["cpu_ns"], 3) if b and b.get("cpu_ns") else None
         r["ratio_peak_mem"] = round(r["peak_kib"] / b["peak_kib"], 3) if b and b.get("peak_kib") and r.get("peak_kib") else None
+        r["ratio_median_mem"] = (round(r["median_rss_kib"] / b["median_rss_kib"], 3)
+                                 if b and b.get("median_rss_kib") and r.get("median_rss_kib") else None)
         left = r.get("left") or {}
         table.append((
             r["server"], r["mode"], c.get("retrieved", 0), c.get("secs_total", "-"), c.get("client_cpu_s", "-"),
@@ -661,7 +665,9 @@ def report_pop3(path, out):
             f"{r['cpu_ns'] / 1e9:.3f}", "-" if r["cpu_ms_per_msg"] is None else f"{r['cpu_ms_per_msg']:.3f}",
             "-" if r["ratio_cpu"] is None else f"{r['ratio_cpu']:.2f}",
             _mib(idle), _mib(r["peak_kib"]), _mib(r.get("peak_pss_kib")),
-            "-" if r["ratio_peak_mem"] is None else f"{r['ratio_peak_mem']:.2f}", r["peak_figure"],
+            "-" if r["ratio_peak_mem"] is None else f"{r['ratio_peak_mem']:.2f}",
+            _mib(r.get("median_rss_kib")), "-" if r.get("ratio_median_mem") is None else f"{r['ratio_median_mem']:.2f}",
+            r["peak_figure"],
             f"{(left.get('new') or 0) + (left.get('cur') or 0)}", r["status"],
         ))
     print()
@@ -694,9 +700,11 @@ def report_pop3(path, out):
         ok = p["ratio_msgs_per_s"] >= 2 and p["ratio_peak_mem"] < 0.2
         pss = (f"; PSS {_mib(p.get('peak_pss_kib'))} vs {_mib(b.get('peak_pss_kib'))} MiB"
                if p.get("peak_pss_kib") and b.get("peak_pss_kib") else "")
+        med = (f"; median RSS {_mib(p.get('median_rss_kib'))} vs {_mib(b.get('median_rss_kib'))} MiB = "
+               f"{p['ratio_median_mem']:.2f}x" if p.get("ratio_median_mem") is not None else "")
         v = (f"target ({mode}): poshta >= 2x Dovecot's msgs/s at < 1/5 of its RSS: "
-             f"{p['ratio_msgs_per_s']:.2f}x msgs/s, {p['ratio_peak_mem']:.2f}x RSS "
-             f"({_mib(p['peak_kib'])} vs {_mib(b['peak_kib'])} MiB, summed over processes, sampled{pss}): "
+             f"{p['ratio_msgs_per_s']:.2f}x msgs/s, {p['ratio_peak_mem']:.2f}x peak RSS "
+             f"({_mib(p['peak_kib'])} vs {_mib(b['peak_kib'])} MiB, summed over processes, sampled{pss}{med}): "
              f"{_verdict(ok)}")
         verdicts.append(v)
     for r in lists:
