@@ -25,4 +25,6 @@ pub mod policy;
 pub mod privsep;
 pub mod proto;
 pub mod queue;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod time;

@@ -8,21 +8,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use poshta::delivery::mbox::{deliver, dotlock_path, MboxDelivery, MboxReader};
 
-struct TmpDir(PathBuf);
-impl TmpDir {
-    fn new(tag: &str) -> TmpDir {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("poshta-mbox-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TmpDir(p)
-    }
-}
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+#[path = "common/tempdir.rs"]
+mod tempdir;
+use tempdir::TempDir;
+
+/// Removed when the test ends, pass or fail.
+fn tmp(tag: &str) -> TempDir {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    TempDir::new(&format!("poshta-mbox-{tag}-{}-{n}", std::process::id()))
 }
 
 const T: u64 = 1_795_831_141; // Sat Nov 28 01:59:01 2026
@@ -46,8 +40,8 @@ fn me() -> (u32, u32) {
 
 #[test]
 fn exact_bytes_and_round_trip() {
-    let t = TmpDir::new("exact");
-    let mbox = t.0.join("nick2");
+    let t = tmp("exact");
+    let mbox = t.join("nick2");
     let msg1 = b"Subject: one\n\nFrom here\n>From there\nbody\n";
     let d1 = deliver(&delivery(&mbox, "alice@example.org", "u1"), &mut &msg1[..]).unwrap();
     assert_eq!(d1.offset, 0);
@@ -97,8 +91,8 @@ From\n\
 
 #[test]
 fn damaged_mbox_without_final_newline() {
-    let t = TmpDir::new("damaged");
-    let mbox = t.0.join("u");
+    let t = tmp("damaged");
+    let mbox = t.join("u");
     std::fs::write(&mbox, b"From x Thu Jan  1 00:00:00 1970\nSubject: a\n\nno newline").unwrap();
     std::fs::set_permissions(&mbox, std::fs::Permissions::from_mode(0o600)).unwrap();
     deliver(&delivery(&mbox, "s@x", "u9"), &mut &b"Subject: b\n\nhi\n"[..]).unwrap();
@@ -111,8 +105,8 @@ fn damaged_mbox_without_final_newline() {
 
 #[test]
 fn reader_round_trip_1000_messages() {
-    let t = TmpDir::new("thousand");
-    let mbox = t.0.join("u");
+    let t = tmp("thousand");
+    let mbox = t.join("u");
     let mut sent = Vec::new();
     for i in 0..1000u32 {
         // Tricky bodies: From lines, quoted From lines, CRLF, no final newline, blank ends.
@@ -147,20 +141,20 @@ fn reader_round_trip_1000_messages() {
 
 #[test]
 fn reader_refuses_non_mbox() {
-    let t = TmpDir::new("notmbox");
-    let p = t.0.join("x");
+    let t = tmp("notmbox");
+    let p = t.join("x");
     std::fs::write(&p, b"Subject: not an mbox\n\nFrom x\n").unwrap();
     assert!(MboxReader::open(&p).unwrap().scan().is_err());
     std::fs::write(&p, b"").unwrap();
     assert!(MboxReader::open(&p).unwrap().scan().unwrap().is_empty());
-    std::os::unix::fs::symlink(&p, t.0.join("link")).unwrap();
-    assert!(MboxReader::open(&t.0.join("link")).is_err());
+    std::os::unix::fs::symlink(&p, t.join("link")).unwrap();
+    assert!(MboxReader::open(&t.join("link")).is_err());
 }
 
 #[test]
 fn concurrent_appends_do_not_interleave() {
-    let t = TmpDir::new("threads");
-    let mbox = t.0.join("u");
+    let t = tmp("threads");
+    let mbox = t.join("u");
     let threads = 6;
     let per = 20;
     std::thread::scope(|s| {
@@ -199,8 +193,8 @@ fn concurrent_appends_do_not_interleave() {
 
 #[test]
 fn stale_dotlock_is_removed() {
-    let t = TmpDir::new("stale");
-    let mbox = t.0.join("u");
+    let t = tmp("stale");
+    let mbox = t.join("u");
     let lock = dotlock_path(&mbox);
     std::fs::write(&lock, b"99999\n").unwrap();
     let old = SystemTime::now() - Duration::from_secs(poshta::limits::MBOX_DOTLOCK_STALE_SECS + 60);
@@ -218,8 +212,8 @@ fn stale_dotlock_is_removed() {
 
 #[test]
 fn fresh_dotlock_makes_delivery_wait_then_defer() {
-    let t = TmpDir::new("fresh");
-    let mbox = t.0.join("u");
+    let t = tmp("fresh");
+    let mbox = t.join("u");
     std::fs::write(&mbox, b"").unwrap();
     std::fs::set_permissions(&mbox, std::fs::Permissions::from_mode(0o600)).unwrap();
     let lock = dotlock_path(&mbox);
@@ -256,8 +250,8 @@ fn fcntl_lock_of_another_process_is_respected() {
         eprintln!("skipped: no python3 to hold an fcntl lock");
         return;
     };
-    let t = TmpDir::new("fcntl");
-    let mbox = t.0.join("u");
+    let t = tmp("fcntl");
+    let mbox = t.join("u");
     std::fs::write(&mbox, b"").unwrap();
     std::fs::set_permissions(&mbox, std::fs::Permissions::from_mode(0o600)).unwrap();
     // lockf(3) is a POSIX record lock, what mail readers take with fcntl.
@@ -294,30 +288,30 @@ fn which(name: &str) -> Result<PathBuf, ()> {
 
 #[test]
 fn unsafe_mailboxes_are_refused() {
-    let t = TmpDir::new("refuse");
-    let target = t.0.join("victim");
+    let t = tmp("refuse");
+    let target = t.join("victim");
     std::fs::write(&target, b"secret\n").unwrap();
 
     // A symlink.
-    let link = t.0.join("link");
+    let link = t.join("link");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let e = deliver(&delivery(&link, "s@x", "u1"), &mut &b"x\n"[..]).unwrap_err();
     assert!(!e.permanent && e.reason.contains("symbolic link"), "{e}");
     // A dangling symlink: not created through.
-    let dangling = t.0.join("dangling");
-    std::os::unix::fs::symlink(t.0.join("nowhere"), &dangling).unwrap();
+    let dangling = t.join("dangling");
+    std::os::unix::fs::symlink(t.join("nowhere"), &dangling).unwrap();
     assert!(deliver(&delivery(&dangling, "s@x", "u1"), &mut &b"x\n"[..]).is_err());
-    assert!(!t.0.join("nowhere").exists());
+    assert!(!t.join("nowhere").exists());
 
     // A hard link.
-    let hard = t.0.join("hard");
+    let hard = t.join("hard");
     std::fs::hard_link(&target, &hard).unwrap();
     let e = deliver(&delivery(&hard, "s@x", "u1"), &mut &b"x\n"[..]).unwrap_err();
     assert!(!e.permanent && e.reason.contains("hard links"), "{e}");
     assert_eq!(std::fs::read(&target).unwrap(), b"secret\n");
 
     // A FIFO (without a reader: must not block) and a directory.
-    let fifo = t.0.join("fifo");
+    let fifo = t.join("fifo");
     assert!(std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()
@@ -327,11 +321,11 @@ fn unsafe_mailboxes_are_refused() {
     let e = deliver(&delivery(&fifo, "s@x", "u1"), &mut &b"x\n"[..]).unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(2));
     assert!(!e.permanent && e.reason.contains("regular file"), "{e}");
-    std::fs::create_dir(t.0.join("dir")).unwrap();
-    assert!(deliver(&delivery(&t.0.join("dir"), "s@x", "u1"), &mut &b"x\n"[..]).is_err());
+    std::fs::create_dir(t.join("dir")).unwrap();
+    assert!(deliver(&delivery(&t.join("dir"), "s@x", "u1"), &mut &b"x\n"[..]).is_err());
 
     // Owned by someone else than expected.
-    let other = t.0.join("other");
+    let other = t.join("other");
     std::fs::write(&other, b"").unwrap();
     let mut d = delivery(&other, "s@x", "u1");
     let (uid, gid) = me();
@@ -341,14 +335,14 @@ fn unsafe_mailboxes_are_refused() {
     assert_eq!(std::fs::read(&other).unwrap(), b"");
 
     // A bad UIDL is a caller error, refused before touching anything.
-    assert!(deliver(&delivery(&t.0.join("new"), "s@x", "has space"), &mut &b"x\n"[..]).is_err());
-    assert!(!t.0.join("new").exists());
+    assert!(deliver(&delivery(&t.join("new"), "s@x", "has space"), &mut &b"x\n"[..]).is_err());
+    assert!(!t.join("new").exists());
 }
 
 #[test]
 fn new_mailbox_gets_owner_and_mode() {
-    let t = TmpDir::new("owner");
-    let mbox = t.0.join("nick2");
+    let t = tmp("owner");
+    let mbox = t.join("nick2");
     let (uid, gid) = me();
     // As root: give it to another user and group (Debian: user, group mail).
     let owner = if uid == 0 { (4242, 8) } else { (uid, gid) };
@@ -379,8 +373,8 @@ impl Read for FailingReader {
 
 #[test]
 fn failure_leaves_the_mailbox_unchanged() {
-    let t = TmpDir::new("fail");
-    let mbox = t.0.join("u");
+    let t = tmp("fail");
+    let mbox = t.join("u");
     deliver(&delivery(&mbox, "s@x", "u1"), &mut &b"first\n"[..]).unwrap();
     let before = std::fs::read(&mbox).unwrap();
 
@@ -407,10 +401,10 @@ fn full_disk_defers_and_leaves_mailbox_unchanged() {
         eprintln!("skipped: mounting a tiny tmpfs needs root");
         return;
     }
-    let t = TmpDir::new("tmpfs");
+    let t = tmp("tmpfs");
     let ok = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=256k", "poshta-test"])
-        .arg(&t.0)
+        .arg(t.path())
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
@@ -424,8 +418,8 @@ fn full_disk_defers_and_leaves_mailbox_unchanged() {
             let _ = std::process::Command::new("umount").arg(self.0).status();
         }
     }
-    let _u = Unmount(&t.0);
-    let mbox = t.0.join("u");
+    let _u = Unmount(t.path());
+    let mbox = t.join("u");
     deliver(&delivery(&mbox, "s@x", "u1"), &mut &b"first\n"[..]).unwrap();
     let before = std::fs::read(&mbox).unwrap();
     let big = vec![b'a'; 1024 * 1024];
@@ -437,8 +431,8 @@ fn full_disk_defers_and_leaves_mailbox_unchanged() {
 #[test]
 fn a_reader_holding_the_lock_in_this_process_keeps_it() {
     use poshta::delivery::mbox::MboxLock;
-    let t = TmpDir::new("reader");
-    let mbox = t.0.join("u");
+    let t = tmp("reader");
+    let mbox = t.join("u");
     deliver(&delivery(&mbox, "s@x", "u1"), &mut &b"Subject: one\n\nhi\n"[..]).unwrap();
     let open = || {
         std::fs::File::options()
@@ -483,8 +477,8 @@ fn a_reader_holding_the_lock_in_this_process_keeps_it() {
 
 #[test]
 fn reader_survives_random_mailboxes() {
-    let t = TmpDir::new("noise");
-    let p = t.0.join("u");
+    let t = tmp("noise");
+    let p = t.join("u");
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let alphabet = b"From >\n\r\nX-UIDL: a\0";
     for _ in 0..100 {

@@ -9,24 +9,15 @@ use poshta::delivery::maildir::{deliver, MaildirDelivery};
 use poshta::mailbox::maildir::{Maildrop, LOCK_FILE};
 use poshta::mailbox::{Mailbox, MailboxError};
 
-struct TmpDir(PathBuf);
-impl TmpDir {
-    fn new(tag: &str) -> TmpDir {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("poshta-mailbox-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TmpDir(p)
-    }
-    fn md(&self) -> PathBuf {
-        self.0.join("Maildir")
-    }
-}
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+#[path = "common/tempdir.rs"]
+mod tempdir;
+use tempdir::TempDir;
+
+/// Removed when the test ends, pass or fail.
+fn tmp(tag: &str) -> TempDir {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    TempDir::new(&format!("poshta-mailbox-{tag}-{}-{n}", std::process::id()))
 }
 
 fn put(md: &Path, secs: u64, seq: u64, body: &[u8]) -> PathBuf {
@@ -88,8 +79,8 @@ fn assert_valid_uids(m: &Maildrop) {
 /// transmission, and moved from new/ to cur/ with ":2," at UPDATE (not at open).
 #[test]
 fn lists_delivered_messages_with_exact_crlf_sizes() {
-    let t = TmpDir::new("list");
-    let md = t.md();
+    let t = tmp("list");
+    let md = t.join("Maildir");
     let bodies: [&[u8]; 4] = [
         b"Subject: b\n\nsecond\n",
         b"Subject: a\r\n\r\nfirst, already CRLF\r\n",
@@ -133,8 +124,8 @@ fn lists_delivered_messages_with_exact_crlf_sizes() {
 /// Files without ,W= (other delivery agents, old poshta) are sized by reading them.
 #[test]
 fn size_without_w_is_computed_from_the_file() {
-    let t = TmpDir::new("now");
-    let md = t.md();
+    let t = tmp("now");
+    let md = t.join("Maildir");
     poshta::delivery::maildir::create_maildir(&md).unwrap();
     let a = b"From: x\n\nbody\r\nline\n";
     let b = b"no newline at all";
@@ -154,8 +145,8 @@ fn size_without_w_is_computed_from_the_file() {
 /// RFC 1939 §7: ids are unique and persist across sessions (and across the new/ → cur/ move).
 #[test]
 fn uids_are_stable_across_opens_and_unique() {
-    let t = TmpDir::new("uid");
-    let md = t.md();
+    let t = tmp("uid");
+    let md = t.join("Maildir");
     for seq in 0..5 {
         put(&md, 1_700_000_000, seq, b"same body\n");
     }
@@ -182,8 +173,8 @@ fn uids_are_stable_across_opens_and_unique() {
 #[test]
 fn odd_names_get_hashed_ids() {
     use std::os::unix::ffi::OsStrExt;
-    let t = TmpDir::new("odd");
-    let md = t.md();
+    let t = tmp("odd");
+    let md = t.join("Maildir");
     poshta::delivery::maildir::create_maildir(&md).unwrap();
     let cur = md.join("cur");
     let long = format!("1700000000.M1P1Q1.{}", "h".repeat(200));
@@ -223,8 +214,8 @@ fn odd_names_get_hashed_ids() {
 /// RFC 1939 §8: one session per maildrop, in this process and across processes (flock).
 #[test]
 fn second_open_is_in_use() {
-    let t = TmpDir::new("lock");
-    let md = t.md();
+    let t = tmp("lock");
+    let md = t.join("Maildir");
     put(&md, 1_700_000_000, 1, b"x\n");
     let m = Maildrop::open(&md).unwrap();
     assert!(matches!(Maildrop::open(&md), Err(MailboxError::InUse)));
@@ -254,8 +245,8 @@ fn second_open_is_in_use() {
 /// RFC 1939 §6: UPDATE removes exactly the marked messages; a message already gone is fine.
 #[test]
 fn delete_removes_exactly_the_chosen_files() {
-    let t = TmpDir::new("del");
-    let md = t.md();
+    let t = tmp("del");
+    let md = t.join("Maildir");
     for seq in 0..4 {
         put(&md, 1_700_000_000 + seq, seq, format!("m{seq}\n").as_bytes());
     }
@@ -287,8 +278,8 @@ fn delete_removes_exactly_the_chosen_files() {
 /// A message delivered during a session is not part of it; the next session lists it.
 #[test]
 fn message_delivered_after_open_waits_for_the_next_session() {
-    let t = TmpDir::new("late");
-    let md = t.md();
+    let t = tmp("late");
+    let md = t.join("Maildir");
     put(&md, 1_700_000_000, 1, b"early\n");
     let m = Maildrop::open(&md).unwrap();
     let late = put(&md, 1_600_000_000, 2, b"late\n");
@@ -305,10 +296,10 @@ fn message_delivered_after_open_waits_for_the_next_session() {
 /// and the rest is served.
 #[test]
 fn symlinks_fifos_and_dirs_are_skipped() {
-    let t = TmpDir::new("hostile");
-    let md = t.md();
+    let t = tmp("hostile");
+    let md = t.join("Maildir");
     put(&md, 1_700_000_000, 1, b"good\n");
-    let secret = t.0.join("secret");
+    let secret = t.join("secret");
     std::fs::write(&secret, b"root's secret\n").unwrap();
     let cur = md.join("cur");
     std::os::unix::fs::symlink(&secret, cur.join("1600000000.M1P1Q1.link,S=14,W=15:2,")).unwrap();
@@ -378,35 +369,35 @@ fn symlinks_fifos_and_dirs_are_skipped() {
 /// Planted symlinks at the lock file or at cur/ make the open fail; nothing is followed.
 #[test]
 fn symlinked_lock_or_cur_is_refused() {
-    let t = TmpDir::new("plant");
-    let md = t.md();
+    let t = tmp("plant");
+    let md = t.join("Maildir");
     put(&md, 1_700_000_000, 1, b"x\n");
-    let target = t.0.join("target");
+    let target = t.join("target");
     std::fs::write(&target, b"keep").unwrap();
     std::os::unix::fs::symlink(&target, md.join(LOCK_FILE)).unwrap();
     assert!(matches!(Maildrop::open(&md), Err(MailboxError::Io { .. })));
     assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     std::fs::remove_file(md.join(LOCK_FILE)).unwrap();
 
-    let elsewhere = t.0.join("elsewhere");
+    let elsewhere = t.join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
-    std::fs::rename(md.join("cur"), t.0.join("oldcur")).unwrap();
+    std::fs::rename(md.join("cur"), t.join("oldcur")).unwrap();
     std::os::unix::fs::symlink(&elsewhere, md.join("cur")).unwrap();
     assert!(matches!(Maildrop::open(&md), Err(MailboxError::Io { .. })));
     assert!(names(&elsewhere).is_empty());
     // The failures left no lock or registry entry behind.
     std::fs::remove_file(md.join("cur")).unwrap();
-    std::fs::rename(t.0.join("oldcur"), md.join("cur")).unwrap();
+    std::fs::rename(t.join("oldcur"), md.join("cur")).unwrap();
     assert_eq!(Maildrop::open(&md).unwrap().len(), 1);
 }
 
 /// A missing Maildir (a user with no mail yet) is created and is empty.
 #[test]
 fn missing_maildir_is_an_empty_maildrop() {
-    let t = TmpDir::new("empty");
-    let m = Maildrop::open(&t.md()).unwrap();
+    let t = tmp("empty");
+    let m = Maildrop::open(&t.join("Maildir")).unwrap();
     assert!(m.is_empty());
-    assert!(t.md().join("new").is_dir() && t.md().join("cur").is_dir());
+    assert!(t.join("Maildir").join("new").is_dir() && t.join("Maildir").join("cur").is_dir());
 }
 
 /// The same unique name in new/ and cur/ (a copy left by a crash): both are listed, the cur/
@@ -414,8 +405,8 @@ fn missing_maildir_is_an_empty_maildrop() {
 /// never replaces the cur/ file, so the copy stays in new/ and keeps its id.
 #[test]
 fn move_never_replaces_a_cur_message() {
-    let t = TmpDir::new("clash");
-    let md = t.md();
+    let t = tmp("clash");
+    let md = t.join("Maildir");
     poshta::delivery::maildir::create_maildir(&md).unwrap();
     std::fs::write(md.join("cur").join("1700000000.M1P1Q1.h:2,"), b"old\n").unwrap();
     std::fs::write(md.join("new").join("1700000000.M1P1Q1.h"), b"new\n").unwrap();
@@ -456,8 +447,8 @@ fn move_never_replaces_a_cur_message() {
 #[ignore]
 fn fifty_thousand_messages_list_fast() {
     const N: u64 = 50_000;
-    let t = TmpDir::new("big");
-    let md = t.md();
+    let t = tmp("big");
+    let md = t.join("Maildir");
     poshta::delivery::maildir::create_maildir(&md).unwrap();
     let new = md.join("new");
     let started = std::time::Instant::now();

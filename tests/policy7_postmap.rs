@@ -5,26 +5,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-struct TempDir(PathBuf);
+#[path = "common/tempdir.rs"]
+mod tempdir;
+use tempdir::TempDir;
 
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("poshta-policy7-postmap-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
+/// Removed when the test ends, pass or fail.
+fn tmp(tag: &str) -> TempDir {
+    TempDir::new(&format!("poshta-policy7-postmap-{tag}-{}", std::process::id()))
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn write(d: &Path, name: &str, text: &str) -> PathBuf {
+    let p = d.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
 }
 
 fn postmap(dir: &Path, args: &[&str]) -> Output {
@@ -42,55 +35,57 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn postmap_writes_index_and_answers_queries() {
-    let d = TempDir::new("ok");
-    d.write(
+    let d = tmp("ok");
+    write(
+        &d,
         "access",
         "# the classic example\n127.1.2.4 OK\n127.1.2 550 Go away\nSpam.Example REJECT\n",
     );
-    let o = postmap(&d.0, &["access"]);
+    let o = postmap(d.path(), &["access"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(index_path(&d.0.join("access")).exists());
-    let o = postmap(&d.0, &["-q", "spam.example", "hash:access"]);
+    assert!(index_path(&d.join("access")).exists());
+    let o = postmap(d.path(), &["-q", "spam.example", "hash:access"]);
     assert_eq!(
         (o.status.code(), String::from_utf8_lossy(&o.stdout).as_ref()),
         (Some(0), "REJECT\n")
     );
-    let o = postmap(&d.0, &["-q", "127.1.2.9", "access"]);
+    let o = postmap(d.path(), &["-q", "127.1.2.9", "access"]);
     assert_eq!(o.status.code(), Some(1), "plain lookup: no access(5) network search");
     // The server's table uses the index now.
-    let t = Table::open("hash:access", &d.0).unwrap();
+    let t = Table::open("hash:access", d.path()).unwrap();
     assert!(t.from_index);
     // cidr: checked (warning for host bits), queried by address, no index.
-    d.write(
+    write(
+        &d,
         "net.cidr",
         "127.1.2.4 OK\n127.1.2.9/24 REJECT\n127.1.2.0/24 550 Go away\n",
     );
-    let o = postmap(&d.0, &["cidr:net.cidr"]);
+    let o = postmap(d.path(), &["cidr:net.cidr"]);
     assert!(o.status.success());
     assert!(
         stderr(&o).contains("net.cidr:2: non-null host address bits"),
         "{}",
         stderr(&o)
     );
-    assert!(!index_path(&d.0.join("net.cidr")).exists());
-    let o = postmap(&d.0, &["-q", "127.1.2.9", "cidr:net.cidr"]);
+    assert!(!index_path(&d.join("net.cidr")).exists());
+    let o = postmap(d.path(), &["-q", "127.1.2.9", "cidr:net.cidr"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "550 Go away\n");
-    let o = postmap(&d.0, &["-q", "x@example.com", "regexp:nonexistent"]);
+    let o = postmap(d.path(), &["-q", "x@example.com", "regexp:nonexistent"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("nonexistent"), "{}", stderr(&o));
 }
 
 #[test]
 fn postmap_reports_every_error_and_writes_nothing() {
-    let d = TempDir::new("bad");
-    d.write("access", "good OK\nlonely\nalso good OK\n  \n bad continuation?\n");
-    d.write("bad.re", "/ok/ OK\n/(/ REJECT\n/x{1000}{1000}/ REJECT\nendif\n");
-    let o = postmap(&d.0, &["hash:access"]);
+    let d = tmp("bad");
+    write(&d, "access", "good OK\nlonely\nalso good OK\n  \n bad continuation?\n");
+    write(&d, "bad.re", "/ok/ OK\n/(/ REJECT\n/x{1000}{1000}/ REJECT\nendif\n");
+    let o = postmap(d.path(), &["hash:access"]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("access:2: expected format"), "{e}");
-    assert!(!index_path(&d.0.join("access")).exists());
-    let o = postmap(&d.0, &["regexp:bad.re"]);
+    assert!(!index_path(&d.join("access")).exists());
+    let o = postmap(d.path(), &["regexp:bad.re"]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     for l in [
@@ -100,7 +95,7 @@ fn postmap_reports_every_error_and_writes_nothing() {
     ] {
         assert!(e.contains(l), "{l}: {e}");
     }
-    let o = postmap(&d.0, &["mysql:whatever"]);
+    let o = postmap(d.path(), &["mysql:whatever"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("unsupported dictionary type"));
 }
@@ -111,10 +106,10 @@ fn postmap_reports_every_error_and_writes_nothing() {
 #[ignore]
 fn big_map_figures() {
     const N: usize = 200_000;
-    let d = TempDir::new("big");
+    let d = tmp("big");
     // Written in small pieces: one big String here would raise glibc's mmap threshold
     // and make the RSS figures below measure the allocator, not the table.
-    let p = d.0.join("access");
+    let p = d.join("access");
     {
         use std::io::Write;
         let mut w = std::io::BufWriter::new(std::fs::File::create(&p).unwrap());
@@ -136,7 +131,7 @@ fn big_map_figures() {
 
     let t0 = Instant::now();
     let before = rss();
-    let text_table = Table::open("hash:access", &d.0).unwrap();
+    let text_table = Table::open("hash:access", d.path()).unwrap();
     let text_load = t0.elapsed();
     let text_rss = rss().saturating_sub(before);
     assert_eq!(text_table.len(), N);
@@ -144,13 +139,13 @@ fn big_map_figures() {
     drop(text_table);
 
     let t0 = Instant::now();
-    compile("hash:access", &d.0).unwrap();
+    compile("hash:access", d.path()).unwrap();
     let compile_time = t0.elapsed();
     let index_size = std::fs::metadata(index_path(&p)).unwrap().len();
 
     let before = rss();
     let t0 = Instant::now();
-    let table = Table::open("hash:access", &d.0).unwrap();
+    let table = Table::open("hash:access", d.path()).unwrap();
     let index_load = t0.elapsed();
     let index_rss = rss().saturating_sub(before);
     assert!(table.from_index);
@@ -176,7 +171,7 @@ fn big_map_figures() {
     assert!(found >= lookups / 2);
 
     // TableSet refresh with nothing changed (done per session by the server): two stats.
-    let mut set = TableSet::new(&d.0);
+    let mut set = TableSet::new(d.path());
     set.add("hash:access").unwrap();
     let t0 = Instant::now();
     for _ in 0..1000 {

@@ -5,13 +5,15 @@ use poshta::config::{load_defaults, Env};
 use poshta::policy::restrictions::{parse_list, Decision, Facts, RestrictionLists, Stage};
 use poshta::policy::table::TableSet;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("poshta-policy7-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+#[path = "common/tempdir.rs"]
+mod tempdir;
+use tempdir::TempDir;
+
+/// Removed when the test ends, pass or fail.
+fn dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("poshta-policy7-{tag}-{}", std::process::id()))
 }
 
 /// Lists from main.cf-style values; unset keys get poshta's defaults.

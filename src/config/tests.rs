@@ -382,8 +382,8 @@ fn config_path_order() {
 
 #[test]
 fn files_on_disk() {
-    let dir = std::env::temp_dir().join(format!("poshta-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = crate::testutil::TempDir::new(&format!("poshta-config-test-{}", std::process::id()));
+    let dir = tmp.path().to_path_buf();
     let missing = dir.join("missing.cf");
     let l = load_env(&missing, &user()).unwrap();
     assert!(l.diagnostics.is_empty());
@@ -400,7 +400,6 @@ fn files_on_disk() {
     assert_eq!(load_env(&ok, &user()).unwrap().settings.message_size_limit, 7);
     // A directory is not a config file.
     assert!(load_env(&dir, &user()).is_err());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -1369,6 +1369,7 @@ impl TableSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TempDir;
 
     fn t(ty: TableType, text: &str) -> Table {
         Table::parse(ty, Path::new("t"), text).unwrap()
@@ -1588,11 +1589,9 @@ mod tests {
         assert_eq!(err.line, 2, "{err}");
     }
 
-    pub(crate) fn tempdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("poshta-table-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// Removed when the test ends, pass or fail.
+    fn tempdir(tag: &str) -> TempDir {
+        TempDir::new(&format!("poshta-table-{tag}-{}", std::process::id()))
     }
 
     #[test]

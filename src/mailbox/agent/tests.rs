@@ -9,16 +9,15 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::limits::PRIVSEP_FRAME_BYTES_MAX;
+use crate::testutil::TempDir;
 
 fn me() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("poshta-agent-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// Removed when the test ends, pass or fail.
+fn tmp(tag: &str) -> TempDir {
+    TempDir::new(&format!("poshta-agent-{tag}-{}", std::process::id()))
 }
 
 /// A real agent on a thread, with the job already written (as the helper does).
@@ -45,13 +44,15 @@ fn open(place: Place) -> (Result<RemoteDrop, MailboxError>, JoinHandle<i32>) {
     )
 }
 
-fn maildir_with(tag: &str, msgs: &[&[u8]]) -> PathBuf {
-    let md = tmp(tag).join("Maildir");
+/// The guard and the Maildir in it; keep the guard alive for the whole test.
+fn maildir_with(tag: &str, msgs: &[&[u8]]) -> (TempDir, PathBuf) {
+    let dir = tmp(tag);
+    let md = dir.join("Maildir");
     crate::delivery::maildir::create_maildir(&md).unwrap();
     for (i, m) in msgs.iter().enumerate() {
         std::fs::write(md.join("new").join(format!("{}.M{i}P1Q{i}.host", 1_700_000_000 + i)), m).unwrap();
     }
-    md
+    (dir, md)
 }
 
 fn read_all(mb: &Mailbox, i: usize) -> Vec<u8> {
@@ -69,7 +70,7 @@ fn agent_serves_a_maildir_exactly_like_the_local_backend() {
     let big: Vec<u8> = (0..3 * CHUNK_BYTES + 17)
         .map(|i| if i % 77 == 76 { b'\n' } else { b'a' + (i % 26) as u8 })
         .collect();
-    let md = maildir_with("md", &[b"Subject: one\n\nx\n", &big, b"Subject: three\n\nz\n"]);
+    let (_dir, md) = maildir_with("md", &[b"Subject: one\n\nx\n", &big, b"Subject: three\n\nz\n"]);
     // The local backend's view first (dropped without UPDATE: nothing moves).
     let local = Mailbox::open_maildir(&md).unwrap();
     let want = listing(&local);
@@ -110,7 +111,6 @@ fn agent_serves_a_maildir_exactly_like_the_local_backend() {
     assert_eq!(listing(&again), vec![want[1].clone()]);
     crate::mailbox::system::drop_blocking(again);
     assert_eq!(t.join().unwrap(), 0);
-    std::fs::remove_dir_all(md.parent().unwrap()).unwrap();
 }
 
 #[test]
@@ -142,12 +142,11 @@ fn agent_serves_an_mbox_and_cuts_deleted_messages() {
     assert_eq!(mb.entries()[0].uid(), uid1, "unique ids survive the rewrite");
     drop(mb); // on a thread that may not block: the socket just closes
     assert_eq!(t.join().unwrap(), 0);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn second_maildir_session_is_in_use_and_a_dropped_one_deletes_nothing() {
-    let md = maildir_with("inuse", &[b"Subject: a\n\n1\n", b"Subject: b\n\n2\n"]);
+    let (_dir, md) = maildir_with("inuse", &[b"Subject: a\n\n1\n", b"Subject: b\n\n2\n"]);
     let (first, t1) = open(Place::Maildir(md.clone()));
     let first = first.unwrap();
     let (second, t2) = open(Place::Maildir(md.clone()));
@@ -163,7 +162,6 @@ fn second_maildir_session_is_in_use_and_a_dropped_one_deletes_nothing() {
     // Nothing deleted, nothing moved: both still in new/.
     assert_eq!(std::fs::read_dir(md.join("new")).unwrap().count(), 2);
     assert_eq!(std::fs::read_dir(md.join("cur")).unwrap().count(), 0);
-    std::fs::remove_dir_all(md.parent().unwrap()).unwrap();
 }
 
 #[test]
@@ -187,12 +185,11 @@ fn missing_maildir_is_empty_and_a_foreign_one_is_refused() {
     let (r, t) = open(Place::Mbox(dir.join("link")));
     assert!(r.unwrap_err().to_string().contains("symbolic link"));
     assert_eq!(t.join().unwrap(), 0);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn a_commit_with_an_index_out_of_range_deletes_nothing() {
-    let md = maildir_with("badmark", &[b"Subject: a\n\n1\n"]);
+    let (_dir, md) = maildir_with("badmark", &[b"Subject: a\n\n1\n"]);
     let (remote, t) = open(Place::Maildir(md.clone()));
     let remote = remote.unwrap();
     let answer = {
@@ -208,14 +205,13 @@ fn a_commit_with_an_index_out_of_range_deletes_nothing() {
     // Nothing deleted, nothing moved.
     assert_eq!(std::fs::read_dir(md.join("new")).unwrap().count(), 1);
     assert_eq!(std::fs::read_dir(md.join("cur")).unwrap().count(), 0);
-    std::fs::remove_dir_all(md.parent().unwrap()).unwrap();
 }
 
 /// RFC 1939 §6: QUIT with nothing deleted still commits: the agent moves the listed messages
 /// from new/ to cur/ (issue 5); the ids stay the same.
 #[test]
 fn a_commit_with_no_marks_moves_survivors_to_cur() {
-    let md = maildir_with("nomarks", &[b"Subject: a\n\n1\n", b"Subject: b\n\n2\n"]);
+    let (_dir, md) = maildir_with("nomarks", &[b"Subject: a\n\n1\n", b"Subject: b\n\n2\n"]);
     let (remote, t) = open(Place::Maildir(md.clone()));
     let mb = Mailbox::Agent(remote.unwrap());
     let want = listing(&mb);
@@ -235,12 +231,11 @@ fn a_commit_with_no_marks_moves_survivors_to_cur() {
     assert_eq!(listing(&again), want);
     crate::mailbox::system::drop_blocking(again);
     assert_eq!(t.join().unwrap(), 0);
-    std::fs::remove_dir_all(md.parent().unwrap()).unwrap();
 }
 
 #[test]
 fn agent_exits_when_the_daemon_is_idle_too_long() {
-    let md = maildir_with("idle", &[]);
+    let (_dir, md) = maildir_with("idle", &[]);
     let (ours, theirs) = UnixStream::pair().unwrap();
     let mut w = &ours;
     let job = Job {
@@ -254,7 +249,6 @@ fn agent_exits_when_the_daemon_is_idle_too_long() {
     assert_eq!(t.join().unwrap(), 1);
     assert!(started.elapsed() < Duration::from_secs(10));
     drop(ours);
-    std::fs::remove_dir_all(md.parent().unwrap()).unwrap();
 }
 
 // ------------------------------------------------------------------ frames and bounds
