@@ -124,10 +124,29 @@ pub fn main(config_file: &Path) -> i32 {
     serve(sock, State::new(s), Some(config_file))
 }
 
+/// Wait until `sock` has something to read, reaping maildrop agents that ended meanwhile
+/// (once a second while any is alive), so a POP3 session's agent does not stay a zombie
+/// until the next request. Returns at once when no agent is alive; any poll error is left
+/// for the read that follows to report.
+fn wait_reaping(sock: &UnixStream, st: &mut State) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    while !st.agents.is_empty() {
+        let mut fds = [PollFd::new(sock, PollFlags::IN)];
+        let second = Timespec { tv_sec: 1, tv_nsec: 0 };
+        match poll(&mut fds, Some(&second)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => {
+                st.agents.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+            }
+            _ => return,
+        }
+    }
+}
+
 /// Serve requests on `sock` until end of file (0) or a protocol error (1).
 pub fn serve(sock: UnixStream, mut st: State, config_file: Option<&Path>) -> i32 {
     let mut r = &sock;
     loop {
+        wait_reaping(&sock, &mut st);
         let req: Request = match read_frame(&mut r) {
             Ok(q) => q,
             Err(e) if e == super::EOF => return 0,

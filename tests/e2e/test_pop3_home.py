@@ -143,6 +143,23 @@ def agents(uid):
     return [(pid, ids) for pid, ids in out if uid in ids]
 
 
+def zombies(uid):
+    """Exited, unreaped processes of `uid` (an agent the helper has not waited for)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/status") as f:
+                st = f.read()
+        except OSError:
+            continue
+        uids = [l for l in st.splitlines() if l.startswith("Uid:")]
+        if "\nState:\tZ" in st and uids and int(uids[0].split()[1]) == uid:
+            out.append(int(d))
+    return out
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_list_uidl_retr_dele_quit_and_leave_on_server(make_poshta, homeuser, kind):
     u = homeuser
@@ -187,6 +204,9 @@ def test_list_uidl_retr_dele_quit_and_leave_on_server(make_poshta, homeuser, kin
         assert b"Subject: home 2" in retr(c, 2)
         c.quit()
     wait_for(lambda: not agents(u["uid"]), what="the agents to end", p=p)
+    # The helper reaps an ended agent within about a second, without waiting for its next
+    # request (no zombie left behind).
+    wait_for(lambda: not zombies(u["uid"]), what="the ended agents to be reaped", p=p)
     log = p.logtext()
     assert f"user=<{u['name']}>" in log and "del=1/" in log
 
