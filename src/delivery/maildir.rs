@@ -127,6 +127,18 @@ struct Dirs {
 /// Create the Maildir and its `cur/ new/ tmp/` (mode 0700) where missing, fsyncing each
 /// directory that gained an entry, and open `tmp/` and `new/` without following links.
 fn open_maildir(maildir: &Path) -> std::io::Result<Dirs> {
+    // An existing Maildir (every delivery after a user's first): open tmp/ and new/ with no
+    // stat and no mkdir attempts, three failing syscalls a batch. Anything unexpected
+    // (missing, a symlink, not a directory) takes the full path below, which creates
+    // what is missing and reports the rest.
+    if let Ok(md) = open_dir(CWD, maildir, false) {
+        if let (Ok(tmp), Ok(new)) = (
+            open_dir(&md, Path::new("tmp"), true),
+            open_dir(&md, Path::new("new"), true),
+        ) {
+            return Ok(Dirs { tmp, new });
+        }
+    }
     if std::fs::symlink_metadata(maildir).is_err() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(maildir)?;
         if let Some(parent) = maildir.parent().filter(|p| !p.as_os_str().is_empty()) {
