@@ -1,6 +1,6 @@
 //! A scratch-directory guard shared by the integration tests, each of which includes it with
-//! `#[path = "common/tempdir.rs"] mod tempdir;` (unit tests use the same guard in
-//! src/testutil.rs, which integration tests cannot see).
+//! `#[path = "common/tempdir.rs"] mod tempdir;`, and by the unit tests (src/testutil.rs
+//! includes this file the same way).
 
 #![allow(dead_code)] // each test file uses a different part
 
