@@ -150,6 +150,13 @@ pub const PICKUP_SCAN_SECS: u64 = 5;
 pub const PICKUP_SCAN_FILES_MAX: usize = 1000;
 /// A maildrop temporary file older than this was left by a `sendmail` that died; removed.
 pub const PICKUP_TMP_STALE_SECS: u64 = 86_400;
+/// Maildrop files that mailq lists one by one; the rest are counted, not listed.
+pub const MAILQ_MAILDROP_FILES_MAX: usize = 10_000;
+/// Bytes of names and addresses of the maildrop files mailq lists (its memory stays bounded
+/// whatever local users drop there); files past it are counted, not listed.
+pub const MAILQ_MAILDROP_TEXT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Entries of maildrop/ that mailq looks at in all (listed or counted).
+pub const MAILQ_MAILDROP_SCAN_MAX: usize = 1_000_000;
 /// One header field (with its continuation lines) on the `sendmail` path: Postfix's
 /// header_size_limit. The excess is discarded, as Postfix does (with -t it is an error).
 pub const SENDMAIL_HEADER_FIELD_BYTES_MAX: usize = 102_400;

@@ -12,6 +12,26 @@
 //! After the id, `!` marks a held message and `*` one being delivered (Postfix's showq
 //! marks). The null sender is shown as MAILER-DAEMON.
 //!
+//! Messages waiting in `maildrop/` (dropped by `sendmail` while the daemon was down) follow
+//! the queued ones, one block per file and counted in the closing line. The id is the file
+//! name, with no mark (as in Postfix's showq); size and time are the file's; the reason
+//! line says it was not picked up yet:
+//!
+//! ```text
+//! 3f9c0e...d1      512 Sat Nov 28 00:53:10  nick@example.org
+//!                        (waiting for pickup: the mail system is not running)
+//!                                          alice@example.org
+//!
+//! 5be2a1...07       40 Sat Nov 28 00:54:00  (maildrop queue, sender UID 1000)
+//!                                   (damaged: not a poshta submission)
+//! ```
+//!
+//! A file that cannot be picked up shows its owner (showq's text for a maildrop file it
+//! cannot read) and why. Past limits::MAILQ_MAILDROP_FILES_MAX files (or
+//! MAILQ_MAILDROP_TEXT_BYTES_MAX bytes of addresses) the rest are only counted:
+//! `(N more files in maildrop/ not listed)`. Without the daemon, only root can list
+//! maildrop/ (1733); other users get the queue and a warning on stderr.
+//!
 //! # Actions
 //!
 //! ```text
@@ -40,6 +60,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::net::pickup::WaitingList;
 use crate::queue::{MessageInfo, RcptState};
 
 const EXIT_NO_SUCH: i32 = 1;
@@ -51,9 +72,17 @@ const STATUS_LINE_BYTES_MAX: u64 = 4096;
 /// How long the CLI waits for each read or write on the control socket.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Format a queue listing exactly like Postfix's showq.
-pub fn format_mailq(msgs: &[MessageInfo]) -> String {
-    if msgs.is_empty() {
+/// The reason line under a maildrop file when the daemon is running (it picks the file up
+/// within limits::PICKUP_SCAN_SECS).
+pub const WAITING_REASON: &str = "waiting for pickup";
+/// The reason line under a maildrop file when the daemon is not running.
+pub const WAITING_DOWN_REASON: &str = "waiting for pickup: the mail system is not running";
+
+/// Format a queue listing like Postfix's showq: the queued messages, then the files
+/// waiting in maildrop/ with `reason` under each.
+pub fn format_mailq(msgs: &[MessageInfo], maildrop: &WaitingList, reason: &str) -> String {
+    let requests = msgs.len() as u64 + maildrop.files.len() as u64 + maildrop.more_files;
+    if requests == 0 {
         return "Mail queue is empty\n".to_string();
     }
     let mut out = String::new();
@@ -101,12 +130,46 @@ pub fn format_mailq(msgs: &[MessageInfo]) -> String {
             out.push_str(&format!("{:<11} {:>7} {:<20} {}\n", "", "", "", rcpt));
         }
     }
-    let n = msgs.len();
+    for (i, w) in maildrop.files.iter().enumerate() {
+        if i > 0 || !msgs.is_empty() {
+            out.push('\n');
+        }
+        total += w.size;
+        let arrival = format!("{:<20.20}", crate::time::mailq(w.mtime_unix) + " ");
+        // No mark after the name: Postfix's showq marks only active (`*`) and held (`!`)
+        // messages, and a maildrop file is neither.
+        let (sender, why) = match &w.head {
+            Ok(sub) if sub.sender.is_empty() => ("MAILER-DAEMON".to_string(), reason.to_string()),
+            Ok(sub) => (sub.sender.clone(), reason.to_string()),
+            // showq's text for a maildrop file it cannot read.
+            Err(e) => (
+                format!("(maildrop queue, sender UID {})", w.uid),
+                format!("damaged: {e}"),
+            ),
+        };
+        out.push_str(&format!("{:<11} {:>7} {} {}\n", w.name, w.size, arrival, sender));
+        let why: String = why.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        let pad = 76usize.saturating_sub(why.chars().count());
+        out.push_str(&format!("{:pad$}({})\n", "", why, pad = pad));
+        if let Ok(sub) = &w.head {
+            for rcpt in &sub.recipients {
+                out.push_str(&format!("{:<11} {:>7} {:<20} {}\n", "", "", "", rcpt));
+            }
+        }
+    }
+    if maildrop.more_files > 0 {
+        total += maildrop.more_bytes;
+        out.push_str(&format!(
+            "\n({} more file{} in maildrop/ not listed)\n",
+            maildrop.more_files,
+            if maildrop.more_files == 1 { "" } else { "s" }
+        ));
+    }
     out.push_str(&format!(
         "\n-- {} Kbytes in {} Request{}.\n",
         total / 1024,
-        n,
-        if n == 1 { "" } else { "s" }
+        requests,
+        if requests == 1 { "" } else { "s" }
     ));
     out
 }
@@ -217,32 +280,44 @@ fn failed(sock: &Path, e: CtlError) -> i32 {
 
 fn list(dir: &Path, sock: &Path) -> i32 {
     let mut body = Vec::new();
-    match request(sock, "LIST", &mut body) {
+    let reason = match request(sock, "LIST", &mut body) {
         Ok(()) => {
             let _ = std::io::stdout().write_all(&body);
             return 0;
         }
         // No daemon: read the log ourselves.
-        Err(CtlError::Down) => {}
+        Err(CtlError::Down) => WAITING_DOWN_REASON,
         // A daemon we may not talk to (another user) or that does not answer: the log
         // still tells what is queued, only in-flight marks are missing.
-        Err(CtlError::Broken(why)) => eprintln!("poshta: warning: {why}; listing the queue from disk"),
+        Err(CtlError::Broken(why)) => {
+            eprintln!("poshta: warning: {why}; listing the queue from disk");
+            WAITING_REASON
+        }
         Err(e) => return failed(sock, e),
-    }
-    if !dir.exists() {
-        print!("{}", format_mailq(&[]));
-        return 0;
-    }
-    match crate::queue::scan(dir) {
-        Ok(msgs) => {
-            print!("{}", format_mailq(&msgs));
-            0
+    };
+    let msgs = if dir.exists() {
+        match crate::queue::scan(dir) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("poshta: fatal: {e}");
+                return 1;
+            }
         }
-        Err(e) => {
-            eprintln!("poshta: fatal: {e}");
-            1
-        }
-    }
+    } else {
+        Vec::new()
+    };
+    // maildrop/ is 1733: only root and the daemon's user may list it. Anyone else still
+    // gets the queue, and a note that waiting files may be missing from it.
+    let maildrop_dir = crate::net::pickup::maildrop_dir(dir);
+    let maildrop = crate::net::pickup::list_waiting(&maildrop_dir).unwrap_or_else(|e| {
+        eprintln!(
+            "poshta: warning: cannot read {}: {e} (messages waiting for pickup are not listed)",
+            maildrop_dir.display()
+        );
+        WaitingList::default()
+    });
+    print!("{}", format_mailq(&msgs, &maildrop, reason));
+    0
 }
 
 pub fn run(args: super::QueueArgs) -> i32 {
@@ -381,11 +456,15 @@ fn show_from_disk(dir: &Path, id_text: &str, out: &mut dyn Write) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::pickup::Waiting;
     use crate::queue::QueueId;
 
     #[test]
     fn empty() {
-        assert_eq!(format_mailq(&[]), "Mail queue is empty\n");
+        assert_eq!(
+            format_mailq(&[], &WaitingList::default(), WAITING_REASON),
+            "Mail queue is empty\n"
+        );
     }
 
     #[test]
@@ -414,7 +493,7 @@ mod tests {
                 ),
             ],
         };
-        let s = format_mailq(&[m]);
+        let s = format_mailq(&[m], &WaitingList::default(), WAITING_REASON);
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(
             lines[0],
@@ -440,11 +519,104 @@ mod tests {
             in_flight: true,
             recipients: vec![("r@y".into(), RcptState::Pending)],
         };
-        let s = format_mailq(std::slice::from_ref(&m));
+        let s = format_mailq(std::slice::from_ref(&m), &WaitingList::default(), WAITING_REASON);
         assert_eq!(s.lines().nth(1), Some("0000000000AB!      10 Sat Nov 28 00:52:32  s@x"));
         m.held = false;
-        let s = format_mailq(&[m]);
+        let s = format_mailq(&[m], &WaitingList::default(), WAITING_REASON);
         assert_eq!(s.lines().nth(1), Some("0000000000AB*      10 Sat Nov 28 00:52:32  s@x"));
+    }
+
+    fn waiting(name: &str, size: u64, head: Result<crate::proto::pickup::Submission, String>) -> Waiting {
+        Waiting {
+            name: name.into(),
+            size,
+            mtime_unix: 1_795_827_190,
+            uid: 1000,
+            head,
+        }
+    }
+
+    #[test]
+    fn maildrop_files_follow_the_queue_and_are_counted() {
+        let m = MessageInfo {
+            qid: QueueId(0xAB),
+            size: 1000,
+            arrival_unix: 1_795_827_152,
+            sender: "s@x".into(),
+            held: false,
+            in_flight: false,
+            recipients: vec![("r@y".into(), RcptState::Pending)],
+        };
+        let sub = crate::proto::pickup::Submission {
+            sender: "nick@example.org".into(),
+            recipients: vec!["alice@example.org".into(), "bob@example.org".into()],
+            size: 100,
+        };
+        let drop = WaitingList {
+            files: vec![
+                waiting("0f1e2d3c4b5a69788796a5b4c3d2e1f0", 1200, Ok(sub)),
+                waiting("junk?name", 40, Err("not a poshta submission".into())),
+            ],
+            more_files: 2,
+            more_bytes: 2048,
+        };
+        let s = format_mailq(&[m], &drop, WAITING_DOWN_REASON);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[1], "0000000000AB    1000 Sat Nov 28 00:52:32  s@x");
+        assert_eq!(lines[3], "");
+        // The file name as the id, with no mark; its size and mtime.
+        assert_eq!(
+            lines[4],
+            "0f1e2d3c4b5a69788796a5b4c3d2e1f0    1200 Sat Nov 28 00:53:10  nick@example.org"
+        );
+        assert_eq!(lines[5].len(), 78);
+        assert_eq!(
+            lines[5].trim_start(),
+            "(waiting for pickup: the mail system is not running)"
+        );
+        assert_eq!(lines[6], format!("{}alice@example.org", " ".repeat(41)));
+        assert_eq!(lines[7], format!("{}bob@example.org", " ".repeat(41)));
+        assert_eq!(lines[8], "");
+        assert_eq!(
+            lines[9],
+            "junk?name        40 Sat Nov 28 00:53:10  (maildrop queue, sender UID 1000)"
+        );
+        assert_eq!(lines[10].trim_start(), "(damaged: not a poshta submission)");
+        assert_eq!(lines[11], "");
+        assert_eq!(lines[12], "(2 more files in maildrop/ not listed)");
+        assert_eq!(lines[13], "");
+        // 1000 + 1200 + 40 + 2048 bytes; 1 queued + 2 listed + 2 counted.
+        assert_eq!(lines[14], "-- 4 Kbytes in 5 Requests.");
+        assert_eq!(lines.len(), 15);
+    }
+
+    #[test]
+    fn maildrop_only() {
+        let sub = crate::proto::pickup::Submission {
+            sender: String::new(),
+            recipients: vec!["alice@example.org".into()],
+            size: 1,
+        };
+        let drop = WaitingList {
+            files: vec![waiting("abc", 99, Ok(sub))],
+            ..Default::default()
+        };
+        let s = format_mailq(&[], &drop, WAITING_REASON);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(
+            lines[0],
+            "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
+        );
+        assert_eq!(lines[1], "abc              99 Sat Nov 28 00:53:10  MAILER-DAEMON");
+        assert_eq!(lines[2], format!("{}(waiting for pickup)", " ".repeat(58)));
+        assert_eq!(lines[3].trim_start(), "alice@example.org");
+        assert_eq!(&lines[4..], ["", "-- 0 Kbytes in 1 Request."]);
+        // Only counted files still make the queue non-empty.
+        let counted = WaitingList {
+            more_files: 1,
+            ..Default::default()
+        };
+        assert!(format_mailq(&[], &counted, WAITING_REASON).ends_with("-- 0 Kbytes in 1 Request.\n"));
     }
 
     #[test]

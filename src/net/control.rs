@@ -34,7 +34,8 @@
 //!
 //! Bodies:
 //! - `LIST`: the listing in postqueue -p format (`cli::queue::format_mailq`): `!` after a
-//!   held message's id, `*` after one being delivered.
+//!   held message's id, `*` after one being delivered; then the files waiting in maildrop/
+//!   (`net::pickup::list_waiting`), each with the reason `(waiting for pickup)`.
 //! - `FLUSH`: `N\n`, the number of messages that became due (postqueue -f). Not logged.
 //! - `RELOAD`: `reload requested\n`. The daemon sends itself SIGHUP, so the reload is the
 //!   very same as `kill -HUP` (main.cf, users, aliases, certificate); it runs right after
@@ -212,7 +213,17 @@ async fn client(ctx: &Rc<Ctx>, mut stream: UnixStream, uid: u32, privileged: boo
     }
     match (verb.as_str(), args.as_slice()) {
         ("LIST", []) => {
-            let text = crate::cli::queue::format_mailq(&q.list());
+            let msgs = q.list();
+            // The daemon owns maildrop/; reading the heads may block (off the event loop).
+            let dir = crate::net::pickup::maildrop_dir(&ctx.policy().settings.queue_directory);
+            let dir2 = dir.clone();
+            let maildrop = smol::unblock(move || crate::net::pickup::list_waiting(&dir2))
+                .await
+                .unwrap_or_else(|e| {
+                    mlog!("control", "warning: list maildrop {}: {e}", dir.display());
+                    Default::default()
+                });
+            let text = crate::cli::queue::format_mailq(&msgs, &maildrop, crate::cli::queue::WAITING_REASON);
             reply_ok(&mut stream, text.as_bytes()).await;
         }
         ("FLUSH", []) => {

@@ -21,6 +21,11 @@
 //! start (0711: still nobody else may list it); queue segments are 0600 (the daemon's umask
 //! is 077, and older segments are made 0600 then).
 //!
+//! `mailq` lists the files waiting in maildrop/ after the queued messages (`list_waiting`:
+//! only heads are read, and the listing is bounded by limits::MAILQ_MAILDROP_*): the daemon
+//! for its LIST, and `poshta queue` itself when the daemon is down (only root can list the
+//! directory then).
+//!
 //! A maildrop file is 0644, named with 128 random bits in a directory nobody but the daemon
 //! may list: other users cannot find it, the daemon (running as mail_owner, not as the
 //! submitter) can read it, and its owner is the submitting identity. A file that is not a
@@ -485,6 +490,136 @@ fn open_dropped(path: &Path) -> Result<Option<(std::fs::File, u32, u64)>, String
     Ok(Some((file, meta.uid(), meta.len())))
 }
 
+/// Read and check the head of a maildrop file of `len` bytes: the submission and the
+/// message bytes read past it. Reads at most limits::PICKUP_HEAD_BYTES_MAX + 1 bytes, so a
+/// huge or garbage file costs no more than a proper one.
+fn read_file_head(file: &mut std::fs::File, len: u64) -> Result<(Submission, Vec<u8>), String> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    // Bounded: parse_head refuses a head longer than the limit, and `room` never lets the
+    // buffer grow past it.
+    loop {
+        match parse_head(&buf) {
+            Ok(Some((sub, n))) => {
+                if n as u64 + sub.size != len {
+                    return Err(format!(
+                        "file has {len} bytes, head and size say {}",
+                        n as u64 + sub.size
+                    ));
+                }
+                let rest = buf.split_off(n);
+                return Ok((sub, rest));
+            }
+            Ok(None) => {}
+            Err(r) => return Err(r.text),
+        }
+        let room = (limits::PICKUP_HEAD_BYTES_MAX + 1 - buf.len()).min(chunk.len());
+        match file.read(&mut chunk[..room]) {
+            Ok(0) => return Err("truncated head".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// One maildrop file as mailq lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// The file name, printable (control characters shown as `?`).
+    pub name: String,
+    /// Bytes of the whole file (head included), as Postfix's showq counts a maildrop file.
+    pub size: u64,
+    pub mtime_unix: u64,
+    /// The file's owner: the submitting user.
+    pub uid: u32,
+    /// The envelope, or why the file cannot be picked up.
+    pub head: Result<Submission, String>,
+}
+
+/// The messages waiting in maildrop/ for the daemon's pickup, for mailq.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WaitingList {
+    /// Oldest first.
+    pub files: Vec<Waiting>,
+    /// Files past the listing bounds (limits::MAILQ_MAILDROP_*): counted, not listed.
+    pub more_files: u64,
+    pub more_bytes: u64,
+}
+
+/// The complete submissions waiting in maildrop/ (names not starting with `.`), each read
+/// only as far as its head. A missing directory is an empty one; an unreadable one (mailq
+/// run by a user other than root and the daemon's) is an error. Blocking.
+pub fn list_waiting(dir: &Path) -> std::io::Result<WaitingList> {
+    let mut out = WaitingList::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    let mut text_bytes = 0usize;
+    for e in entries.take(limits::MAILQ_MAILDROP_SCAN_MAX) {
+        let e = e?;
+        let raw = e.file_name();
+        let raw = raw.to_string_lossy();
+        if raw.starts_with('.') {
+            continue;
+        }
+        let full =
+            out.files.len() >= limits::MAILQ_MAILDROP_FILES_MAX || text_bytes >= limits::MAILQ_MAILDROP_TEXT_BYTES_MAX;
+        if full {
+            // Counted by its size from the directory entry (lstat), not opened.
+            if let Ok(m) = e.metadata() {
+                out.more_files += 1;
+                out.more_bytes += m.len();
+            }
+            continue;
+        }
+        let name: String = raw.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        let Some(w) = waiting_file(&e.path(), name) else {
+            // Imported (or removed) meanwhile.
+            continue;
+        };
+        text_bytes += w.name.len();
+        if let Ok(sub) = &w.head {
+            text_bytes += sub.sender.len() + sub.recipients.iter().map(String::len).sum::<usize>();
+        }
+        out.files.push(w);
+    }
+    out.files
+        .sort_by(|a, b| (a.mtime_unix, &a.name).cmp(&(b.mtime_unix, &b.name)));
+    Ok(out)
+}
+
+/// Stat and read the head of one maildrop file; None when it is gone.
+fn waiting_file(path: &Path, name: String) -> Option<Waiting> {
+    let mut w = Waiting {
+        name,
+        size: 0,
+        mtime_unix: 0,
+        uid: 0,
+        head: Err(String::new()),
+    };
+    let lstat = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            w.head = Err(format!("stat: {e}"));
+            return Some(w);
+        }
+    };
+    w.size = lstat.len();
+    w.mtime_unix = u64::try_from(lstat.mtime()).unwrap_or(0);
+    w.uid = lstat.uid();
+    // The same checks as the import (no links, regular files only), so what mailq calls
+    // damaged is what the daemon will set aside as .bad-NAME.
+    w.head = match open_dropped(path) {
+        Ok(None) => return None,
+        Ok(Some((mut file, _, len))) => read_file_head(&mut file, len).map(|(sub, _)| sub),
+        Err(why) => Err(why),
+    };
+    Some(w)
+}
+
 /// An opened maildrop file: the file, its owner, the head, the message bytes read past it.
 type Opened = (std::fs::File, u32, Submission, Vec<u8>);
 
@@ -498,30 +633,8 @@ async fn import_file(ctx: &Rc<Ctx>, path: &Path) -> Import {
             Ok(None) => return Err(Ok(())),
             Err(e) => return Err(Err(e)),
         };
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; 16 * 1024];
-        loop {
-            match parse_head(&buf) {
-                Ok(Some((sub, n))) => {
-                    if n as u64 + sub.size != len {
-                        return Err(Err(format!(
-                            "file has {len} bytes, head and size say {}",
-                            n as u64 + sub.size
-                        )));
-                    }
-                    let rest = buf.split_off(n);
-                    return Ok((file, uid, sub, rest));
-                }
-                Ok(None) => {}
-                Err(r) => return Err(Err(r.text)),
-            }
-            let room = (limits::PICKUP_HEAD_BYTES_MAX + 1 - buf.len()).min(chunk.len());
-            match file.read(&mut chunk[..room]) {
-                Ok(0) => return Err(Err("truncated head".into())),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) => return Err(Err(format!("read: {e}"))),
-            }
-        }
+        let (sub, rest) = read_file_head(&mut file, len).map_err(Err)?;
+        Ok((file, uid, sub, rest))
     })
     .await;
     let (file, uid, sub, rest) = match opened {
@@ -604,6 +717,48 @@ mod tests {
             size: 0,
         };
         assert_eq!(parse_head(&s.encode_head()).unwrap_err().code, EX_DATAERR);
+    }
+
+    /// mailq's view of maildrop/: good files with their envelope, damaged ones (garbage,
+    /// a head that never ends, a size that does not match, a symlink) with the reason,
+    /// temporary and set-aside files not at all; a huge file is read only up to the head limit.
+    #[test]
+    fn listing_waiting_files() {
+        let d = crate::testutil::TempDir::new(&format!("poshta-mdlist-{}", std::process::id()));
+        assert_eq!(list_waiting(&d.join("missing")).unwrap(), WaitingList::default());
+        let mut good = sub().encode_head();
+        good.extend_from_slice(b"hello");
+        std::fs::write(d.join("a-good"), &good).unwrap();
+        std::fs::write(d.join("b-garbage"), b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        // 8 MB that starts like a head and never ends it.
+        let mut huge = b"POSHTA-PICKUP 1\nsender a@b\n".to_vec();
+        huge.resize(8 << 20, b'r');
+        std::fs::write(d.join("c-huge"), &huge).unwrap();
+        let mut short = sub().encode_head();
+        short.extend_from_slice(b"hel");
+        std::fs::write(d.join("d-short"), &short).unwrap();
+        std::os::unix::fs::symlink(d.join("a-good"), d.join("e-link")).unwrap();
+        std::fs::write(d.join("f\nnewline"), &good).unwrap();
+        std::fs::write(d.join(".tmp-1-2"), &good).unwrap();
+        std::fs::write(d.join(".bad-x"), &good).unwrap();
+        let mut l = list_waiting(&d).unwrap();
+        assert_eq!((l.more_files, l.more_bytes), (0, 0));
+        l.files.sort_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<&str> = l.files.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a-good", "b-garbage", "c-huge", "d-short", "e-link", "f?newline"]
+        );
+        let me = rustix::process::geteuid().as_raw();
+        assert_eq!(l.files[0].head, Ok(sub()));
+        assert_eq!((l.files[0].size, l.files[0].uid), (good.len() as u64, me));
+        assert!(l.files[0].mtime_unix > 0);
+        assert_eq!(l.files[1].head, Err("not a poshta submission".into()));
+        assert_eq!(l.files[2].head, Err("submission head too long".into()));
+        assert_eq!(l.files[2].size, 8 << 20);
+        assert!(l.files[3].head.as_ref().is_err_and(|e| e.contains("head and size say")));
+        assert!(l.files[4].head.as_ref().is_err_and(|e| e.starts_with("open:")));
+        assert_eq!(l.files[5].head, Ok(sub()));
     }
 
     #[test]
