@@ -256,6 +256,70 @@ def test_daemon_stopped_maildrop_then_import(make_poshta, unprivileged):
     assert "(maildrop)" in local.p.logtext()
 
 
+def test_mailq_shows_maildrop_while_down(make_poshta, unprivileged):
+    # A message sent while the daemon is down waits in maildrop/: mailq must show it (as
+    # Postfix's showq lists maildrop), not "Mail queue is empty".
+    local = Local(make_poshta)
+    local.p.stop()
+    r = local.run(["-f", "nick@example.org", "alice"], "Subject: waiting\n\nx\n")
+    assert r.returncode == 0, r.stderr
+    maildrop = os.path.join(local.p.dir, "spool", "maildrop")
+    # A damaged file is listed by name too, and does not stop the listing.
+    with open(os.path.join(maildrop, "zz-garbage"), "wb") as f:
+        f.write(b"GET / HTTP/1.0\r\n\r\n" + b"\xff" * 100000)
+    r = local.run([], prog=local.mailq)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert "nick@example.org" in out and "alice@mx.example.org" in out, out
+    assert "(waiting for pickup: the mail system is not running)" in out, out
+    assert "zz-garbage" in out and "(damaged: not a poshta submission)" in out, out
+    assert "in 2 Requests." in out, out
+    r = local.run(["-bp"])
+    assert r.returncode == 0 and "nick@example.org" in r.stdout.decode()
+    # A user cannot list maildrop/ (1733). The queue log is no more readable to a user
+    # (0711 directory, 0600 segments: "fatal", as Postfix's postqueue -p with the system
+    # down); where an admin opened it up, the user gets the queue and a one-line note.
+    r = local.run([], prog=local.mailq, user=unprivileged)
+    assert r.returncode == 1 and b"Permission denied" in r.stderr, r.stderr
+    spool = os.path.join(local.p.dir, "spool")
+    os.chmod(spool, 0o755)
+    for f in os.listdir(spool):
+        if f.endswith(".log"):
+            os.chmod(os.path.join(spool, f), 0o644)
+    r = local.run([], prog=local.mailq, user=unprivileged)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"Mail queue is empty\n"
+    assert r.stderr.startswith(b"poshta: warning: cannot read ") and b"maildrop" in r.stderr, r.stderr
+    assert r.stderr.count(b"\n") == 1, r.stderr
+    os.unlink(os.path.join(maildrop, "zz-garbage"))
+    local.p.start()
+    m = [parse(local.p.read(f)) for f in local.p.wait_messages("alice", 1, timeout=10)][0]
+    assert m["Subject"] == "waiting"
+    wait_for(lambda: "Mail queue is empty" in local.run([], prog=local.mailq).stdout.decode(),
+             timeout=10, what="empty queue after pickup")
+    # The running daemon's LIST shows a file it has not picked up yet. It scans every 5 s,
+    # so a file may be taken between the write and mailq: a few tries, each delivered.
+    body = b"Subject: between scans\n\nx\n"
+    head = b"POSHTA-PICKUP 1\nsender nick@example.org\nrcpt alice@mx.example.org\nsize %d\n\n" % len(body)
+    seen = None
+    for i in range(5):
+        name = f"{os.getpid():x}{i:x}" + "0" * 8
+        tmp = os.path.join(maildrop, ".tmp-" + name)
+        with open(tmp, "wb") as f:
+            f.write(head + body)
+        os.rename(tmp, os.path.join(maildrop, name))
+        out = local.run([], prog=local.mailq).stdout.decode()
+        if name in out:
+            seen = out
+            break
+    assert seen, out
+    assert "(waiting for pickup)" in seen and "not running" not in seen, seen
+    assert "nick@example.org" in seen and "in 1 Request." in seen, seen
+    local.p.wait_messages("alice", 2 + i, timeout=10)
+    wait_for(lambda: "Mail queue is empty" in local.run([], prog=local.mailq).stdout.decode(),
+             timeout=10, what="empty queue after the second pickup")
+
+
 def test_never_started_is_tempfail(make_poshta):
     local = Local(make_poshta, start=False)
     r = local.run(["alice"], "Subject: x\n\nx\n")
