@@ -99,13 +99,33 @@ maillog_file = {self.dir}/maillog
     def add_user(self, name, password):
         return self.cli("user", "add", name, "--password-stdin", input=password + "\n")
 
-    def start(self):
+    def _fresh_ports(self):
+        """New free ports for poshta's own listeners, changed in main.cf in place (a test may
+        have added lines to it)."""
+        with open(self.cf) as f:
+            text = f.read()
+        for attr in ("port", "sub_port", "subs_port", "pop3_port", "pop3s_port"):
+            old, new = getattr(self, attr), free_port()
+            setattr(self, attr, new)
+            text = text.replace(f"_listen = 127.0.0.1:{old}\n", f"_listen = 127.0.0.1:{new}\n")
+        with open(self.cf, "w") as f:
+            f.write(text)
+
+    def start(self, _attempts=3):
         assert self.proc is None
         self.log = open(self.log_path, "ab")
+        since = self.log.tell()  # this start's part of the log
         self.proc = subprocess.Popen([BIN, "serve", "-c", self.cf], stdout=self.log, stderr=self.log)
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.proc.poll() is not None:
+                # free_port() only finds a port free at that moment: another program may
+                # take it before poshta binds. Then try again with fresh ports (bounded).
+                if _attempts > 1 and b"Address already in use" in self._log_since(since):
+                    self.proc = None
+                    self.log.close()
+                    self._fresh_ports()
+                    return self.start(_attempts - 1)
                 raise AssertionError(f"poshta exited with {self.proc.returncode}:\n{self.logtext()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
@@ -130,6 +150,14 @@ maillog_file = {self.dir}/maillog
 
     def hup(self):
         self.proc.send_signal(signal.SIGHUP)
+
+    def _log_since(self, offset):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read()
+        except OSError:
+            return b""
 
     def logtext(self):
         try:
