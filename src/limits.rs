@@ -167,6 +167,10 @@ pub const SENDMAIL_LINE_PIECE_BYTES: usize = 64 * 1024;
 /// delivery helper serves one request at a time, so poshta bounds it tighter), then it is
 /// killed and the delivery deferred.
 pub const LOCAL_COMMAND_TIME_LIMIT_SECS: u64 = 300;
+/// Output of a failed `|command` kept for its bounce and log line (Postfix's pipe_command
+/// keeps up to 4096 bytes; less here, since the reason is stored per recipient in the queue
+/// log and repeated in the log and the DSN).
+pub const LOCAL_COMMAND_OUTPUT_BYTES_MAX: usize = 1024;
 /// One frame of the privileged helper protocol (a body chunk plus its framing).
 pub const PRIVSEP_FRAME_BYTES_MAX: usize = 80 * 1024;
 /// Body bytes per data frame sent to the privileged helper.

@@ -34,8 +34,9 @@
 //! myorigin, unless -f says otherwise. Any user may use -f, as with Postfix's default
 //! (local_login_sender_maps = static:*); the daemon logs the uid that submitted
 //! (`uid=1000 from=<...>`) and writes it in the Received: header, so a chosen sender is
-//! never anonymous. Bare names (`nick2`) on the command line, in -f and in address headers
-//! are qualified with myorigin (Postfix's append_at_myorigin).
+//! never anonymous. Bare names (`nick2`) on the command line, in -f, in address headers and
+//! in -bs MAIL FROM / RCPT TO (`<postmaster>` too) are qualified with myorigin (Postfix's
+//! append_at_myorigin).
 //!
 //! # Handoff and exit status
 //!
@@ -315,12 +316,17 @@ fn envelope_sender(raw: &str, origin: &str) -> Result<String, String> {
     if t.is_empty() {
         return Ok(String::new());
     }
-    let a = if t.contains('@') {
-        t.to_string()
+    pickup::check_address(&qualify(t, origin), true).map_err(|e| format!("-f: {e}"))
+}
+
+/// A bare name (no `@`) gets `@origin`, as Postfix's cleanup does to every envelope address
+/// (append_at_myorigin); `postmaster` included: Postfix has no exception for it there.
+fn qualify(addr: &str, origin: &str) -> String {
+    if addr.contains('@') {
+        addr.to_string()
     } else {
-        format!("{t}@{origin}")
-    };
-    pickup::check_address(&a, true).map_err(|e| format!("-f: {e}"))
+        format!("{addr}@{origin}")
+    }
 }
 
 /// `addr (Full Name)` for an added From: (a comment, RFC 5322 §3.2.2: parentheses and
@@ -639,9 +645,6 @@ fn to_maildrop(queue_dir: &Path, sub: &Submission, body: &mut std::fs::File) -> 
 /// processed like a `sendmail` message (without -t) and handed off the same way; 250 is
 /// sent only once it is durable.
 fn smtp_mode(prog: &str, flags: &Flags, loaded: &Loaded) -> i32 {
-    use crate::proto::reply::Reply;
-    use crate::proto::smtp::server::{BareNewline, Event, HeaderFix, Server, SessionParams};
-    let s = &loaded.settings;
     let (_, gecos) = match login() {
         Ok(x) => x,
         Err((code, msg)) => {
@@ -650,6 +653,28 @@ fn smtp_mode(prog: &str, flags: &Flags, loaded: &Loaded) -> i32 {
         }
     };
     let full_name = flags.full_name.clone().unwrap_or(gecos);
+    smtp_session(
+        prog,
+        &full_name,
+        &loaded.settings,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+    )
+}
+
+/// The -bs dialogue on `input`/`output`. MAIL FROM and RCPT TO without a domain are
+/// qualified with myorigin (Postfix's sendmail -bs: its cleanup's append_at_myorigin), so
+/// `RCPT TO:<nick>` is `nick@myorigin` and `<postmaster>` is `postmaster@myorigin`; the
+/// null sender `<>` stays empty.
+fn smtp_session(
+    prog: &str,
+    full_name: &str,
+    s: &crate::config::Settings,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+) -> i32 {
+    use crate::proto::reply::Reply;
+    use crate::proto::smtp::server::{BareNewline, Event, HeaderFix, Server, SessionParams};
     let params = SessionParams {
         hostname: s.myhostname.clone(),
         client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
@@ -665,10 +690,7 @@ fn smtp_mode(prog: &str, flags: &Flags, loaded: &Loaded) -> i32 {
         auth_required: false,
     };
     let mut server = Server::new(params);
-    let stdin = std::io::stdin();
-    let mut input = stdin.lock();
-    let stdout = std::io::stdout();
-    let mut output = stdout.lock();
+    server.accept_bare_local_rcpt();
     let mut buf = vec![0u8; crate::limits::SESSION_READ_BYTES];
     let mut from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
@@ -695,18 +717,17 @@ fn smtp_mode(prog: &str, flags: &Flags, loaded: &Loaded) -> i32 {
                         Err(_) => server.reject(Reply::owned(553, format!("5.1.7 <{f}>: bad sender address syntax"))),
                     }
                 }
-                Event::Rcpt { to } => {
-                    let to = if to.contains('@') {
-                        to
-                    } else {
-                        format!("{to}@{}", s.myorigin)
-                    };
-                    rcpts.push(to);
-                    server.accept();
-                }
+                Event::Rcpt { to } => match pickup::check_address(&qualify(&to, &s.myorigin), false) {
+                    Ok(a) => {
+                        rcpts.push(a);
+                        server.accept();
+                    }
+                    // Qualified, it can outgrow the path limit (RFC 5321 §4.5.3.1.3).
+                    Err(_) => server.reject(Reply::owned(501, format!("5.1.3 <{to}>: bad recipient address syntax"))),
+                },
                 Event::DataStart => {
                     let sender = from.clone().unwrap_or_default();
-                    let (message_id, date, fromv) = fill_in(s, &sender, &full_name);
+                    let (message_id, date, fromv) = fill_in(s, &sender, full_name);
                     let opts = Options {
                         extract: false,
                         // The core ended the data already; a "." line in it is content.
@@ -893,6 +914,49 @@ mod tests {
         assert_eq!(from_value("", "x"), "MAILER-DAEMON");
         assert_eq!(from_value("a@b", ""), "a@b");
         assert_eq!(from_value("a@b", "Nick (2)\n"), "a@b (Nick \\(2\\))");
+    }
+
+    /// -bs with bare names: RCPT TO:<nick> and <postmaster> are qualified with myorigin, as
+    /// Postfix's cleanup does; MAIL FROM:<> stays the null sender. No daemon runs, so the
+    /// message lands in maildrop/, whose head shows the envelope handed off.
+    #[test]
+    fn bs_qualifies_bare_names() {
+        let dir = crate::testutil::TempDir::new(&format!("poshta-sendmail-bs-{}", std::process::id()));
+        std::fs::create_dir(pickup::maildrop_dir(dir.path())).unwrap();
+        let env = crate::config::Env {
+            is_root: false,
+            hostname: "mx.example.org".into(),
+        };
+        let mut s = crate::config::load_defaults(&dir.join("main.cf"), &env).settings;
+        s.queue_directory = dir.path().to_path_buf();
+        s.myorigin = "origin.example".into();
+        let script = "EHLO me\r\nMAIL FROM:<>\r\nRCPT TO:<nick>\r\nRCPT TO:<Postmaster>\r\n\
+                      RCPT TO:<a@b.example>\r\nRCPT TO:<>\r\nRCPT TO:<x@>\r\n\
+                      DATA\r\nSubject: bs\r\n\r\nhi\r\n.\r\n\
+                      MAIL FROM:<nick2>\r\nRCPT TO:<nick>\r\nDATA\r\n\r\nsecond\r\n.\r\nQUIT\r\n";
+        let mut out = Vec::new();
+        assert_eq!(
+            smtp_session("sendmail", "Nick", &s, &mut script.as_bytes(), &mut out),
+            0
+        );
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out.matches("250 2.1.5").count(), 4, "{out}");
+        assert_eq!(out.matches("501 5.1.3").count(), 2, "{out}");
+        assert_eq!(out.matches("250 2.0.0 Ok: queued in maildrop").count(), 2, "{out}");
+        let mut subs = Vec::new();
+        for e in std::fs::read_dir(pickup::maildrop_dir(dir.path())).unwrap() {
+            let data = std::fs::read(e.unwrap().path()).unwrap();
+            subs.push(pickup::parse_head(&data).unwrap().unwrap().0);
+        }
+        subs.sort_by(|a, b| a.sender.cmp(&b.sender));
+        assert_eq!(subs.len(), 2);
+        assert_eq!(subs[0].sender, "");
+        assert_eq!(
+            subs[0].recipients,
+            vec!["nick@origin.example", "Postmaster@origin.example", "a@b.example"]
+        );
+        assert_eq!(subs[1].sender, "nick2@origin.example");
+        assert_eq!(subs[1].recipients, vec!["nick@origin.example"]);
     }
 
     #[test]

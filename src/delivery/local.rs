@@ -20,12 +20,18 @@
 //!   with default_privs (`nobody`) — never as root. `/file` is appended to by the same
 //!   identity, as an mbox (From_ line, `>From ` quoting, dot-lock + fcntl lock).
 //! - Commands get a clean environment: `HOME`, `USER`, `LOGNAME`, `SHELL=/bin/sh`,
-//!   `PATH=/usr/bin:/bin`, `SENDER`, `RECIPIENT`; standard output and error are discarded;
-//!   the message is written to standard input with a From_ line, `Return-Path:` and
-//!   `Delivered-To:` first (as Postfix's local(8)); the working directory is the home
-//!   directory (or `/`). Exit 0 is delivered, 75 (EX_TEMPFAIL) or death by a signal defers,
-//!   any other status bounces (Postfix maps sysexits the same way); past
-//!   [`LOCAL_COMMAND_TIME_LIMIT_SECS`] the command is killed and the delivery deferred.
+//!   `PATH=/usr/bin:/bin`, `SENDER`, `RECIPIENT`; the message is written to standard input
+//!   with a From_ line, `Return-Path:` and `Delivered-To:` first (as Postfix's local(8));
+//!   the working directory is the home directory (or `/`). Exit 0 is delivered, 75
+//!   (EX_TEMPFAIL) or death by a signal defers, any other status bounces (Postfix maps
+//!   sysexits the same way); past [`LOCAL_COMMAND_TIME_LIMIT_SECS`] the command is killed
+//!   and the delivery deferred.
+//! - Standard output and error share one pipe, read while the message is written (a
+//!   command that writes much and reads nothing cannot stall on a full pipe). The first
+//!   [`LOCAL_COMMAND_OUTPUT_BYTES_MAX`] bytes are kept, the rest read and dropped; on
+//!   failure they end the reason (`Command died with status 1: "CMD". Command output:
+//!   oops`), as Postfix's pipe_command does: tab, CR and LF become spaces, other bytes
+//!   outside printable ASCII `_`, so the text is one ASCII line for the log and the DSN.
 //!
 //! # The agent protocol (`poshta delivery-agent`, helper → child as the user)
 //!
@@ -35,6 +41,7 @@
 //! user's rights only.
 
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,7 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use super::mbox::{self, MboxDelivery};
 use super::{maildir, DeliveryError};
-use crate::limits::{LOCAL_COMMAND_TIME_LIMIT_SECS, MBOX_LOCK_WAIT_MS};
+use crate::limits::{LOCAL_COMMAND_OUTPUT_BYTES_MAX, LOCAL_COMMAND_TIME_LIMIT_SECS, MBOX_LOCK_WAIT_MS};
 
 /// Copy buffer for bodies.
 const COPY_BYTES: usize = 64 * 1024;
@@ -349,7 +356,11 @@ fn run_agent(
         .take()
         .ok_or_else(|| "no pipe".to_string())
         .and_then(|mut out| crate::privsep::read_frame::<AgentResult>(&mut out));
-    let status = wait_bounded(&mut child, Duration::from_secs(LOCAL_COMMAND_TIME_LIMIT_SECS));
+    let status = wait_bounded(
+        &mut child,
+        Duration::from_secs(LOCAL_COMMAND_TIME_LIMIT_SECS),
+        std::thread::sleep,
+    );
     match (result, status) {
         (Ok(r), _) if r.ok => Ok(()),
         (Ok(r), _) => Err(DeliveryError {
@@ -426,8 +437,13 @@ pub fn agent_main() -> i32 {
 }
 
 /// Wait for `child` at most `limit`; kill it after that. Polls: the helper has nothing else
-/// to do meanwhile (it serves one request at a time).
-fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> Result<std::process::ExitStatus, String> {
+/// to do meanwhile (it serves one request at a time). `pause(d)` passes about `d` between
+/// polls (a sleep, or reading the command's output meanwhile).
+fn wait_bounded(
+    child: &mut std::process::Child,
+    limit: Duration,
+    mut pause_for: impl FnMut(Duration),
+) -> Result<std::process::ExitStatus, String> {
     let deadline = Instant::now() + limit;
     let mut pause = Duration::from_millis(1);
     loop {
@@ -439,7 +455,7 @@ fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> Result<std:
                 return Err(format!("killed after {}s", limit.as_secs()));
             }
             Ok(None) => {
-                std::thread::sleep(pause);
+                pause_for(pause.min(deadline.saturating_duration_since(Instant::now())));
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
             Err(e) => return Err(e.to_string()),
@@ -447,21 +463,104 @@ fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> Result<std:
     }
 }
 
-/// A non-blocking pipe written until a deadline.
-struct DeadlineWriter {
-    pipe: std::process::ChildStdin,
-    deadline: Instant,
+/// Reads per [`CommandOutput::drain`] call (8 KiB each): bounds one call against a
+/// command that writes as fast as we read; the caller's deadline bounds the rest.
+const OUTPUT_READS_PER_DRAIN: usize = 64;
+
+/// The read end of a command's standard output and error (module doc), non-blocking.
+struct CommandOutput {
+    /// None once at end of file (or broken).
+    pipe: Option<OwnedFd>,
+    /// The first [`LOCAL_COMMAND_OUTPUT_BYTES_MAX`] bytes.
+    kept: Vec<u8>,
 }
 
-impl Write for DeadlineWriter {
+impl CommandOutput {
+    /// Read what the pipe holds now, keeping the first bytes and dropping the rest.
+    fn drain(&mut self) {
+        let Some(fd) = &self.pipe else { return };
+        let mut buf = [0u8; 8192];
+        for _ in 0..OUTPUT_READS_PER_DRAIN {
+            match rustix::io::read(fd, &mut buf) {
+                Ok(n) if n > 0 => {
+                    let room = LOCAL_COMMAND_OUTPUT_BYTES_MAX.saturating_sub(self.kept.len());
+                    self.kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => return,
+                // End of file (every writer, the command's children too, closed it) or
+                // an error: nothing more to wait for.
+                _ => {
+                    self.pipe = None;
+                    return;
+                }
+            }
+        }
+        // A full round: the rest on the next call.
+    }
+
+    /// Wait up to `timeout` for output to read or, with `also`, for room to write there.
+    fn wait(&self, also: Option<&std::process::ChildStdin>, timeout: Duration) {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let t = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let mut fds = Vec::with_capacity(2);
+        if let Some(p) = &self.pipe {
+            fds.push(PollFd::new(p, PollFlags::IN));
+        }
+        if let Some(w) = also {
+            fds.push(PollFd::new(w, PollFlags::OUT));
+        }
+        if fds.is_empty() {
+            std::thread::sleep(timeout);
+            return;
+        }
+        // An error (EINTR) only shortens the wait; the caller loops on its deadline.
+        let _ = poll(&mut fds, Some(&t));
+    }
+
+    /// The kept output as one line of printable ASCII (module doc); "" when none.
+    fn text(&self) -> String {
+        printable_output(&self.kept)
+    }
+}
+
+/// Postfix's pipe_command: tab, CR and LF become spaces, other bytes outside printable
+/// ASCII `_` (header injection and non-ASCII in a DSN field are impossible); trimmed.
+fn printable_output(raw: &[u8]) -> String {
+    let s: String = raw
+        .iter()
+        .map(|&b| match b {
+            b'\t' | b'\r' | b'\n' => ' ',
+            0x20..=0x7e => b as char,
+            _ => '_',
+        })
+        .collect();
+    s.trim().to_string()
+}
+
+/// A non-blocking pipe written until a deadline, reading the command's output while the
+/// pipe is full (the command may be blocked writing that output).
+struct DeadlineWriter<'a> {
+    pipe: std::process::ChildStdin,
+    deadline: Instant,
+    output: &'a mut CommandOutput,
+}
+
+impl Write for DeadlineWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         loop {
             match self.pipe.write(buf) {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if Instant::now() >= self.deadline {
+                    let now = Instant::now();
+                    if now >= self.deadline {
                         return Err(std::io::Error::new(ErrorKind::TimedOut, "command does not read"));
                     }
-                    std::thread::sleep(Duration::from_millis(5));
+                    let left = self.deadline.saturating_duration_since(now).min(Duration::from_secs(1));
+                    self.output.wait(Some(&self.pipe), left);
+                    self.output.drain();
                 }
                 r => return r,
             }
@@ -498,42 +597,77 @@ pub fn run_command(command: &str, who: &Ident, meta: &Meta, body: &mut dyn Read)
         .env("SENDER", &meta.sender)
         .env("RECIPIENT", &meta.recipient)
         .current_dir(home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdin(Stdio::piped());
+    // One pipe for standard output and error (module doc); close-on-exec, so only the
+    // command's descriptors 1 and 2 reach it.
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| DeliveryError::temporary(format!("command {command:?}: pipe: {e}")))?;
+    let write_dup = write_end
+        .try_clone()
+        .map_err(|e| DeliveryError::temporary(format!("command {command:?}: pipe: {e}")))?;
+    rustix::fs::fcntl_setfl(&read_end, rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| DeliveryError::temporary(format!("command {command:?}: pipe: {e}")))?;
+    cmd.stdout(Stdio::from(write_end)).stderr(Stdio::from(write_dup));
     if privileged() {
         cmd.uid(who.uid).gid(who.gid);
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| DeliveryError::temporary(format!("command {command:?}: start: {e}")))?;
+    let spawned = cmd.spawn();
+    // Our copies of the write end go with `cmd`: end of file then means the command (and
+    // whatever it started) closed its output.
+    drop(cmd);
+    let mut child = spawned.map_err(|e| DeliveryError::temporary(format!("command {command:?}: start: {e}")))?;
+    let mut output = CommandOutput {
+        pipe: Some(read_end),
+        kept: Vec::with_capacity(LOCAL_COMMAND_OUTPUT_BYTES_MAX),
+    };
     let deadline = Instant::now() + Duration::from_secs(LOCAL_COMMAND_TIME_LIMIT_SECS);
     if let Some(stdin) = child.stdin.take() {
         let mut head = mbox::from_line(&meta.sender, meta.time_secs).into_bytes();
         head.extend_from_slice(prepend.as_bytes());
         // A command that does not read its input is its business (exit status decides);
         // one that neither reads nor exits is bounded by the deadline.
-        let mut w = DeadlineWriter { pipe: stdin, deadline };
+        let mut w = DeadlineWriter {
+            pipe: stdin,
+            deadline,
+            output: &mut output,
+        };
         let _ = rustix::fs::fcntl_setfl(&w.pipe, rustix::fs::OFlags::NONBLOCK);
         let _ = w.write_all(&head).and_then(|()| copy_body(body, &mut w));
     } else {
         let _ = copy_body(body, &mut std::io::sink());
     }
-    match wait_bounded(&mut child, deadline.saturating_duration_since(Instant::now())) {
+    let status = wait_bounded(&mut child, deadline.saturating_duration_since(Instant::now()), |d| {
+        output.wait(None, d);
+        output.drain();
+    });
+    // What the command wrote just before it ended is still in the pipe.
+    output.drain();
+    let shown = output.text();
+    // Postfix: `... "COMMAND". Command output: TEXT` when there was output.
+    let with_output = |reason: String| {
+        if shown.is_empty() {
+            reason
+        } else {
+            format!("{reason}. Command output: {shown}")
+        }
+    };
+    match status {
         Ok(st) if st.success() => Ok(format!("delivered to command: {command}")),
         // sysexits.h EX_TEMPFAIL
-        Ok(st) if st.code() == Some(75) => Err(DeliveryError::temporary(format!(
+        Ok(st) if st.code() == Some(75) => Err(DeliveryError::temporary(with_output(format!(
             "command {command:?} exited with EX_TEMPFAIL"
-        ))),
+        )))),
         Ok(st) => match st.code() {
-            Some(c) => Err(DeliveryError::permanent(format!(
+            Some(c) => Err(DeliveryError::permanent(with_output(format!(
                 "Command died with status {c}: \"{command}\""
-            ))),
-            None => Err(DeliveryError::temporary(format!(
+            )))),
+            None => Err(DeliveryError::temporary(with_output(format!(
                 "command {command:?} killed by a signal"
-            ))),
+            )))),
         },
-        Err(e) => Err(DeliveryError::temporary(format!("command {command:?}: {e}"))),
+        Err(e) => Err(DeliveryError::temporary(with_output(format!(
+            "command {command:?}: {e}"
+        )))),
     }
 }
 
@@ -621,5 +755,83 @@ mod tests {
         let big = vec![b'x'; 1 << 20];
         run_command("true", &who, &meta(), &mut &big[..]).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The identity commands run as in these tests (see command_exit_statuses).
+    fn command_user() -> Option<Ident> {
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok()??;
+        if me.uid.is_root() {
+            return nix::unistd::User::from_name(DEFAULT_PRIVS)
+                .ok()?
+                .map(|u| Ident::from_user(&u));
+        }
+        Some(Ident::from_user(&me))
+    }
+
+    /// Postfix's local(8): a failed command's output ends the bounce reason, one line of
+    /// printable ASCII; standard error and output both count.
+    #[test]
+    fn command_output_in_the_reason() {
+        let Some(who) = command_user() else { return };
+        let e = run_command(
+            "echo oops >&2; printf 'line2\\tx\\r\\n\\033[31mred\\nBcc: y\\n'; exit 1",
+            &who,
+            &meta(),
+            &mut &b"x\n"[..],
+        )
+        .unwrap_err();
+        assert!(e.permanent);
+        assert_eq!(
+            e.reason,
+            "Command died with status 1: \"echo oops >&2; printf 'line2\\tx\\r\\n\\033[31mred\\nBcc: y\\n'; exit 1\". \
+             Command output: oops line2 x  _[31mred Bcc: y"
+        );
+        // Deferrals carry it too; no output, no suffix.
+        let e = run_command("echo busy; exit 75", &who, &meta(), &mut &b""[..]).unwrap_err();
+        assert!(
+            !e.permanent && e.reason.ends_with("EX_TEMPFAIL. Command output: busy"),
+            "{e}"
+        );
+        let e = run_command("exit 67", &who, &meta(), &mut &b""[..]).unwrap_err();
+        assert_eq!(e.reason, "Command died with status 67: \"exit 67\"");
+        // A background child keeps the pipe open: the exit status still decides at once.
+        let t = Instant::now();
+        let e = run_command("sleep 5 & echo bg; exit 1", &who, &meta(), &mut &b""[..]).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+        assert!(e.reason.ends_with("Command output: bg"), "{e}");
+        // Output is bounded.
+        let e = run_command(
+            "head -c 100000 /dev/zero | tr '\\0' a; exit 2",
+            &who,
+            &meta(),
+            &mut &b""[..],
+        )
+        .unwrap_err();
+        let shown = e.reason.split("Command output: ").nth(1).unwrap();
+        assert_eq!(shown, "a".repeat(LOCAL_COMMAND_OUTPUT_BYTES_MAX));
+    }
+
+    /// A command that writes megabytes and reads nothing while we write megabytes to it:
+    /// no deadlock (its output is read while its input pipe is full), memory stays bounded
+    /// (only the first bytes are kept), well before the time limit.
+    #[test]
+    fn command_flooding_output_does_not_hang() {
+        let Some(who) = command_user() else { return };
+        let big = vec![b'x'; 8 << 20];
+        let t = Instant::now();
+        let e = run_command(
+            "head -c 20000000 /dev/zero; echo done >&2; exit 3",
+            &who,
+            &meta(),
+            &mut &big[..],
+        )
+        .unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+        assert!(e.permanent && e.reason.starts_with("Command died with status 3"), "{e}");
+        let shown = e.reason.split("Command output: ").nth(1).unwrap();
+        assert_eq!(shown.len(), LOCAL_COMMAND_OUTPUT_BYTES_MAX);
+        assert!(shown.bytes().all(|b| b == b'_'));
+        // Reading everything and writing much succeeds.
+        run_command("cat; head -c 5000000 /dev/zero >&2", &who, &meta(), &mut &big[..]).unwrap();
     }
 }

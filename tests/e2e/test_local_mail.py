@@ -317,6 +317,19 @@ def test_commands_run_as_the_owner_never_root(make_poshta, users):
         shutil.rmtree(out, ignore_errors=True)
 
 
+def test_failed_command_output_is_in_the_bounce(make_poshta):
+    # Postfix's local(8): a command's output (standard error here) ends the bounce reason,
+    # one printable line, so the sender learns why.
+    p = local_poshta(make_poshta, aliases='list: "|echo no such list >&2; echo line2; exit 67"\n')
+    send(p, ["list@example.org"], "Subject: to a command\n\nx\n")
+    [path] = p.wait_messages("alice", 1)
+    msg = email.message_from_bytes(p.read(path))
+    report = [part for part in msg.walk() if part.get_content_type() == "message/delivery-status"][0]
+    diag = " ".join(report.get_payload()[-1]["Diagnostic-Code"].split())
+    assert 'Command died with status 67' in diag and "Command output: no such list line2" in diag, diag
+    assert "Command output: no such list line2" in p.logtext()
+
+
 def test_delivery_waits_for_a_reader_holding_the_lock(make_poshta, users):
     a, _ = users
     p = local_poshta(make_poshta)

@@ -204,6 +204,25 @@ def test_minus_bs_dialogue(local, unprivileged):
     assert local.messages("bob", 1)[0]["Subject"] == "bs"
 
 
+def test_minus_bs_bare_recipient_is_qualified(local, unprivileged):
+    # Postfix's sendmail -bs qualifies a bare RCPT TO (its cleanup's append_at_myorigin), as
+    # poshta's command-line path does: <alice> is alice@myorigin, delivered to the local
+    # user; <postmaster> gets the same treatment (then the postmaster alias).
+    script = ("HELO me\r\nMAIL FROM:<nick>\r\nRCPT TO:<alice>\r\nDATA\r\nSubject: bare\r\n\r\nhi\r\n.\r\n"
+              "QUIT\r\n")
+    r = local.run(["-bs"], script, user=unprivileged)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert "250 2.1.5" in out and out.count("250 2.0.0 Ok: queued as") == 1, out
+    m = local.messages("alice", 1)[0]
+    assert m["Subject"] == "bare"
+    assert m["Delivered-To"] == "alice@mx.example.org", m["Delivered-To"]
+    assert m["Return-Path"] == "<nick@mx.example.org>"
+    # Still refused: the null path and an empty domain as recipients.
+    r = local.run(["-bs"], "HELO me\r\nMAIL FROM:<>\r\nRCPT TO:<>\r\nRCPT TO:<x@>\r\nQUIT\r\n")
+    assert r.stdout.decode().count("501 5.1.3") == 2, r.stdout
+
+
 def test_mailq_and_bp(local):
     r = local.run([], prog=local.mailq)
     assert r.returncode == 0 and b"Mail queue is empty" in r.stdout

@@ -18,7 +18,8 @@
 //!   (`strict_rfc821_envelopes = no`): printers and scanners send it.
 //! - The reverse path may be a bare local part (`<root>`), as Postfix accepts; the caller
 //!   qualifies it. The forward path needs a domain, except `<postmaster>`
-//!   (RFC 5321 §4.5.1), returned as `postmaster`.
+//!   (RFC 5321 §4.5.1), returned as `postmaster`. `sendmail -bs` alone also takes a bare
+//!   local part in RCPT ([`parse_forward_path_or_local`]); the caller qualifies it.
 //! - A quoted local part whose content is a plain dot-string is unquoted (`"ab"@c` is
 //!   `ab@c`, RFC 5321 §4.1.2 "SHOULD NOT quote unless necessary").
 //! - Underscores are allowed in domain labels (internal host names use them).
@@ -88,10 +89,18 @@ pub fn parse_forward_path(path: &str, smtputf8: bool) -> Result<String, AddrErro
     parse_path(path, smtputf8, Role::Forward)
 }
 
+/// A RCPT TO path for a local submitter (`sendmail -bs`): as [`parse_forward_path`], and a
+/// bare local part (`<nick>`, also `<postmaster>`) is returned as written, for the caller to
+/// qualify with myorigin as Postfix's cleanup does (append_at_myorigin).
+pub fn parse_forward_path_or_local(path: &str, smtputf8: bool) -> Result<String, AddrError> {
+    parse_path(path, smtputf8, Role::ForwardOrLocal)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
     Reverse,
     Forward,
+    ForwardOrLocal,
 }
 
 fn parse_path(path: &str, utf8: bool, role: Role) -> Result<String, AddrError> {
@@ -141,7 +150,7 @@ fn parse_path(path: &str, utf8: bool, role: Role) -> Result<String, AddrError> {
         }
         // RFC 5321 §4.5.1: <postmaster> without a domain must be accepted.
         None if role == Role::Forward && local.eq_ignore_ascii_case("postmaster") => Ok("postmaster".to_string()),
-        None if role == Role::Reverse => Ok(local),
+        None if role == Role::Reverse || role == Role::ForwardOrLocal => Ok(local),
         None => Err(AddrError::Syntax),
     }
 }
@@ -317,6 +326,18 @@ mod tests {
         assert_eq!(rcpt("<postmaster>"), Ok("postmaster".into()));
         assert_eq!(rcpt("<alice>"), Err(AddrError::Syntax));
         assert_eq!(parse_reverse_path("<root>", false), Ok("root".into()));
+    }
+
+    /// `sendmail -bs` only: a bare local part is a recipient too, never the null path.
+    #[test]
+    fn forward_or_local() {
+        let f = |p| parse_forward_path_or_local(p, false);
+        assert_eq!(f("<alice>"), Ok("alice".into()));
+        assert_eq!(f("<Postmaster>"), Ok("Postmaster".into()));
+        assert_eq!(f("<a@b.example>"), Ok("a@b.example".into()));
+        assert_eq!(f("<>"), Err(AddrError::Syntax));
+        assert_eq!(f("<a b>"), Err(AddrError::Syntax));
+        assert_eq!(f("<x@>"), Err(AddrError::Syntax));
     }
 
     #[test]

@@ -139,7 +139,8 @@ pub enum Event {
         smtputf8: bool,
     },
     /// RCPT TO. `to` is `local@domain` (source route dropped, RFC 5321 §4.1.1.3) or
-    /// `postmaster` (RFC 5321 §4.5.1). Answer: `accept()` (250 2.1.5 Ok) or `reject(reply)`.
+    /// `postmaster` (RFC 5321 §4.5.1), or any bare local part after
+    /// [`Server::accept_bare_local_rcpt`]. Answer: `accept()` (250 2.1.5 Ok) or `reject(reply)`.
     Rcpt { to: String },
     /// DATA or the first BDAT: the shell opens a queue file.
     /// Answer: `accept_data(prefix, fix)` or `reject(reply)`.
@@ -452,6 +453,8 @@ pub struct Server {
     user: Option<String>,
     /// [`Server::deny_access`] was called: every command but QUIT gets 503.
     access_denied: bool,
+    /// [`Server::accept_bare_local_rcpt`] was called (`sendmail -bs`).
+    bare_local_rcpt: bool,
 }
 
 impl Server {
@@ -470,12 +473,20 @@ impl Server {
             close_reason: AbortReason::Disconnected,
             user: None,
             access_denied: false,
+            bare_local_rcpt: false,
             params,
         };
         // RFC 5321 §4.2: the greeting; §4.3.1.
         let greeting = Reply::owned(220, format!("{} ESMTP poshta", s.params.hostname));
         s.reply(greeting);
         s
+    }
+
+    /// RCPT TO may name a bare local part (`<nick>`), passed on in [`Event::Rcpt`] as
+    /// written for the caller to qualify: for `sendmail -bs`, a local submitter, as Postfix's
+    /// sendmail -bs accepts (its cleanup appends @myorigin). Network sessions never call it.
+    pub fn accept_bare_local_rcpt(&mut self) {
+        self.bare_local_rcpt = true;
     }
 
     /// The client restrictions refused this client at connect (Postfix's smtpd with
@@ -1283,7 +1294,12 @@ impl Server {
         if let Some((key, _)) = esmtp_params(params, RCPT_SYNTAX)?.first() {
             return Err(unsupported(key));
         }
-        let to = address::parse_forward_path(path, txn.smtputf8).map_err(|e| match e {
+        let parsed = if self.bare_local_rcpt {
+            address::parse_forward_path_or_local(path, txn.smtputf8)
+        } else {
+            address::parse_forward_path(path, txn.smtputf8)
+        };
+        let to = parsed.map_err(|e| match e {
             AddrError::NonAscii => NEED_SMTPUTF8,
             AddrError::Syntax | AddrError::TooLong => BAD_RCPT,
         })?;
