@@ -346,7 +346,7 @@ def full(profile, image_dir, img, tmp):
         if "first@client.test" not in ids:
             fail(f"alice's mailbox over POP3: {ids}", b.log_path)
         say("boot 1: smtplib -> poshta -> Maildir -> poplib: the message came back over POP3 (STLS)")
-        measure_rss(b, "after a message and a POP3 login (argon2's 19 MiB work area, freed after an idle minute)")
+        measure_rss(b, "after a message and a POP3 login (argon2's 19 MiB work area, unmapped once no login waits)")
     finally:
         b.kill()
 
