@@ -59,7 +59,7 @@ def dnsmasq():
         pytest.skip("dnsmasq not found (tests/run.sh installs dnsmasq-base)")
     procs = []
 
-    def start(*records):
+    def start(*records, _attempts=3):
         port = free_udp_port()
         args = [path, "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
                 "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={port}", "--pid-file=",
@@ -69,7 +69,13 @@ def dnsmasq():
         deadline = time.time() + 10
         while time.time() < deadline:
             if proc.poll() is not None:
-                raise AssertionError("dnsmasq exited: " + proc.stderr.read().decode(errors="replace"))
+                err = proc.stderr.read().decode(errors="replace")
+                # The port was free for UDP when chosen; dnsmasq also listens on TCP, and
+                # either may be taken meanwhile (an ephemeral port of another socket):
+                # another port, at most three tries.
+                if _attempts > 1 and "Address already in use" in err:
+                    return start(*records, _attempts=_attempts - 1)
+                raise AssertionError("dnsmasq exited: " + err)
             if dns_answers(port):
                 return port
             time.sleep(0.05)
