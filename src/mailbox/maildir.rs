@@ -745,16 +745,15 @@ mod tests {
         assert_eq!(virtual_size(b"W=5"), None);
     }
 
-    /// A Maildir under the temp dir, removed on drop.
-    struct Tmp(PathBuf);
+    /// A Maildir under the temp dir, removed on drop (the shared test guard).
+    struct Tmp(crate::testutil::TempDir);
     impl Tmp {
         fn new(tag: &str) -> Tmp {
             static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let p = std::env::temp_dir().join(format!("poshta-md5-{tag}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            crate::delivery::maildir::create_maildir(&p.join("Maildir")).unwrap();
-            Tmp(p)
+            let d = crate::testutil::TempDir::new(&format!("poshta-md5-{tag}-{}-{n}", std::process::id()));
+            crate::delivery::maildir::create_maildir(&d.join("Maildir")).unwrap();
+            Tmp(d)
         }
         fn md(&self) -> PathBuf {
             self.0.join("Maildir")
@@ -769,11 +768,6 @@ mod tests {
                 .collect();
             v.sort();
             v
-        }
-    }
-    impl Drop for Tmp {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
