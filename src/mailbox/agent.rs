@@ -61,7 +61,7 @@
 //! sees end of file and exits, nothing is deleted.
 
 use std::collections::HashSet;
-use std::io::{ErrorKind, Read};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -230,7 +230,6 @@ pub fn serve(sock: UnixStream) -> i32 {
         reading: None,
         marks: Vec::new(),
         bad_mark: None,
-        buf: vec![0u8; CHUNK_BYTES],
     };
     s.run(&sock)
 }
@@ -274,7 +273,6 @@ struct Served {
     reading: Option<Message>,
     marks: Vec<usize>,
     bad_mark: Option<u32>,
-    buf: Vec<u8>,
 }
 
 impl Served {
@@ -356,16 +354,15 @@ impl Served {
         let Some(m) = self.reading.as_mut() else {
             return Answer::Failed("no message is open".into());
         };
-        match read_full(m, &mut self.buf) {
+        // Up to one chunk; a short one is the message's end.
+        let mut data = Vec::new();
+        match m.take(CHUNK_BYTES as u64).read_to_end(&mut data) {
             Ok(n) => {
-                let last = n < self.buf.len();
+                let last = n < CHUNK_BYTES;
                 if last {
                     self.reading = None;
                 }
-                Answer::Chunk {
-                    data: self.buf[..n].to_vec(),
-                    last,
-                }
+                Answer::Chunk { data, last }
             }
             Err(e) => {
                 self.reading = None;
@@ -373,20 +370,6 @@ impl Served {
             }
         }
     }
-}
-
-/// Fill `buf` as far as the message goes (a short count means its end).
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 // ---------------------------------------------------------------------------------------
