@@ -105,7 +105,7 @@ fn lists_delivered_messages_with_exact_crlf_sizes() {
     assert_eq!(names(&md.join("new")).len(), 4, "nothing moves at open");
     assert!(names(&md.join("cur")).is_empty());
     assert_valid_uids(&m);
-    let r = m.delete(&[]).unwrap();
+    let r = m.update(&[]).unwrap();
     assert_eq!((r.deleted, r.already_gone, r.failed.len()), (0, 0, 0));
     assert!(names(&md.join("new")).is_empty());
     let cur = names(&md.join("cur"));
@@ -138,7 +138,7 @@ fn size_without_w_is_computed_from_the_file() {
     assert_eq!(m.entries()[0].size(), to_crlf(a).len() as u64);
     assert_eq!(m.entries()[1].size(), b.len() as u64);
     assert_eq!(m.entries()[2].size(), to_crlf(a).len() as u64);
-    m.delete(&[]).unwrap();
+    m.update(&[]).unwrap();
     assert_eq!(names(&md.join("cur"))[1], "1600000001.12345_1.oldhost:2,");
 }
 
@@ -156,7 +156,7 @@ fn uids_are_stable_across_opens_and_unique() {
     assert_eq!(uids(&m), first);
     assert_valid_uids(&m);
     // UPDATE moves them to cur/: same ids, same order from there.
-    m.delete(&[]).unwrap();
+    m.update(&[]).unwrap();
     drop(m);
     let m = Maildrop::open(&md).unwrap();
     assert_eq!(uids(&m), first);
@@ -260,13 +260,13 @@ fn delete_removes_exactly_the_chosen_files() {
     std::fs::remove_file(md.join("new").join(&all[3])).unwrap();
     assert!(matches!(m.open_message(3), Err(MailboxError::Gone)));
     assert!(matches!(m.open_message(99), Err(MailboxError::Gone)));
-    let r = m.delete(&[0, 2, 3]).unwrap();
+    let r = m.update(&[0, 2, 3]).unwrap();
     assert_eq!((r.deleted, r.already_gone), (2, 1));
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     // The survivor moved to cur/ (issue 5).
     assert_eq!(names(&md.join("cur")), vec![format!("{}:2,", all[1])]);
     assert!(names(&md.join("new")).is_empty());
-    let r = m.delete(&[7]).unwrap();
+    let r = m.update(&[7]).unwrap();
     assert_eq!(r.failed.len(), 1);
     assert!(matches!(m.open_message(0), Err(MailboxError::Gone)));
     drop(m);
@@ -418,7 +418,7 @@ fn move_never_replaces_a_cur_message() {
     let ids = uids(&m);
     assert_eq!(ids[0], "1700000000.M1P1Q1.h");
     assert_eq!(ids[1].len(), 32);
-    let r = m.delete(&[]).unwrap();
+    let r = m.update(&[]).unwrap();
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     drop(m);
     assert_eq!(
@@ -432,7 +432,7 @@ fn move_never_replaces_a_cur_message() {
     let m = Maildrop::open(&md).unwrap();
     assert_eq!(uids(&m), ids);
     // Deleting the cur/ one lets the copy move at last; it then has the plain id.
-    m.delete(&[0]).unwrap();
+    m.update(&[0]).unwrap();
     drop(m);
     assert!(names(&md.join("new")).is_empty());
     let m = Maildrop::open(&md).unwrap();
@@ -465,7 +465,7 @@ fn fifty_thousand_messages_list_fast() {
     let first = started.elapsed();
     assert_eq!(m.len() as u64, N);
     let started = std::time::Instant::now();
-    m.delete(&[]).unwrap();
+    m.update(&[]).unwrap();
     let update = started.elapsed();
     drop(m);
     let started = std::time::Instant::now();

@@ -170,14 +170,14 @@ fn empty_junk_and_missing_separators() {
     let t = TmpDir::new("junk");
     let m = open(&t.file(b""));
     assert!(m.entries().is_empty());
-    assert!(m.delete(&[]).unwrap().deleted == 0);
+    assert!(m.update(&[]).unwrap().deleted == 0);
     // Junk before the first From_ line: reported, kept; the messages after it are served.
     let data = format!("garbage\nmore\n\n{F1}Subject: a\n\nx\n");
     let p = t.file(data.as_bytes());
     let m = open(&p);
     assert_eq!(bodies(&m), vec![b"Subject: a\n\nx\n".to_vec()]);
     assert!(m.warnings()[0].contains("before the first From_"), "{:?}", m.warnings());
-    m.delete(&[0]).unwrap();
+    m.update(&[0]).unwrap();
     drop(m);
     assert_eq!(std::fs::read(&p).unwrap(), b"garbage\nmore\n\n");
     // A message with nothing but its From_ line, and binary bytes.
@@ -205,7 +205,7 @@ fn identical_messages_get_distinct_uids_that_survive_rewrites() {
     let m = open(&p);
     assert_eq!(uids(&m), before);
     // Delete "other" (in the middle): every other message keeps its id.
-    m.delete(&[2]).unwrap();
+    m.update(&[2]).unwrap();
     drop(m);
     let m = open(&p);
     let after = uids(&m);
@@ -236,13 +236,13 @@ fn delete_first_middle_last_keeps_the_rest_byte_for_byte() {
     let p = t.file(msgs.concat().as_bytes());
     let m = open(&p);
     let b = bodies(&m);
-    m.delete(&[0, 2, 5, 2]).unwrap();
+    m.update(&[0, 2, 5, 2]).unwrap();
     drop(m);
     let want = format!("{}{}{}", msgs[1], msgs[3], msgs[4]);
     assert_eq!(std::fs::read(&p).unwrap(), want.as_bytes());
     let m = open(&p);
     assert_eq!(bodies(&m), vec![b[1].clone(), b[3].clone(), b[4].clone()]);
-    m.delete(&[0, 1, 2]).unwrap();
+    m.update(&[0, 1, 2]).unwrap();
     drop(m);
     assert_eq!(std::fs::read(&p).unwrap().len(), 0);
 }
@@ -262,7 +262,7 @@ fn mail_appended_after_the_listing_is_never_cut_off() {
         .unwrap()
         .write_all(late.as_bytes())
         .unwrap();
-    m.delete(&[0]).unwrap();
+    m.update(&[0]).unwrap();
     drop(m);
     assert_eq!(
         std::fs::read(&p).unwrap(),
@@ -283,7 +283,7 @@ fn changed_mailbox_is_not_rewritten() {
         .unwrap()
         .set_len(10)
         .unwrap();
-    assert!(matches!(m.delete(&[1]), Err(MailboxError::Io { .. })));
+    assert!(matches!(m.update(&[1]), Err(MailboxError::Io { .. })));
     assert_eq!(std::fs::read(&p).unwrap().len(), 10);
 }
 
@@ -296,7 +296,7 @@ fn update_with_nothing_deleted_leaves_the_mbox_alone() {
     let p = t.file(data.as_bytes());
     let m = open(&p);
     let before = std::fs::metadata(&p).unwrap().modified().unwrap();
-    let r = m.delete(&[]).unwrap();
+    let r = m.update(&[]).unwrap();
     assert_eq!((r.deleted, r.already_gone, r.failed.len()), (0, 0, 0));
     assert_eq!(std::fs::read(&p).unwrap(), data.as_bytes());
     assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), before);
@@ -307,7 +307,7 @@ fn update_with_nothing_deleted_leaves_the_mbox_alone() {
         .unwrap()
         .set_len(10)
         .unwrap();
-    assert!(m.delete(&[]).is_ok());
+    assert!(m.update(&[]).is_ok());
     assert_eq!(std::fs::read(&p).unwrap().len(), 10);
 }
 
@@ -355,7 +355,7 @@ fn deliveries_with_x_uidl_and_an_append_mode_descriptor() {
         }
         assert_eq!(body, &want);
     }
-    m.delete(&[1]).unwrap();
+    m.update(&[1]).unwrap();
     drop(m);
     assert!(!dotlock_path(&p).exists(), "released at the end of the session");
     // Delivery appends after a rewrite, then the next session lists it.
@@ -371,7 +371,7 @@ fn deliveries_with_x_uidl_and_an_append_mode_descriptor() {
     // and as the privileged helper may hand it over).
     let f = std::fs::OpenOptions::new().read(true).append(true).open(&p).unwrap();
     let m = MboxDrop::open(f, &p, None).unwrap();
-    m.delete(&[0]).unwrap();
+    m.update(&[0]).unwrap();
     drop(m);
     assert_eq!(uids(&open(&p)), vec!["1795831141.M2P1Q2", "1795831141.M9P1Q9"]);
 }
@@ -459,7 +459,7 @@ fn fifty_thousand_messages_list_fast_in_bounded_memory() {
     // Delete every other message: the rewrite runs once, in place.
     let odd: Vec<usize> = (0..50_000).step_by(2).collect();
     let start = Instant::now();
-    m.delete(&odd).unwrap();
+    m.update(&odd).unwrap();
     println!("deleted 25,000 in {:?}", start.elapsed());
     drop(m);
     let m = open(&p);

@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let every_other: Vec<usize> = (0..n).step_by(2).collect();
-    let _ = drop.delete(&every_other);
+    let _ = drop.update(&every_other);
 });
 
 /// An unnamed file in /dev/shm (or the temp dir): opened read-write, gone at close.

@@ -322,7 +322,7 @@ impl Served {
                             self.marks.sort_unstable();
                             self.marks.dedup();
                             // RFC 1939 §6: UPDATE.
-                            match mb.delete(&self.marks) {
+                            match mb.update(&self.marks) {
                                 Ok(r) => Answer::Committed {
                                     deleted: r.deleted as u32,
                                     already_gone: r.already_gone as u32,
@@ -562,7 +562,7 @@ impl RemoteDrop {
 
     /// RFC 1939 §6 (UPDATE): the agent removes the messages at `indexes` (may be empty) and
     /// moves a Maildir's survivors to `cur/`, then releases the mailbox and ends.
-    pub fn delete(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
+    pub fn update(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
         let mut conn = lock(&self.conn);
         let mut marks = Vec::with_capacity(indexes.len().min(MARKS_PER_FRAME));
         for part in indexes.chunks(MARKS_PER_FRAME) {

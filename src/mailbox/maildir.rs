@@ -315,7 +315,7 @@ impl Maildrop {
     /// removed; a survivor that cannot move stays in `new/` (logged: nothing is lost, its id
     /// is the same). The directories changed are fsynced before this returns, so the client
     /// hears +OK only for what is durable; only an fsync failing is an `Err`.
-    pub fn delete(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
+    pub fn update(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
         let mut report = DeleteReport::default();
         let mut failures = Warnings::default();
         let mut marked = vec![false; self.entries.len()];
@@ -812,7 +812,7 @@ mod tests {
         assert!(m.entries()[0].in_new && !m.entries()[1].in_new);
         // Nothing moved at open.
         assert_eq!(t.names("new").len(), 4);
-        m.delete(&[]).unwrap();
+        m.update(&[]).unwrap();
         drop(m);
         assert_eq!(t.names("new"), [".hidden"]);
         assert_eq!(
@@ -840,7 +840,7 @@ mod tests {
         t.put("new", "1700000002.M1P1Q1.h", b"n2\n");
         t.put("cur", "1700000003.M1P1Q1.h:2,", b"c3\n");
         let m = Maildrop::open(&t.md()).unwrap();
-        let r = m.delete(&[0, 1]).unwrap();
+        let r = m.update(&[0, 1]).unwrap();
         assert_eq!((r.deleted, r.already_gone, r.failed.len()), (2, 0, 0));
         drop(m);
         assert!(t.names("new").is_empty());
@@ -849,7 +849,7 @@ mod tests {
         t.put("new", "1700000004.M1P1Q1.h", b"n4\n");
         let cur_before = std::fs::metadata(t.md().join("cur")).unwrap();
         let m = Maildrop::open(&t.md()).unwrap();
-        let r = m.delete(&[2]).unwrap();
+        let r = m.update(&[2]).unwrap();
         assert_eq!((r.deleted, r.already_gone), (1, 0));
         drop(m);
         let cur_after = std::fs::metadata(t.md().join("cur")).unwrap();
@@ -865,7 +865,7 @@ mod tests {
         t.put("new", "1700000000.M1P1Q1.h", b"early\n");
         let m = Maildrop::open(&t.md()).unwrap();
         t.put("new", "1600000000.M1P1Q1.h", b"late\n");
-        m.delete(&[]).unwrap();
+        m.update(&[]).unwrap();
         drop(m);
         assert_eq!(t.names("new"), ["1600000000.M1P1Q1.h"]);
         assert_eq!(t.names("cur"), ["1700000000.M1P1Q1.h:2,"]);
@@ -889,7 +889,7 @@ mod tests {
         // Gone for good (removed, not moved): Gone.
         std::fs::remove_file(md.join("new").join("1700000002.M1P1Q1.h")).unwrap();
         assert!(matches!(m.open_message(2), Err(MailboxError::Gone)));
-        let r = m.delete(&[0, 2]).unwrap();
+        let r = m.update(&[0, 2]).unwrap();
         assert_eq!((r.deleted, r.already_gone, r.failed.len()), (1, 1, 0));
         drop(m);
         // The kept one stays as the other program left it.
@@ -907,7 +907,7 @@ mod tests {
         let m = Maildrop::open(&t.md()).unwrap();
         assert_eq!(read(&m, 1), b"new\n");
         std::fs::remove_file(t.md().join("new").join("1700000000.M1P1Q1.h")).unwrap();
-        let r = m.delete(&[1]).unwrap();
+        let r = m.update(&[1]).unwrap();
         assert_eq!((r.deleted, r.already_gone), (0, 1));
         drop(m);
         assert_eq!(t.names("cur"), ["1700000000.M1P1Q1.h:2,"]);
@@ -942,7 +942,7 @@ mod tests {
         assert_eq!(first[0].0, "1700000000.M1P1Q1.h,W=4");
         assert!(m.entries()[0].in_new);
         assert_eq!(first[1].0.len(), 32);
-        m.delete(&[]).unwrap();
+        m.update(&[]).unwrap();
         drop(m);
         // No clash for this name: it moved, and keeps its id and place.
         assert!(t.names("new").is_empty());

@@ -436,7 +436,7 @@ impl MboxDrop {
 
     /// RFC 1939 §6 (UPDATE): cut the messages at `indexes` out of the file, in place (see
     /// the module doc). Durable (fsynced) when it returns Ok.
-    pub fn delete(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
+    pub fn update(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
         let mut report = DeleteReport::default();
         let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(indexes.len());
         for &i in indexes {

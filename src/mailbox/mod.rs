@@ -226,11 +226,11 @@ impl Mailbox {
     /// RFC 1939 §6 (UPDATE): remove the messages marked as deleted. Called at every QUIT in
     /// TRANSACTION state, also with no index: a Maildir then moves its listed survivors from
     /// `new/` to `cur/` (an mbox does nothing with an empty set).
-    pub fn delete(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
+    pub fn update(&self, indexes: &[usize]) -> Result<DeleteReport, MailboxError> {
         match self {
-            Mailbox::Maildir(m) => m.delete(indexes),
-            Mailbox::Mbox(m) => m.delete(indexes),
-            Mailbox::Agent(m) => m.delete(indexes),
+            Mailbox::Maildir(m) => m.update(indexes),
+            Mailbox::Mbox(m) => m.update(indexes),
+            Mailbox::Agent(m) => m.update(indexes),
         }
     }
 }

@@ -356,7 +356,7 @@ pub async fn session(
                         // RFC 1939 §6: UPDATE also when nothing was deleted (a Maildir moves the
                         // messages listed from new/ to cur/).
                         Some(mb) => match smol::unblock(move || {
-                            let r = mb.delete(&deleted);
+                            let r = mb.update(&deleted);
                             release(mb);
                             r
                         })

@@ -94,7 +94,7 @@ fn agent_serves_a_maildir_exactly_like_the_local_backend() {
     assert!(rest.len() < CHUNK_BYTES);
     assert!(matches!(mb.open_message(3), Err(MailboxError::Gone)));
     // RFC 1939 §6: UPDATE removes the marked ones, then the agent ends.
-    let r = mb.delete(&[0, 2]).unwrap();
+    let r = mb.update(&[0, 2]).unwrap();
     assert_eq!((r.deleted, r.already_gone, r.failed.len()), (2, 0, 0));
     assert_eq!(t.join().unwrap(), 0);
     // The survivor moved from new/ to cur/ in the agent (issue 5).
@@ -132,7 +132,7 @@ fn agent_serves_an_mbox_and_cuts_deleted_messages() {
     let (second, t2) = open(Place::Mbox(path.clone()));
     assert!(matches!(second, Err(MailboxError::InUse)), "{second:?}");
     assert_eq!(t2.join().unwrap(), 0);
-    mb.delete(&[0]).unwrap();
+    mb.update(&[0]).unwrap();
     assert_eq!(t.join().unwrap(), 0);
     drop(mb);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -215,7 +215,7 @@ fn a_commit_with_no_marks_moves_survivors_to_cur() {
     let (remote, t) = open(Place::Maildir(md.clone()));
     let mb = Mailbox::Agent(remote.unwrap());
     let want = listing(&mb);
-    let r = mb.delete(&[]).unwrap();
+    let r = mb.update(&[]).unwrap();
     assert_eq!((r.deleted, r.already_gone, r.failed.len()), (0, 0, 0));
     assert_eq!(t.join().unwrap(), 0);
     drop(mb);
@@ -465,7 +465,7 @@ fn after_a_violation_the_connection_is_broken() {
     assert!(mb.open_message(0).is_err());
     // Nothing more is asked of that agent; deletions fail (nothing deleted).
     assert!(mb.open_message(1).is_err());
-    assert!(mb.delete(&[1]).is_err());
+    assert!(mb.update(&[1]).is_err());
     drop(mb);
     assert_eq!(t.join().unwrap(), vec![Ask::Open { index: 0 }]);
 }
@@ -475,7 +475,7 @@ fn hostile_commit_answers() {
     let run = |reply: Answer| {
         let (sock, t) = fake(vec![ready(2, 0), entries(&["m1", "m2"], 3)], vec![frame(&reply)]);
         let mb = Mailbox::Agent(connect(sock).unwrap());
-        let r = mb.delete(&[0, 1]);
+        let r = mb.update(&[0, 1]);
         drop(mb);
         (r, t.join().unwrap())
     };
@@ -500,7 +500,7 @@ fn hostile_commit_answers() {
     // Marks beyond the listing never reach the agent.
     let (sock, t) = fake(vec![ready(1, 0), entries(&["m1"], 3)], vec![]);
     let mb = Mailbox::Agent(connect(sock).unwrap());
-    assert!(matches!(mb.delete(&[1]), Err(MailboxError::Gone)));
+    assert!(matches!(mb.update(&[1]), Err(MailboxError::Gone)));
     drop(mb);
     assert!(t.join().unwrap().is_empty());
 }
@@ -523,7 +523,7 @@ fn many_marks_go_in_bounded_frames() {
     let mb = Mailbox::Agent(connect(sock).unwrap());
     assert_eq!(mb.len(), n);
     let all: Vec<usize> = (0..n).collect();
-    assert_eq!(mb.delete(&all).unwrap().deleted, n);
+    assert_eq!(mb.update(&all).unwrap().deleted, n);
     drop(mb);
     let asked = t.join().unwrap();
     let sizes: Vec<usize> = asked
