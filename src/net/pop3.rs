@@ -349,9 +349,6 @@ pub async fn session(
                     ahead = ReadAhead::default();
                     // The mailbox is released (its locks too) before +OK goes out.
                     let release = crate::mailbox::system::drop_blocking;
-                    // RFC 1939 §6: -ERR ("some deleted messages not removed") only if some were
-                    // marked; a failed new/ → cur/ move alone loses nothing.
-                    let none_marked = deleted.is_empty();
                     let ok = match mailbox.take() {
                         // RFC 1939 §6: UPDATE also when nothing was deleted (a Maildir moves the
                         // messages listed from new/ to cur/).
@@ -362,7 +359,7 @@ pub async fn session(
                         })
                         .await
                         {
-                            // RFC 1939 §6: "-ERR some deleted messages not removed".
+                            // The core answers (RFC 1939 §6); here the causes are logged.
                             Ok(report) if !report.failed.is_empty() => {
                                 for why in &report.failed {
                                     mlog!(SVC, "warning: sid={sid} update: not removed: {why}");
@@ -372,7 +369,7 @@ pub async fn session(
                             Ok(_) => true,
                             Err(e) => {
                                 mlog!(SVC, "warning: sid={sid} update: {e}");
-                                none_marked
+                                false
                             }
                         },
                         None => true,

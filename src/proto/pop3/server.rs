@@ -540,9 +540,11 @@ impl Server {
             return;
         };
         self.line(match (ok, any) {
-            (false, _) => UPDATE_FAILED,
+            // RFC 1939 §6: "-ERR some deleted messages not removed". With nothing marked no
+            // message can be left behind (a failed Maildir new/ → cur/ move loses nothing).
+            (false, true) => UPDATE_FAILED,
             (true, true) => BYE_DELETED,
-            (true, false) => BYE,
+            (_, false) => BYE,
         });
         self.closed = true;
         self.drop_input();
@@ -1190,6 +1192,23 @@ mod tests {
             (st.deleted_count, st.deleted_bytes, st.messages, st.size_bytes),
             (1, 6, 2, 11)
         );
+    }
+
+    /// RFC 1939 §6: a failed UPDATE is "-ERR some deleted messages not removed" only when
+    /// messages were marked; with none marked (a Maildir's new/ → cur/ move failed) nothing
+    /// is left behind and QUIT is +OK.
+    #[test]
+    fn failed_update_is_err_only_when_messages_were_marked() {
+        let mut s = logged_in(&[5, 6]);
+        s.input(b"DELE 1\r\nQUIT\r\n");
+        assert_eq!(s.poll(), Some(Event::Update { deleted: vec![0] }));
+        s.update_done(false);
+        assert!(out(&mut s).ends_with(&format!("{UPDATE_FAILED}\r\n")));
+        let mut s = logged_in(&[5, 6]);
+        s.input(b"QUIT\r\n");
+        assert_eq!(s.poll(), Some(Event::Update { deleted: vec![] }));
+        s.update_done(false);
+        assert_eq!(out(&mut s), format!("{BYE}\r\n"));
     }
 
     #[test]
