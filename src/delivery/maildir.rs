@@ -124,13 +124,12 @@ struct Dirs {
     new: OwnedFd,
 }
 
-/// Create the Maildir and its `cur/ new/ tmp/` (mode 0700) where missing, fsyncing each
-/// directory that gained an entry, and open `tmp/` and `new/` without following links.
+/// Open `tmp/` and `new/` of a Maildir to deliver into. An existing Maildir (every delivery
+/// after a user's first) costs no stat and no mkdir attempts (three failing syscalls a
+/// batch); anything unexpected (missing, a symlink, not a directory) goes through
+/// [`create_and_open`], which creates what is missing and reports the rest. A missing
+/// `cur/` is not delivery's concern: the POP3 side creates it ([`create_maildir`]).
 fn open_maildir(maildir: &Path) -> std::io::Result<Dirs> {
-    // An existing Maildir (every delivery after a user's first): open tmp/ and new/ with no
-    // stat and no mkdir attempts, three failing syscalls a batch. Anything unexpected
-    // (missing, a symlink, not a directory) takes the full path below, which creates
-    // what is missing and reports the rest.
     if let Ok(md) = open_dir(CWD, maildir, false) {
         if let (Ok(tmp), Ok(new)) = (
             open_dir(&md, Path::new("tmp"), true),
@@ -139,6 +138,12 @@ fn open_maildir(maildir: &Path) -> std::io::Result<Dirs> {
             return Ok(Dirs { tmp, new });
         }
     }
+    create_and_open(maildir)
+}
+
+/// Create the Maildir and its `cur/ new/ tmp/` (mode 0700) where missing, fsyncing each
+/// directory that gained an entry, and open `tmp/` and `new/` without following links.
+fn create_and_open(maildir: &Path) -> std::io::Result<Dirs> {
     if std::fs::symlink_metadata(maildir).is_err() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(maildir)?;
         if let Some(parent) = maildir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -160,9 +165,9 @@ fn open_maildir(maildir: &Path) -> std::io::Result<Dirs> {
 }
 
 /// Create `maildir` with `cur/ new/ tmp/` (mode 0700) where missing; error if `tmp/` or
-/// `new/` is a symlink or not a directory. Used by `poshta user add`.
+/// `new/` is a symlink or not a directory. Used by `poshta user add` and at POP3 login.
 pub fn create_maildir(maildir: &Path) -> std::io::Result<()> {
-    open_maildir(maildir).map(drop)
+    create_and_open(maildir).map(drop)
 }
 
 /// Blocking: write tmp/NAME (O_EXCL), fsync, rename to new/NAME, fsync new/.
@@ -567,6 +572,20 @@ mod tests {
         assert!(e.reason.contains("queue segment unreadable"), "{e}");
         assert!(entries(&t.0.join("tmp")).is_empty());
         assert!(entries(&t.0.join("new")).is_empty());
+    }
+
+    /// Delivery opens an existing Maildir without trying to create anything, but the POP3
+    /// side's `create_maildir` still restores a missing `cur/`.
+    #[test]
+    fn a_missing_cur_is_restored_by_create_maildir() {
+        let t = TmpDir::new("nocur");
+        let md = t.0.join("md");
+        create_maildir(&md).unwrap();
+        std::fs::remove_dir(md.join("cur")).unwrap();
+        deliver(&delivery(&md, b"", 1), &mut &b"x\n"[..]).unwrap();
+        assert_eq!(entries(&md.join("new")).len(), 1);
+        create_maildir(&md).unwrap();
+        assert!(md.join("cur").is_dir());
     }
 
     #[test]
