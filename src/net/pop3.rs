@@ -229,14 +229,8 @@ pub async fn session(
                             server.login_failed(LoginFailure::SysTemp);
                             continue;
                         };
-                        smol::unblock(move || {
-                            crate::delivery::maildir::create_maildir(&dir).map_err(|e| MailboxError::Io {
-                                path: dir.clone(),
-                                source: e,
-                            })?;
-                            Mailbox::open_maildir(&dir)
-                        })
-                        .await
+                        // Maildrop::open creates the Maildir when missing (a user with no mail yet).
+                        smol::unblock(move || Mailbox::open_maildir(&dir)).await
                     };
                     match opened {
                         Ok(mb) => {
