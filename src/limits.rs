@@ -50,6 +50,14 @@ pub const QUEUE_RECORD_BYTES_MAX: usize = 1024 * 1024;
 pub const QUEUE_SEGMENT_BYTES_TARGET: u64 = 64 * 1024 * 1024;
 /// Encoded records waiting for the writer before appenders must wait (backpressure).
 pub const QUEUE_PENDING_BYTES_MAX: usize = 512 * 1024;
+/// Queue segments are zero-filled this far ahead of the records, so that a commit's
+/// fdatasync writes no metadata (queue::log::FileSink). The disk space a queue holds beyond
+/// its records, and the most one commit writes in zeros.
+pub const QUEUE_PREALLOCATE_BYTES: u64 = 1024 * 1024;
+/// Writes larger than this are appended without zero-filling ahead (it would write them twice).
+pub const QUEUE_PREALLOCATE_WRITE_MAX: usize = 64 * 1024;
+/// The zero buffer used to fill ahead (allocated only while filling).
+pub const QUEUE_ZERO_FILL_BUFFER_BYTES: usize = 64 * 1024;
 /// Listen backlog: big enough for bursts (a backlog of 5 is why OpenSMTPD collapses at
 /// 10 concurrent clients). The kernel caps it at net.core.somaxconn.
 pub const LISTEN_BACKLOG: i32 = 4096;

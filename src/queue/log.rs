@@ -2,7 +2,8 @@
 //! faults), the real file sink, and the body reader. The format is in `record`.
 //!
 //! Write discipline (okaywal / TigerBeetle): a batch of framed records is written with one
-//! `write_all` and made durable with one `flush` (fdatasync for real files). If either fails,
+//! `write_all` and made durable with one `flush` (fdatasync for real files; the file is
+//! zero-filled ahead so that flush writes no metadata, see [`FileSink`]). If either fails,
 //! the segment is truncated back to the last durable length, so nothing half-written ever
 //! follows a good record; if even that fails, the tail is a torn write that recovery cuts.
 
@@ -106,11 +107,73 @@ impl<W: embedded_io::Write + Truncate> SegmentWriter<W> {
     pub fn rollback(&mut self) -> Result<(), W::Error> {
         self.sink.truncate(self.len)
     }
+
+    /// Before the next segment is created: cut this one to its records (the zeros written
+    /// ahead go), durably, so that only the last segment can end in zeros (`record`).
+    pub fn seal(&mut self) -> Result<(), W::Error> {
+        self.sink.truncate(self.len)
+    }
 }
 
-/// A segment file; `flush` is fdatasync. Opened with O_APPEND so a write after a
-/// truncation lands at the new end.
-pub struct FileSink(pub File);
+/// A segment file; `flush` is fdatasync.
+///
+/// Records go at the logical end with positioned writes, and the file is grown ahead of them
+/// with written zeros, limits::QUEUE_PREALLOCATE_BYTES at a time (PostgreSQL zero-fills its
+/// WAL segments for the same reason). fdatasync of a write that stays inside the file's size
+/// and its allocated blocks only flushes the data: no inode (size, block map) and, on a
+/// journalled filesystem, no journal commit. Measured here: 4.5k → 6.6k commits/s on ext4
+/// without a journal, 1.3–2.3k → 3.7k with one (docs/decisions.md "Queue log preallocation").
+/// fallocate(2) is not enough on ext4 with a journal: its unwritten extents are converted at
+/// the first write, which is again a metadata change to commit.
+///
+/// The zeros after the last record are not records (a record's length is never 0): recovery
+/// cuts them from the last segment without calling them a torn write, and a segment is cut
+/// to its records before the next one is created ([`SegmentWriter::seal`]), so only the
+/// last segment ever has them. Large writes (a big message's body) are appended as they
+/// are: growing the file costs little next to them, and zero-filling would write them twice.
+pub struct FileSink {
+    file: File,
+    /// The logical end: where the next write goes.
+    pos: u64,
+    /// The file's size; `pos..size` is zeros written ahead.
+    size: u64,
+}
+
+impl FileSink {
+    /// Create a new, empty segment file (O_EXCL). Not O_APPEND: Linux ignores pwrite's
+    /// offset on an O_APPEND file.
+    pub fn create_new(path: &Path) -> io::Result<FileSink> {
+        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        Ok(FileSink { file, pos: 0, size: 0 })
+    }
+
+    /// Zero-fill from the current size up to a multiple of the step covering `need`. On any
+    /// error the file is cut back to the logical end (best effort) and writes go on without
+    /// preallocation: a disk too full for the zeros may still take the records.
+    fn grow(&mut self, need: u64) {
+        use std::os::unix::fs::FileExt;
+        let step = limits::QUEUE_PREALLOCATE_BYTES;
+        let target = need.div_ceil(step).saturating_mul(step);
+        let zeros = vec![0u8; limits::QUEUE_ZERO_FILL_BUFFER_BYTES];
+        let mut at = self.size;
+        // Bounded: each pass advances `at` by at least one byte or stops.
+        while at < target {
+            let n = ((target - at) as usize).min(zeros.len());
+            match self.file.write_at(&zeros[..n], at) {
+                Ok(0) => break,
+                Ok(k) => at += k as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        if at >= target {
+            self.size = target;
+        } else {
+            let _ = self.file.set_len(self.pos);
+            self.size = self.pos;
+        }
+    }
+}
 
 impl embedded_io::ErrorType for FileSink {
     type Error = SinkError;
@@ -118,10 +181,19 @@ impl embedded_io::ErrorType for FileSink {
 
 impl embedded_io::Write for FileSink {
     fn write(&mut self, buf: &[u8]) -> Result<usize, SinkError> {
+        use std::os::unix::fs::FileExt;
+        let end = self.pos.saturating_add(buf.len() as u64);
+        if end > self.size && buf.len() <= limits::QUEUE_PREALLOCATE_WRITE_MAX {
+            self.grow(end);
+        }
         loop {
-            match io::Write::write(&mut self.0, buf) {
+            match self.file.write_at(buf, self.pos) {
                 Ok(0) if !buf.is_empty() => return Err(SinkError(io::ErrorKind::WriteZero.into())),
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    self.pos += n as u64;
+                    self.size = self.size.max(self.pos);
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(SinkError(e)),
             }
@@ -129,14 +201,27 @@ impl embedded_io::Write for FileSink {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.0.sync_data().map_err(SinkError)
+        self.file.sync_data().map_err(SinkError)
     }
 }
 
 impl Truncate for FileSink {
     fn truncate(&mut self, len: u64) -> Result<(), SinkError> {
-        self.0.set_len(len)?;
-        self.0.sync_data().map_err(SinkError)
+        self.file.set_len(len)?;
+        self.file.sync_data()?;
+        self.pos = len;
+        self.size = len;
+        Ok(())
+    }
+}
+
+impl Drop for FileSink {
+    /// A stopped daemon leaves its last segment at the length of its records (best effort,
+    /// not synced: after a crash the zeros are cut by recovery instead).
+    fn drop(&mut self) {
+        if self.size > self.pos {
+            let _ = self.file.set_len(self.pos);
+        }
     }
 }
 
@@ -177,8 +262,7 @@ pub struct FsStorage;
 
 impl Storage for FsStorage {
     fn create(&mut self, path: &Path) -> io::Result<DynSink> {
-        let f = OpenOptions::new().append(true).create_new(true).open(path)?;
-        Ok(DynSink(Box::new(FileSink(f))))
+        Ok(DynSink(Box::new(FileSink::create_new(path)?)))
     }
 }
 

@@ -303,6 +303,12 @@ impl Disk {
         let mut new_segment = None;
         let has_records = self.seg.durable_len() > record::SEGMENT_HEADER_BYTES;
         if self.rotate || (has_records && self.seg.durable_len() >= target) {
+            // Only the last segment may end in preallocated zeros (`record`): cut them before
+            // there is a next one. Failing, nothing is written and the rotation is retried.
+            if let Err(SinkError(e)) = self.seg.seal() {
+                self.rotate = true;
+                return (None, Err((self.seg.path().to_path_buf(), e)));
+            }
             let number = self.seg.number().saturating_add(1);
             match Disk::create_segment(&self.dir, self.storage.as_mut(), number) {
                 Ok(w) => {

@@ -51,6 +51,11 @@
 //! - An incomplete or damaged record at the end of the last segment, with no valid record
 //!   after it, is a torn write: the daemon truncates it. Anywhere else a damaged or
 //!   undecodable record stops start-up (`QueueError::Corrupt`): mail is never dropped silently.
+//! - The last segment may end in zeros after its last record: the writer fills the file
+//!   with zeros ahead of its records (`log::FileSink`, so that a commit's fdatasync writes no
+//!   metadata). A zero length is never a record, so they are never read as one; the daemon
+//!   cuts them at start without calling them a torn write. Before a segment gets a successor
+//!   it is cut to its records (fsynced), so zeros at the end of any other segment are damage.
 //! - Records whose message has no `Accepted` (it was in a deleted segment) are ignored.
 
 use serde::{Deserialize, Serialize};

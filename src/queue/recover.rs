@@ -112,9 +112,18 @@ fn valid_record_after(bytes: &[u8]) -> Option<usize> {
     })
 }
 
-/// Decide whether the damage at `offset` of the last segment is a torn tail.
-/// Ok(()) = torn; Err = corruption.
-fn check_torn(file: &mut File, path: &Path, offset: u64, file_len: u64, what: &str) -> Result<(), QueueError> {
+/// What ends the last segment after its last good record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// Only zeros: space the writer filled ahead (`log::FileSink`), no write was interrupted.
+    Zeros,
+    /// Part of an interrupted batch.
+    Torn,
+}
+
+/// Decide whether the damage at `offset` of the last segment is a torn tail (or only the
+/// zeros written ahead). Err = corruption.
+fn check_torn(file: &mut File, path: &Path, offset: u64, file_len: u64, what: &str) -> Result<Tail, QueueError> {
     let corrupt = |what: String| QueueError::Corrupt {
         path: path.to_path_buf(),
         offset,
@@ -130,6 +139,9 @@ fn check_torn(file: &mut File, path: &Path, offset: u64, file_len: u64, what: &s
     let mut bytes = Vec::with_capacity(rest as usize);
     file.seek(SeekFrom::Start(offset)).map_err(|e| io_err(path, e))?;
     file.take(rest).read_to_end(&mut bytes).map_err(|e| io_err(path, e))?;
+    if bytes.iter().all(|b| *b == 0) {
+        return Ok(Tail::Zeros);
+    }
     if let Some(i) = valid_record_after(&bytes) {
         return Err(corrupt(format!(
             "{} (a valid record follows at offset {})",
@@ -137,7 +149,7 @@ fn check_torn(file: &mut File, path: &Path, offset: u64, file_len: u64, what: &s
             offset + i as u64
         )));
     }
-    Ok(())
+    Ok(Tail::Torn)
 }
 
 /// Apply one record to the messages being rebuilt.
@@ -301,7 +313,7 @@ pub fn recover(dir: &Path, mode: Mode) -> Result<Recovered, QueueError> {
                 return Err(QueueError::Corrupt { path, offset: 0, what });
             }
             // A segment whose creation was interrupted (header not yet durable).
-            check_torn(file, &path, 0, file_len, &what)?;
+            let _ = check_torn(file, &path, 0, file_len, &what)?;
             if mode == Mode::Repair {
                 fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
                 sync_dir(dir).map_err(|e| io_err(dir, e))?;
@@ -364,11 +376,14 @@ pub fn recover(dir: &Path, mode: Mode) -> Result<Recovered, QueueError> {
             if !last {
                 return Err(QueueError::Corrupt { path, offset, what });
             }
-            check_torn(file, &path, offset, file_len, &what)?;
+            let tail = check_torn(file, &path, offset, file_len, &what)?;
             if mode == Mode::Repair {
+                // The next start writes a new segment: this one must end at its records.
                 file.set_len(offset).map_err(|e| io_err(&path, e))?;
                 file.sync_all().map_err(|e| io_err(&path, e))?;
-                report.truncated_tail = Some((path.clone(), offset));
+                if tail == Tail::Torn {
+                    report.truncated_tail = Some((path.clone(), offset));
+                }
             }
         }
         let end_lsn = lsn_base + (offset - SEGMENT_HEADER_BYTES);

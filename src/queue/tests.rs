@@ -201,9 +201,8 @@ impl Storage for FaultStorage {
         if self.0.budget.load(Ordering::SeqCst) == 0 {
             return Err(std::io::Error::from_raw_os_error(28));
         }
-        let f = std::fs::OpenOptions::new().append(true).create_new(true).open(path)?;
         Ok(DynSink(Box::new(FaultSink {
-            inner: FileSink(f),
+            inner: FileSink::create_new(path)?,
             faults: self.0.clone(),
         })))
     }
@@ -1178,4 +1177,169 @@ fn delay_warned_survives_a_restart() {
     let jobs = q.ready(NOW + 100_000, 10);
     assert_eq!(jobs.len(), 1);
     assert!(jobs[0].delay_warned, "the DelayWarned record is replayed");
+}
+
+/// Where the records of a segment end: after the last whole record (zeros are not records).
+fn records_end(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).expect("read seg");
+    let mut off = SEGMENT_HEADER_BYTES as usize;
+    // Bounded: each step advances by a record header at least.
+    while off + 8 <= bytes.len() {
+        let len = u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]]) as usize;
+        if len == 0 || off + 8 + len > bytes.len() {
+            break;
+        }
+        off += 8 + len;
+    }
+    off as u64
+}
+
+/// The live segment is zero-filled ahead of its records, so a commit's fdatasync writes no
+/// metadata. A clean stop cuts the zeros; after a crash the next start cuts them without
+/// calling them a torn write, and every message is still there.
+#[test]
+fn the_live_segment_is_filled_ahead_and_its_zeros_are_not_a_torn_tail() {
+    let dir = TempDir::new("prealloc");
+    let (q, _) = open(dir.path(), 1 << 30);
+    let seg = dir.path().join("00000001.log");
+    let (a, b) = run(&q, async {
+        let a = put(&q, "a", 1, b"first message\r\n").await.expect("a");
+        let b = put(&q, "b", 2, b"second message\r\n").await.expect("b");
+        (a, b)
+    });
+    let size = std::fs::metadata(&seg).expect("meta").len();
+    let end = records_end(&seg);
+    assert!(end > SEGMENT_HEADER_BYTES, "records written");
+    assert_eq!(size, crate::limits::QUEUE_PREALLOCATE_BYTES, "filled ahead to one step");
+    let bytes = std::fs::read(&seg).expect("read");
+    assert!(
+        bytes[end as usize..].iter().all(|b| *b == 0),
+        "only zeros after the records"
+    );
+
+    // A crash: the files as they are while the daemon runs.
+    let crashed = TempDir::new("prealloc-crash");
+    copy_dir(dir.path(), crashed.path());
+    drop(q);
+    assert_eq!(
+        std::fs::metadata(&seg).expect("meta").len(),
+        end,
+        "a clean stop cuts the zeros"
+    );
+
+    let (q2, rep) = open(crashed.path(), 1 << 30);
+    assert!(
+        rep.truncated_tail.is_none(),
+        "zeros are not a torn write: {:?}",
+        rep.truncated_tail
+    );
+    assert_eq!(rep.messages, 2);
+    assert_eq!(rep.discarded_uncommitted, 0);
+    let cseg = crashed.path().join("00000001.log");
+    assert_eq!(
+        std::fs::metadata(&cseg).expect("meta").len(),
+        end,
+        "cut to the records at start"
+    );
+    assert_eq!(body_of(&q2, a), b"first message\r\n");
+    assert_eq!(body_of(&q2, b), b"second message\r\n");
+    drop(q2);
+    // The recovered segment is no longer the last one; it opens again, unchanged.
+    let (_q3, rep) = open(crashed.path(), 1 << 30);
+    assert_eq!(rep.messages, 2);
+}
+
+/// A torn batch followed by the zeros written ahead is still a torn write (reported and cut).
+#[test]
+fn a_torn_batch_before_the_zeros_is_a_torn_tail() {
+    let (pristine, _, _) = two_messages("torn-zeros-src");
+    let seg = pristine.path().join("00000001.log");
+    let offsets = record_offsets(&seg);
+    let last = *offsets.last().expect("records");
+    let len = std::fs::metadata(&seg).expect("meta").len();
+    let dir = TempDir::new("torn-zeros");
+    copy_dir(pristine.path(), dir.path());
+    let path = dir.path().join("00000001.log");
+    let mut bytes = std::fs::read(&path).expect("read");
+    // Half of the last record, then zeros to a preallocation step.
+    let cut = (last + (len - last) / 2) as usize;
+    bytes.truncate(cut);
+    bytes.resize(crate::limits::QUEUE_PREALLOCATE_BYTES as usize, 0);
+    std::fs::write(&path, &bytes).expect("write");
+    let (_q, rep) = open(dir.path(), 1 << 30);
+    assert_eq!(rep.truncated_tail, Some((path.clone(), last)));
+    assert_eq!(std::fs::metadata(&path).expect("meta").len(), last);
+    assert_eq!(rep.messages, 1);
+}
+
+/// Zeros may end only the last segment: a segment is cut to its records before the next one
+/// is created, so zeros after the records of an older segment are damage, not ignored.
+#[test]
+fn zeros_at_the_end_of_an_older_segment_are_corruption() {
+    let (dir, _, _) = two_messages("zeros-old");
+    drop(open(dir.path(), 1 << 30)); // creates segment 2
+    let seg1 = dir.path().join("00000001.log");
+    let len = std::fs::metadata(&seg1).expect("meta").len();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg1).expect("open");
+    f.set_len(len + 4096).expect("grow");
+    drop(f);
+    assert!(matches!(
+        Queue::open(dir.path(), opts(1 << 30), NOW),
+        Err(QueueError::Corrupt { path, .. }) if path == seg1
+    ));
+}
+
+/// Rotation seals the segment it leaves: every segment but the live one ends at its records.
+#[test]
+fn rotation_cuts_the_zeros_of_the_segment_it_leaves() {
+    let dir = TempDir::new("prealloc-rotate");
+    // A tiny target: every batch starts a new segment.
+    let (q, _) = open(dir.path(), 1);
+    run(&q, async {
+        for i in 0..4 {
+            put(&q, &format!("m{i}"), 1, b"a message\r\n").await.expect("put");
+        }
+    });
+    let segs = segment_files(dir.path());
+    assert!(segs.len() >= 3, "{:?}", segs);
+    let (live, older) = segs.split_last().expect("segments");
+    for n in older {
+        let p = dir.path().join(record::segment_file_name(*n));
+        assert_eq!(
+            std::fs::metadata(&p).expect("meta").len(),
+            records_end(&p),
+            "segment {n}"
+        );
+    }
+    let p = dir.path().join(record::segment_file_name(*live));
+    assert!(
+        std::fs::metadata(&p).expect("meta").len() > records_end(&p),
+        "the live one is filled ahead"
+    );
+    drop(q);
+    let (_q, rep) = open(dir.path(), 1);
+    assert_eq!(rep.messages, 4);
+    assert!(rep.truncated_tail.is_none());
+}
+
+/// A large write is appended without zero-filling ahead (that would write it twice).
+#[test]
+fn large_writes_are_not_filled_ahead() {
+    let dir = TempDir::new("prealloc-large");
+    let path = dir.path().join("00000001.log");
+    let mut sink = FileSink::create_new(&path).expect("create");
+    let big = vec![7u8; crate::limits::QUEUE_PREALLOCATE_WRITE_MAX + 1];
+    embedded_io::Write::write_all(&mut sink, &big).expect("write");
+    embedded_io::Write::flush(&mut sink).expect("flush");
+    assert_eq!(std::fs::metadata(&path).expect("meta").len(), big.len() as u64);
+    embedded_io::Write::write_all(&mut sink, b"small").expect("write");
+    let step = crate::limits::QUEUE_PREALLOCATE_BYTES;
+    assert_eq!(
+        std::fs::metadata(&path).expect("meta").len(),
+        (big.len() as u64 + 5).div_ceil(step) * step
+    );
+    Truncate::truncate(&mut sink, 3).expect("truncate");
+    embedded_io::Write::write_all(&mut sink, b"xy").expect("write");
+    drop(sink);
+    assert_eq!(std::fs::read(&path).expect("read"), b"\x07\x07\x07xy");
 }
