@@ -117,9 +117,9 @@ fn with_reload(p: &Paths, done: String) -> Vec<String> {
     let mut out = vec![done];
     match reload(&crate::net::control::socket_path(&p.queue_directory)) {
         Ok(()) | Err(CtlError::Down) => {}
-        Err(CtlError::Refused(why) | CtlError::Broken(why)) => out.push(format!(
-            "poshta: warning: the running daemon was not asked to reload ({why}); send it SIGHUP"
-        )),
+        Err(CtlError::Refused(why) | CtlError::Broken(why)) => {
+            out.push(format!("poshta: warning: the running daemon did not reload ({why})"))
+        }
     }
     out
 }

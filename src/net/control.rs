@@ -37,9 +37,11 @@
 //!   held message's id, `*` after one being delivered; then the files waiting in maildrop/
 //!   (`net::pickup::list_waiting`), each with the reason `(waiting for pickup)`.
 //! - `FLUSH`: `N\n`, the number of messages that became due (postqueue -f). Not logged.
-//! - `RELOAD`: `reload requested\n`. The daemon sends itself SIGHUP, so the reload is the
-//!   very same as `kill -HUP` (main.cf, users, aliases, certificate); it runs right after
-//!   the reply, and its outcome is logged (`newaliases` uses this).
+//! - `RELOAD`: `reloaded\n`, once main.cf, the users file, the aliases and the certificate
+//!   were read again, the very same reload as `kill -HUP` (`net::reload`), done before the
+//!   reply so that the caller (`poshta user`, `newaliases`) returns when the daemon uses
+//!   the change. A configuration the daemon cannot use: `ERR` with the reason (the running
+//!   configuration is kept, as on SIGHUP). The delivery helper reloads right after.
 //! - `HOLD` / `RELEASE` / `DELETE`: one line per message, `+ ID: held` (`released`,
 //!   `deleted`, `deleted after the current delivery attempt`) or `- ID: no such message`.
 //!   The records are durable (fsynced) before the response is sent. `ALL` means every
@@ -232,16 +234,13 @@ async fn client(ctx: &Rc<Ctx>, mut stream: UnixStream, uid: u32, privileged: boo
             reply_ok(&mut stream, format!("{n}\n").as_bytes()).await;
         }
         ("RELOAD", []) => {
-            // The same path as SIGHUP (net::reload), without a second copy of it.
-            match rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::HUP) {
-                Ok(()) => {
-                    mlog!("control", "reload requested");
-                    reply_ok(&mut stream, b"reload requested\n").await;
-                }
-                Err(e) => {
-                    mlog!("control", "warning: reload: {e}");
-                    reply_err(&mut stream, &format!("reload: {e}")).await;
-                }
+            // The same reload as SIGHUP (net::reload), done before the reply: `poshta user add`
+            // and newaliases return once the daemon uses the new users and aliases.
+            mlog!("control", "reload requested");
+            let config_file = ctx.config_file.clone();
+            match super::reload(ctx, &config_file) {
+                Ok(()) => reply_ok(&mut stream, b"reloaded\n").await,
+                Err(e) => reply_err(&mut stream, &format!("reload failed, running configuration kept: {e}")).await,
             }
         }
         ("SHOW", [id]) => show(ctx, &mut stream, id).await,

@@ -287,6 +287,8 @@ pub struct Ctx {
     pub verifier: crate::auth::verify::Verifier,
     /// Failed logins per client (SMTP AUTH and POP3 share it).
     pub throttle: RefCell<crate::auth::throttle::Throttle>,
+    /// The main.cf this daemon was started with (reloads read it again).
+    pub config_file: std::path::PathBuf,
 }
 
 impl Ctx {
@@ -548,6 +550,7 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
             s.auth_failure_penalty_secs,
             crate::limits::AUTH_THROTTLE_ENTRIES_MAX,
         )),
+        config_file: config_file.to_path_buf(),
     });
     mlog!(
         "master",
@@ -665,7 +668,9 @@ async fn run(ctx: Rc<Ctx>, listeners: Vec<(Service, Async<TcpListener>)>, config
     use smol::stream::StreamExt;
     while let Some(sig) = signals.next().await {
         match sig {
-            Ok(async_signal::Signal::Hup) => reload(&ctx, &config_file),
+            Ok(async_signal::Signal::Hup) => {
+                let _ = reload(&ctx, &config_file);
+            }
             Ok(sig) => {
                 mlog!("master", "terminating on signal {:?}", sig);
                 break;
@@ -676,14 +681,15 @@ async fn run(ctx: Rc<Ctx>, listeners: Vec<(Service, Async<TcpListener>)>, config
     shutdown(&ctx).await
 }
 
-/// SIGHUP: read main.cf and the users file again; on any error keep the running policy.
-/// Listeners are not re-bound (a changed smtpd_listen needs a restart; we say so).
-fn reload(ctx: &Rc<Ctx>, config_file: &std::path::Path) {
+/// SIGHUP and the control socket's RELOAD: read main.cf and the users file again; on any
+/// error keep the running policy (Err says why, also logged). Listeners are not re-bound (a
+/// changed smtpd_listen needs a restart; we say so).
+pub(crate) fn reload(ctx: &Rc<Ctx>, config_file: &std::path::Path) -> Result<(), String> {
     let loaded = match load_config(config_file) {
         Ok(l) => l,
         Err(e) => {
             mlog!("master", "warning: reload: {e}; keeping the running configuration");
-            return;
+            return Err(e.to_string());
         }
     };
     for d in &loaded.diagnostics {
@@ -694,7 +700,7 @@ fn reload(ctx: &Rc<Ctx>, config_file: &std::path::Path) {
             "master",
             "warning: reload: configuration errors; keeping the running configuration"
         );
-        return;
+        return Err(format!("configuration errors in {}", config_file.display()));
     }
     let old = ctx.policy();
     if old.settings.smtpd_listen != loaded.settings.smtpd_listen {
@@ -753,8 +759,12 @@ fn reload(ctx: &Rc<Ctx>, config_file: &std::path::Path) {
                     .detach();
             }
         }
-        Err(e) => mlog!("master", "warning: reload: {e}; keeping the running configuration"),
+        Err(e) => {
+            mlog!("master", "warning: reload: {e}; keeping the running configuration");
+            return Err(e);
+        }
     }
+    Ok(())
 }
 
 /// Stop accepting, let sessions finish what they are writing (bounded), flush the queue.

@@ -332,6 +332,19 @@ def test_sighup_reloads_users(poshta):
     assert "reload" in poshta.logtext()
 
 
+def test_user_add_counts_as_soon_as_it_returns(poshta):
+    """`poshta user add` asks the daemon to reload over the control socket and returns only
+    once the daemon uses the new users file: mail to the new user is accepted at once, with no
+    retry loop (before, the reply came before the reload and an immediate login could fail)."""
+    for i in range(5):
+        name = f"fresh{i}"
+        r = poshta.add_user(name, f"pw-{name}")
+        assert "warning" not in r.stdout + r.stderr, r.stdout + r.stderr
+        send(poshta, [f"{name}@example.org"], f"Subject: for {name}\r\n\r\nhi\r\n")
+    for i in range(5):
+        poshta.wait_messages(f"fresh{i}", 1)
+
+
 def test_sigterm_exits_cleanly(poshta):
     send(poshta, ["alice@example.org"])
     poshta.wait_messages("alice", 1)
