@@ -65,6 +65,10 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 pub const LOCAL_DELIVERY_CONCURRENCY_MAX: usize = 4;
 /// Messages per local delivery batch: their Maildir renames share one directory fsync.
 pub const LOCAL_DELIVERY_BATCH_MESSAGES: usize = 32;
+/// How long fewer than LOCAL_DELIVERY_BATCH_MESSAGES due messages wait for more before their
+/// batch starts (net::deliver::runner): a delay nobody sees in a mailbox, which under steady
+/// load turns one fsync per message into one syncfs per batch.
+pub const LOCAL_DELIVERY_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 /// After a final reply, how long a session keeps draining client input before closing,
 /// so the reply is not lost to a TCP reset.
 pub const LINGER_SECS: u64 = 2;

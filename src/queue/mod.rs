@@ -782,6 +782,11 @@ impl Queue {
         schedule::take_ready(&mut self.shared.inner.borrow_mut().index, now_unix, max)
     }
 
+    /// How many messages `ready` would return now, counting at most `max`.
+    pub fn ready_count(&self, now_unix: u64, max: usize) -> usize {
+        schedule::count_ready(&self.shared.inner.borrow().index, now_unix, max)
+    }
+
     /// The earliest next-try time among waiting messages (for the runner's timer). A message
     /// with a never-tried recipient counts as due since its arrival.
     pub fn next_due(&self) -> Option<u64> {

@@ -54,6 +54,15 @@ impl Msg {
             .collect()
     }
 
+    /// Whether `due` would name a recipient (without building the list).
+    fn has_due(&self, now_unix: u64) -> bool {
+        self.states.iter().any(|s| match s {
+            RcptState::Pending => true,
+            RcptState::Deferred { next_try_unix, .. } => *next_try_unix <= now_unix,
+            _ => false,
+        })
+    }
+
     /// When this message is next due (Pending counts as due since arrival).
     fn due_at(&self) -> Option<u64> {
         self.states
@@ -121,6 +130,15 @@ pub fn take_ready(index: &mut BTreeMap<QueueId, Msg>, now_unix: u64, max: usize)
         });
     }
     jobs
+}
+
+/// How many messages `take_ready` would take now, counting at most `max`.
+pub fn count_ready(index: &BTreeMap<QueueId, Msg>, now_unix: u64, max: usize) -> usize {
+    index
+        .values()
+        .filter(|m| !m.in_flight && !m.held && !m.deleted && m.has_due(now_unix))
+        .take(max)
+        .count()
 }
 
 /// `poshta queue flush`: every deferred recipient of a message not held is due at `now`.
