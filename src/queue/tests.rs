@@ -1343,3 +1343,32 @@ fn large_writes_are_not_filled_ahead() {
     drop(sink);
     assert_eq!(std::fs::read(&path).expect("read"), b"\x07\x07\x07xy");
 }
+
+/// `ready_count` counts exactly what `ready` would take: not in flight, not held, due.
+#[test]
+fn ready_count_agrees_with_ready() {
+    let dir = TempDir::new("ready-count");
+    let (q, _) = open(dir.path(), 1 << 30);
+    let ids = run(&q, async {
+        let mut v = Vec::new();
+        for i in 0..4 {
+            v.push(put(&q, &format!("m{i}"), 1, b"x").await.expect("put"));
+        }
+        v
+    });
+    assert_eq!(q.ready_count(NOW, 10), 4);
+    assert_eq!(q.ready_count(NOW, 3), 3, "counts at most max");
+    run(&q, async { q.hold(ids[0]).expect("hold") });
+    assert_eq!(q.ready_count(NOW, 10), 3, "held is not ready");
+    let jobs = q.ready(NOW, 1);
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(q.ready_count(NOW, 10), 2, "in flight is not ready");
+    q.finish(jobs[0].qid, &[(0, Outcome::Deferred { reason: "busy".into() })], NOW);
+    assert_eq!(q.ready_count(NOW, 10), 2, "deferred is not ready before its next try");
+    // minimal_backoff_time (300 s in `opts`) after the attempt.
+    let due = NOW + 300;
+    assert_eq!(q.ready_count(due - 1, 10), 2);
+    assert_eq!(q.ready_count(due, 10), 3, "and is once it is due");
+    assert_eq!(q.ready(due, 10).len(), 3);
+    assert_eq!(q.ready_count(due, 10), 0);
+}
