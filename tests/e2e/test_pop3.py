@@ -22,9 +22,12 @@ def ctx_for(p):
 
 
 def deliver(p, user, n, prefix="m"):
+    """Send n messages and wait until all n are in new/ (on top of what is there already:
+    messages a POP3 session has not yet moved to cur/ stay in new/)."""
+    before = len(p.new_messages(user))
     for i in range(n):
         send(p, [f"{user}@example.org"], f"Subject: {prefix}{i}\r\n\r\nbody {i}\r\n.leading dot\r\n")
-    return p.wait_messages(user, n)
+    return p.wait_messages(user, before + n)
 
 
 def subjects_of(lines):
