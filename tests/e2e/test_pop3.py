@@ -307,8 +307,8 @@ def test_large_mailbox_list_is_fast(poshta):
 
 
 def test_read_ahead_serves_every_message_exactly(poshta):
-    """RETR reads small messages ahead of the client (net::pop3 ReadAhead, 64 KiB and 32
-    messages per trip): every message must still come out exactly as stored, whatever the
+    """RETR reads small messages ahead of the client (net::pop3 ReadAhead: batches of 32 KiB
+    and 32 messages, the next one read while the client takes this one): every message must still come out exactly as stored, whatever the
     order the client asks in, with large ones (past the budget, past one 64 KiB chunk)
     between small ones, repeated RETRs, TOP, and all RETRs pipelined in one write."""
     new = os.path.join(poshta.maildir("alice"), "new")
@@ -358,5 +358,62 @@ def test_read_ahead_serves_every_message_exactly(poshta):
         assert status.startswith(b"+OK"), (n, status)
         lines = [l[1:] if l.startswith(b"..") else l for l in text.split(b"\r\n")] if text else []
         assert lines == expect(n - 1), n
+    c.sock.sendall(b"QUIT\r\n")
+    c.sock.close()
+
+
+def test_read_ahead_under_way_at_quit_and_at_a_drop(poshta):
+    """A RETR served from a read-ahead batch starts reading the next batch on the thread pool.
+    The session must not end with that read still holding the maildrop: QUIT right after it
+    deletes what was marked and answers +OK, and a dropped connection right after it leaves
+    the maildrop free for the next login at once (RFC 1939 §6: nothing deleted)."""
+    new = os.path.join(poshta.maildir("alice"), "new")
+    os.makedirs(new, exist_ok=True)
+    for i in range(200):
+        with open(os.path.join(new, f"{1700000000 + i}.M{i}P1Q{i}.mx"), "wb") as f:
+            f.write(b"Subject: m %d\n\n" % i + b"x" * 900 + b"\n")
+
+    def login():
+        c = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=30)
+        c.user("alice")
+        c.pass_("secret-alice")
+        return c
+
+    # Dropped: RETR 1 (read from disk, batch 2..), RETR 2 (from memory: the next batch
+    # starts), then the connection goes away without QUIT.
+    c = login()
+    assert c.retr(1)[1][0] == b"Subject: m 0"
+    assert c.retr(2)[1][0] == b"Subject: m 1"
+    c.close()  # the socket and poplib's file on it: the server reads end of file
+    deadline = time.time() + 10
+    while True:
+        try:
+            c = login()  # not -ERR [IN-USE]
+            break
+        except poplib.error_proto as e:
+            assert b"IN-USE" in e.args[0] and time.time() < deadline, e
+            time.sleep(0.05)
+    assert c.stat()[0] == 200, "a dropped session deletes nothing"
+    # QUIT with the next batch under way: the marked messages go, +OK comes.
+    assert c.retr(1)[1][0] == b"Subject: m 0"
+    assert c.retr(2)[1][0] == b"Subject: m 1"
+    c.dele(1)
+    c.dele(2)
+    assert c.quit().startswith(b"+OK")
+    c = login()
+    assert c.stat()[0] == 198
+    # Pipelined: every RETR, then a jump back and a jump past the batches read so far.
+    c.sock.sendall(b"".join(b"RETR %d\r\n" % n for n in (list(range(1, 199)) + [3, 150, 198, 1])))
+    data = b""
+    deadline = time.time() + 30
+    while data.count(b"\r\n.\r\n") < 202 and time.time() < deadline:
+        chunk = c.sock.recv(1 << 16)
+        assert chunk
+        data += chunk
+    replies = data.split(b"\r\n.\r\n")[:202]
+    for n, r in zip(list(range(1, 199)) + [3, 150, 198, 1], replies):
+        status, _, text = r.partition(b"\r\n")
+        assert status.startswith(b"+OK"), (n, status)
+        assert text.split(b"\r\n")[0] == b"Subject: m %d" % (n + 1), n
     c.sock.sendall(b"QUIT\r\n")
     c.sock.close()
