@@ -570,6 +570,9 @@ impl Listing {
         });
         let mut entries: Vec<Entry> = self.listed.into_iter().map(|(_, _, e)| e).collect();
         assign_uids(&mut entries, w);
+        // The collect reuses the listing's buffer (its elements carry the sort keys too, and
+        // it grew by doubling): the session keeps only what the entries need.
+        entries.shrink_to_fit();
         entries
     }
 }

@@ -326,23 +326,19 @@ pub async fn session(
                             for w in mb.warnings() {
                                 mlog!(SVC, "warning: sid={sid} user={login}: {w}");
                             }
-                            let listing: Vec<MessageMeta> = mb
-                                .entries()
-                                .iter()
-                                .map(|e| MessageMeta {
-                                    size: e.size(),
-                                    uid: e.uid().to_string(),
-                                })
-                                .collect();
+                            let count = mb.entries().len();
                             mlog!(
                                 SVC,
                                 "sid={sid} login: user=<{login}>, method={mechanism}, rip={ip}{}, messages={}",
                                 if stream.is_tls() { ", TLS" } else { "" },
-                                listing.len()
+                                count
                             );
+                            server.login_ok(mb.entries().iter().map(|e| MessageMeta {
+                                size: e.size(),
+                                uid: e.uid().to_string(),
+                            }));
                             mailbox = Some(Arc::new(mb));
                             user = Some(login);
-                            server.login_ok(listing);
                         }
                         Err(MailboxError::InUse) => {
                             mlog!(SVC, "sid={sid} user=<{login}>: maildrop in use");
