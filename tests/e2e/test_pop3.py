@@ -417,3 +417,32 @@ def test_read_ahead_under_way_at_quit_and_at_a_drop(poshta):
         assert text.split(b"\r\n")[0] == b"Subject: m %d" % (n + 1), n
     c.sock.sendall(b"QUIT\r\n")
     c.sock.close()
+
+
+def test_autologout_counts_from_the_last_wait_not_from_the_first(make_poshta):
+    """RFC 1939 §3: a session idle for pop3d_autologout is closed with -ERR and no UPDATE. The
+    timer runs from each wait for the client, not from the login: a client that keeps
+    talking is never cut off, one that goes quiet is, on time."""
+    p = make_poshta(extra="pop3d_autologout = 2s\n")
+    new = os.path.join(p.maildir("alice"), "new")
+    os.makedirs(new, exist_ok=True)
+    with open(os.path.join(new, "1700000000.M1P1Q1.mx"), "wb") as f:
+        f.write(b"Subject: x\n\nbody\n")
+    c = poplib.POP3("127.0.0.1", p.pop3_port, timeout=30)
+    c.user("alice")
+    c.pass_("secret-alice")
+    c.dele(1)
+    # Busy for 4 s, twice the timeout, with a command every 0.5 s: still served.
+    start = time.time()
+    while time.time() - start < 4:
+        assert c.noop().startswith(b"+OK")
+        time.sleep(0.5)
+    # Quiet: closed after about 2 s, with -ERR, and nothing deleted.
+    quiet = time.time()
+    line = c.file.readline()
+    waited = time.time() - quiet
+    assert line.startswith(b"-ERR"), line
+    assert 1.5 < waited < 6, waited
+    assert c.file.readline() == b""
+    c.close()
+    assert os.listdir(new) == ["1700000000.M1P1Q1.mx"], "no UPDATE after an autologout"

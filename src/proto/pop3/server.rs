@@ -500,7 +500,8 @@ impl Server {
         match top_lines {
             None => {
                 self.stats.retr_count += 1;
-                self.line(&format!("+OK {size} octets"));
+                // Straight into the output (one per message: no string to allocate).
+                let _ = write!(self.out, "+OK {size} octets\r\n");
             }
             Some(_) => {
                 self.stats.top_count += 1;
