@@ -264,9 +264,17 @@ impl Maildrop {
     /// Open message `index` (0-based) for reading. [`MailboxError::Gone`] when another client
     /// removed it since the listing, or when there is no such index.
     pub fn open_message(&self, index: usize) -> Result<File, MailboxError> {
+        self.open_message_sized(index).map(|(f, _)| f)
+    }
+
+    /// [`Maildrop::open_message`] with the file's size when it was opened (`fstat`, done
+    /// anyway to check it is a regular file): a reader that wants the message whole reads
+    /// exactly that much, with no extra read to meet end of file. A message file is never
+    /// rewritten (delivery renames complete files in; UPDATE only unlinks and renames).
+    pub fn open_message_sized(&self, index: usize) -> Result<(File, u64), MailboxError> {
         let e = self.entries.get(index).ok_or(MailboxError::Gone)?;
         match open_regular(self.dir(e.in_new), &e.name) {
-            Ok((f, _)) => Ok(f),
+            Ok(found) => Ok(found),
             // Another program (a mail reader ignoring poshta's lock) moved it from new/ to
             // cur/ after the listing: same unique part, its own info. Looked for once.
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && e.in_new => {
@@ -275,7 +283,7 @@ impl Maildrop {
                     return Err(MailboxError::Gone);
                 };
                 match open_regular(&self.cur, &name) {
-                    Ok((f, _)) => Ok(f),
+                    Ok(found) => Ok(found),
                     Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(MailboxError::Gone),
                     Err(err) => Err(MailboxError::io(self.file_path(false, &name), err)),
                 }
@@ -562,6 +570,9 @@ impl Listing {
         });
         let mut entries: Vec<Entry> = self.listed.into_iter().map(|(_, _, e)| e).collect();
         assign_uids(&mut entries, w);
+        // The collect reuses the listing's buffer (its elements carry the sort keys too, and
+        // it grew by doubling): the session keeps only what the entries need.
+        entries.shrink_to_fit();
         entries
     }
 }

@@ -223,6 +223,16 @@ impl Mailbox {
         }
     }
 
+    /// [`Mailbox::open_message`], with the stored size in bytes where the backend knows it
+    /// without reading (a Maildir file: its size at open); None for an mbox range (`>From `
+    /// quoting is undone while reading) and an agent's stream.
+    pub fn open_message_sized(&self, index: usize) -> Result<(Message, Option<u64>), MailboxError> {
+        match self {
+            Mailbox::Maildir(m) => m.open_message_sized(index).map(|(f, n)| (Message::File(f), Some(n))),
+            _ => self.open_message(index).map(|m| (m, None)),
+        }
+    }
+
     /// RFC 1939 §6 (UPDATE): remove the messages marked as deleted. Called at every QUIT in
     /// TRANSACTION state, also with no index: a Maildir then moves its listed survivors from
     /// `new/` to `cur/` (an mbox does nothing with an empty set).

@@ -56,66 +56,155 @@ const CHUNK: usize = crate::limits::QUEUE_CHUNK_BYTES_MAX;
 /// of a small RETR together: with 32 commands pipelined, Dovecot sent 5,000 messages of
 /// 2 KiB about 4.5 times faster than poshta did with one trip per message
 /// (bench/pop3-fetch.sh, "plain+p32"). So the trip that reads a small message also reads
-/// the messages after it, whole, up to [`POP3_READ_AHEAD_BYTES`] and
-/// [`POP3_READ_AHEAD_MESSAGES`], and the next RETRs are served from memory. The stored
-/// bytes go through the same encoder as a read from disk. What the client skips is
-/// dropped; a message larger than what is left of the budget stops the read-ahead (it
-/// streams from disk when asked for). The maildrop is held for the session (RFC 1939
-/// §8), so a message read ahead is the one the client would read.
+/// the messages after it, whole, into a [`Batch`], and the next RETRs are served from
+/// memory. The stored bytes go through the same encoder as a read from disk. What the
+/// client skips is dropped; a message larger than what is left of the batch's budget ends
+/// the batch (it streams from disk when asked for). The maildrop is held for the session
+/// (RFC 1939 §8), so a message read ahead is the one the client would read.
+///
+/// Once a RETR is served from a batch (the client reads in order), the batch after it is
+/// read on the thread pool while the client takes this one: the file reads overlap the
+/// network instead of stopping the session every [`POP3_READ_AHEAD_MESSAGES`] messages.
+/// Two batch buffers exist per session, each of half of [`POP3_READ_AHEAD_BYTES`]; they
+/// are reused from batch to batch (one allocation per session, not one per message).
 ///
 /// [`POP3_READ_AHEAD_BYTES`]: crate::limits::POP3_READ_AHEAD_BYTES
 /// [`POP3_READ_AHEAD_MESSAGES`]: crate::limits::POP3_READ_AHEAD_MESSAGES
 #[derive(Default)]
 struct ReadAhead {
-    /// (0-based index, the message as stored), ascending.
-    msgs: std::collections::VecDeque<(usize, Vec<u8>)>,
+    /// The batch RETRs are served from.
+    cur: Batch,
+    /// The next batch, being read on the thread pool.
+    pending: Option<smol::Task<Batch>>,
+    /// A buffer for the next batch when none is being read.
+    spare: Option<Batch>,
 }
 
-impl ReadAhead {
+/// Whole messages read on the thread pool, back to back in one buffer.
+#[derive(Default)]
+struct Batch {
+    buf: Vec<u8>,
+    /// (0-based message index, its bytes in `buf`), ascending, consecutive indexes.
+    msgs: std::collections::VecDeque<(usize, std::ops::Range<usize>)>,
+    /// The index after the last message read (where the next batch starts).
+    end: usize,
+}
+
+/// Bytes of whole messages in one batch.
+const BATCH_BYTES: usize = crate::limits::POP3_READ_AHEAD_BYTES / 2;
+
+impl Batch {
     /// Read messages `from`, `from + 1`, ... whole while they fit in `budget` bytes (on a
-    /// blocking thread). A read error or a missing message ends it: the RETR for that
-    /// message will meet the error itself.
-    fn read(mb: &Mailbox, from: usize, mut budget: usize) -> Vec<(usize, Vec<u8>)> {
-        let count = mb.entries().len();
-        let mut out = Vec::new();
-        for i in from..count.min(from + crate::limits::POP3_READ_AHEAD_MESSAGES) {
-            let Ok(mut msg) = mb.open_message(i) else { break };
-            let mut bytes = Vec::with_capacity(ReadAhead::capacity(mb, i, budget + 1));
-            // One byte over the budget tells "too big" without reading the whole message.
-            match (&mut msg).take(budget as u64 + 1).read_to_end(&mut bytes) {
-                Ok(n) if n <= budget => {
-                    budget -= n;
-                    out.push((i, bytes));
-                }
-                _ => break,
-            }
+    /// blocking thread), reusing this batch's buffer. A read error or a missing message ends
+    /// it: the RETR for that message will meet the error itself.
+    fn fill(mut self, mb: &Mailbox, from: usize, budget: usize) -> Batch {
+        self.buf.clear();
+        self.msgs.clear();
+        self.end = from;
+        if self.buf.capacity() < budget {
+            self.buf = Vec::with_capacity(budget);
         }
-        out
+        let count = mb.entries().len();
+        for i in from..count.min(from.saturating_add(crate::limits::POP3_READ_AHEAD_MESSAGES)) {
+            let start = self.buf.len();
+            let Ok((msg, size)) = mb.open_message_sized(i) else {
+                break;
+            };
+            if !read_whole(msg, size, &mut self.buf, budget - start) {
+                self.buf.truncate(start);
+                break;
+            }
+            self.msgs.push_back((i, start..self.buf.len()));
+            self.end = i + 1;
+        }
+        self
     }
 
-    /// A buffer size for reading message `index` whole: its listed size (RFC 1939 §11:
-    /// with CR LF line ends, so never less than what is stored; mbox `>From ` quoting
-    /// undone only shrinks it) plus one byte for the end-of-file read, at most `cap`.
-    /// Growing from empty cost several reallocations per message.
-    fn capacity(mb: &Mailbox, index: usize, cap: usize) -> usize {
-        let listed = mb.entries().get(index).map_or(0, |e| e.size());
-        usize::try_from(listed).unwrap_or(usize::MAX).saturating_add(1).min(cap)
-    }
-
-    fn fill(&mut self, msgs: Vec<(usize, Vec<u8>)>) {
-        self.msgs = msgs.into();
-    }
-
-    /// The stored bytes of message `index`, if it was read ahead (each is served once).
-    fn take(&mut self, index: usize) -> Option<Vec<u8>> {
+    /// The bytes of message `index` if this batch holds it; messages before it are dropped
+    /// (each is served once; the client skipped them).
+    fn take(&mut self, index: usize) -> Option<std::ops::Range<usize>> {
         while self.msgs.front().is_some_and(|(i, _)| *i < index) {
             self.msgs.pop_front();
         }
         match self.msgs.front() {
-            Some((i, _)) if *i == index => self.msgs.pop_front().map(|(_, b)| b),
+            Some((i, _)) if *i == index => self.msgs.pop_front().map(|(_, r)| r),
             _ => None,
         }
     }
+}
+
+/// Append a whole message to `buf` if it fits in `room` bytes. `size` is the stored size
+/// when the backend knows it: exactly that much is read (one `read` for a small file).
+/// Otherwise one byte over `room` tells "too big" without reading the whole message.
+fn read_whole(mut msg: crate::mailbox::Message, size: Option<u64>, buf: &mut Vec<u8>, room: usize) -> bool {
+    let start = buf.len();
+    match size {
+        Some(n) if n > room as u64 => false,
+        // A file that shrank since fstat reads short: what is there is the message.
+        Some(n) => (&mut msg).take(n).read_to_end(buf).is_ok(),
+        None => {
+            matches!((&mut msg).take(room as u64 + 1).read_to_end(buf), Ok(n) if n <= room) || {
+                buf.truncate(start);
+                false
+            }
+        }
+    }
+}
+
+impl ReadAhead {
+    /// Message `index`'s bytes (a range of `self.cur.buf`) if it was read ahead. When the
+    /// current batch is used up, waits for the one being read.
+    async fn take(&mut self, index: usize) -> Option<std::ops::Range<usize>> {
+        if let Some(r) = self.cur.take(index) {
+            return Some(r);
+        }
+        if !self.cur.msgs.is_empty() {
+            // The client went back: the batches ahead do not hold it either.
+            return None;
+        }
+        let next = self.pending.take()?.await;
+        self.spare = Some(std::mem::replace(&mut self.cur, next));
+        self.cur.take(index)
+    }
+
+    /// Start reading the batch after the current one (after a RETR was served from it),
+    /// unless one is being read or the maildrop ends there.
+    fn prefetch(&mut self, mb: &Arc<Mailbox>) {
+        let from = self.cur.end;
+        if self.pending.is_some() || from >= mb.entries().len() {
+            return;
+        }
+        let batch = self.spare.take().unwrap_or_default();
+        let mb = mb.clone();
+        self.pending = Some(smol::unblock(move || batch.fill(&mb, from, BATCH_BYTES)));
+    }
+
+    /// A batch buffer for the read after a missed RETR (the one being read is waited for:
+    /// it is not the one wanted).
+    async fn buffer(&mut self) -> Batch {
+        if let Some(t) = self.pending.take() {
+            self.spare = Some(t.await);
+        }
+        self.spare.take().unwrap_or_default()
+    }
+
+    /// End the read-ahead; a read under way is waited for, so that it no longer holds the
+    /// maildrop when the session releases it.
+    async fn stop(&mut self) {
+        if let Some(t) = self.pending.take() {
+            drop(t.await);
+        }
+        *self = ReadAhead::default();
+    }
+}
+
+/// A buffer size for reading message `index` whole: its listed size (RFC 1939 §11: with
+/// CR LF line ends, so never less than what is stored; mbox `>From ` quoting undone only
+/// shrinks it) plus one byte for the end-of-file read, at most `cap`. Growing from empty
+/// cost several reallocations per message.
+fn read_capacity(mb: &Mailbox, index: usize, cap: usize) -> usize {
+    let listed = mb.entries().get(index).map_or(0, |e| e.size());
+    usize::try_from(listed).unwrap_or(usize::MAX).saturating_add(1).min(cap)
 }
 
 pub async fn session(
@@ -237,23 +326,19 @@ pub async fn session(
                             for w in mb.warnings() {
                                 mlog!(SVC, "warning: sid={sid} user={login}: {w}");
                             }
-                            let listing: Vec<MessageMeta> = mb
-                                .entries()
-                                .iter()
-                                .map(|e| MessageMeta {
-                                    size: e.size(),
-                                    uid: e.uid().to_string(),
-                                })
-                                .collect();
+                            let count = mb.entries().len();
                             mlog!(
                                 SVC,
                                 "sid={sid} login: user=<{login}>, method={mechanism}, rip={ip}{}, messages={}",
                                 if stream.is_tls() { ", TLS" } else { "" },
-                                listing.len()
+                                count
                             );
+                            server.login_ok(mb.entries().iter().map(|e| MessageMeta {
+                                size: e.size(),
+                                uid: e.uid().to_string(),
+                            }));
                             mailbox = Some(Arc::new(mb));
                             user = Some(login);
-                            server.login_ok(listing);
                         }
                         Err(MailboxError::InUse) => {
                             mlog!(SVC, "sid={sid} user=<{login}>: maildrop in use");
@@ -271,20 +356,22 @@ pub async fn session(
                         server.retr_failed();
                         continue;
                     };
-                    if let Some(bytes) = ahead.take(index) {
+                    if let Some(range) = ahead.take(index).await {
                         server.retr_begin();
-                        server.retr_chunk(&bytes);
+                        server.retr_chunk(&ahead.cur.buf[range]);
                         server.retr_end();
+                        ahead.prefetch(&mb);
                         continue;
                     }
                     // One thread-pool trip opens the message and reads its first chunk:
                     // most messages are whole after it (a 2 KiB message costs one hand-off,
                     // not three); bigger ones stream on in chunks. When it is whole, the
                     // trip also reads the next small messages (ReadAhead).
+                    let batch = ahead.buffer().await;
                     let first =
                         smol::unblock(move || -> Result<_, MailboxError> {
                             let mut msg = mb.open_message(index)?;
-                            let mut chunk = Vec::with_capacity(ReadAhead::capacity(&mb, index, CHUNK));
+                            let mut chunk = Vec::with_capacity(read_capacity(&mb, index, CHUNK));
                             let n = (&mut msg).take(CHUNK as u64).read_to_end(&mut chunk).map_err(|e| {
                                 MailboxError::Io {
                                     path: format!("message {}", index + 1).into(),
@@ -292,9 +379,9 @@ pub async fn session(
                                 }
                             })?;
                             let next = if n < CHUNK {
-                                ReadAhead::read(&mb, index + 1, crate::limits::POP3_READ_AHEAD_BYTES.saturating_sub(n))
+                                batch.fill(&mb, index + 1, BATCH_BYTES)
                             } else {
-                                Vec::new()
+                                batch
                             };
                             Ok((msg, chunk, n, next))
                         })
@@ -305,9 +392,10 @@ pub async fn session(
                             server.retr_chunk(&chunk[..n]);
                             if n < CHUNK {
                                 server.retr_end();
-                                ahead.fill(next);
+                                ahead.spare = Some(std::mem::replace(&mut ahead.cur, next));
                                 continue;
                             }
+                            ahead.spare = Some(next);
                             if !write_out(&mut stream, &mut server, timeout).await {
                                 break 'session;
                             }
@@ -340,7 +428,7 @@ pub async fn session(
                     }
                 }
                 Event::Update { deleted } => {
-                    ahead = ReadAhead::default();
+                    ahead.stop().await;
                     // The mailbox is released (its locks too) before +OK goes out.
                     let release = crate::mailbox::system::drop_blocking;
                     let ok = match mailbox.take() {
@@ -371,7 +459,7 @@ pub async fn session(
                     server.update_done(ok);
                 }
                 Event::Closed => {
-                    ahead = ReadAhead::default();
+                    ahead.stop().await;
                     if let Some(mb) = mailbox.take() {
                         smol::unblock(move || crate::mailbox::system::drop_blocking(mb)).await;
                     }
@@ -411,6 +499,7 @@ pub async fn session(
             }
         }
     }
+    ahead.stop().await;
     drop(mailbox);
     drop(slot);
     let stats = server.stats();

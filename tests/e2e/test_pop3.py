@@ -310,8 +310,8 @@ def test_large_mailbox_list_is_fast(poshta):
 
 
 def test_read_ahead_serves_every_message_exactly(poshta):
-    """RETR reads small messages ahead of the client (net::pop3 ReadAhead, 64 KiB and 32
-    messages per trip): every message must still come out exactly as stored, whatever the
+    """RETR reads small messages ahead of the client (net::pop3 ReadAhead: batches of 32 KiB
+    and 32 messages, the next one read while the client takes this one): every message must still come out exactly as stored, whatever the
     order the client asks in, with large ones (past the budget, past one 64 KiB chunk)
     between small ones, repeated RETRs, TOP, and all RETRs pipelined in one write."""
     new = os.path.join(poshta.maildir("alice"), "new")
@@ -363,3 +363,89 @@ def test_read_ahead_serves_every_message_exactly(poshta):
         assert lines == expect(n - 1), n
     c.sock.sendall(b"QUIT\r\n")
     c.sock.close()
+
+
+def test_read_ahead_under_way_at_quit_and_at_a_drop(poshta):
+    """A RETR served from a read-ahead batch starts reading the next batch on the thread pool.
+    The session must not end with that read still holding the maildrop: QUIT right after it
+    deletes what was marked and answers +OK, and a dropped connection right after it leaves
+    the maildrop free for the next login at once (RFC 1939 §6: nothing deleted)."""
+    new = os.path.join(poshta.maildir("alice"), "new")
+    os.makedirs(new, exist_ok=True)
+    for i in range(200):
+        with open(os.path.join(new, f"{1700000000 + i}.M{i}P1Q{i}.mx"), "wb") as f:
+            f.write(b"Subject: m %d\n\n" % i + b"x" * 900 + b"\n")
+
+    def login():
+        c = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=30)
+        c.user("alice")
+        c.pass_("secret-alice")
+        return c
+
+    # Dropped: RETR 1 (read from disk, batch 2..), RETR 2 (from memory: the next batch
+    # starts), then the connection goes away without QUIT.
+    c = login()
+    assert c.retr(1)[1][0] == b"Subject: m 0"
+    assert c.retr(2)[1][0] == b"Subject: m 1"
+    c.close()  # the socket and poplib's file on it: the server reads end of file
+    deadline = time.time() + 10
+    while True:
+        try:
+            c = login()  # not -ERR [IN-USE]
+            break
+        except poplib.error_proto as e:
+            assert b"IN-USE" in e.args[0] and time.time() < deadline, e
+            time.sleep(0.05)
+    assert c.stat()[0] == 200, "a dropped session deletes nothing"
+    # QUIT with the next batch under way: the marked messages go, +OK comes.
+    assert c.retr(1)[1][0] == b"Subject: m 0"
+    assert c.retr(2)[1][0] == b"Subject: m 1"
+    c.dele(1)
+    c.dele(2)
+    assert c.quit().startswith(b"+OK")
+    c = login()
+    assert c.stat()[0] == 198
+    # Pipelined: every RETR, then a jump back and a jump past the batches read so far.
+    c.sock.sendall(b"".join(b"RETR %d\r\n" % n for n in (list(range(1, 199)) + [3, 150, 198, 1])))
+    data = b""
+    deadline = time.time() + 30
+    while data.count(b"\r\n.\r\n") < 202 and time.time() < deadline:
+        chunk = c.sock.recv(1 << 16)
+        assert chunk
+        data += chunk
+    replies = data.split(b"\r\n.\r\n")[:202]
+    for n, r in zip(list(range(1, 199)) + [3, 150, 198, 1], replies):
+        status, _, text = r.partition(b"\r\n")
+        assert status.startswith(b"+OK"), (n, status)
+        assert text.split(b"\r\n")[0] == b"Subject: m %d" % (n + 1), n
+    c.sock.sendall(b"QUIT\r\n")
+    c.sock.close()
+
+
+def test_autologout_counts_from_the_last_wait_not_from_the_first(make_poshta):
+    """RFC 1939 §3: a session idle for pop3d_autologout is closed with -ERR and no UPDATE. The
+    timer runs from each wait for the client, not from the login: a client that keeps
+    talking is never cut off, one that goes quiet is, on time."""
+    p = make_poshta(extra="pop3d_autologout = 2s\n")
+    new = os.path.join(p.maildir("alice"), "new")
+    os.makedirs(new, exist_ok=True)
+    with open(os.path.join(new, "1700000000.M1P1Q1.mx"), "wb") as f:
+        f.write(b"Subject: x\n\nbody\n")
+    c = poplib.POP3("127.0.0.1", p.pop3_port, timeout=30)
+    c.user("alice")
+    c.pass_("secret-alice")
+    c.dele(1)
+    # Busy for 4 s, twice the timeout, with a command every 0.5 s: still served.
+    start = time.time()
+    while time.time() - start < 4:
+        assert c.noop().startswith(b"+OK")
+        time.sleep(0.5)
+    # Quiet: closed after about 2 s, with -ERR, and nothing deleted.
+    quiet = time.time()
+    line = c.file.readline()
+    waited = time.time() - quiet
+    assert line.startswith(b"-ERR"), line
+    assert 1.5 < waited < 6, waited
+    assert c.file.readline() == b""
+    c.close()
+    assert os.listdir(new) == ["1700000000.M1P1Q1.mx"], "no UPDATE after an autologout"

@@ -41,6 +41,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
+use std::io::Write as _;
 
 use super::retr::RetrEncoder;
 use crate::limits::{
@@ -235,17 +236,33 @@ enum State {
 
 struct Entry {
     size: u64,
-    uid: String,
+    /// Where this message's unique-id ends in `Maildrop::uids` (it starts where the
+    /// previous one ends).
+    uid_end: u32,
     deleted: bool,
 }
 
+/// The listing. The unique-ids are kept back to back in one string: a `String` per
+/// message cost 64 bytes more per message than the id itself (pointer, length, capacity
+/// and the allocator's rounding), about a third of a session's memory for 5,000 messages.
 struct Maildrop {
     msgs: Vec<Entry>,
+    uids: String,
 }
 
 impl Maildrop {
     fn live(&self) -> impl Iterator<Item = (usize, &Entry)> {
         self.msgs.iter().enumerate().filter(|(_, m)| !m.deleted)
+    }
+
+    /// Message `index`'s unique-id ("" for no such message).
+    fn uid(&self, index: usize) -> &str {
+        let start = match index.checked_sub(1) {
+            Some(prev) => self.msgs.get(prev).map_or(0, |m| m.uid_end),
+            None => 0,
+        };
+        let end = self.msgs.get(index).map_or(start, |m| m.uid_end);
+        self.uids.get(start as usize..end as usize).unwrap_or("")
     }
 }
 
@@ -406,7 +423,7 @@ impl Server {
     }
 
     /// Positive answer to `Login`: the maildrop listing, in message-number order.
-    pub fn login_ok(&mut self, listing: Vec<MessageMeta>) {
+    pub fn login_ok(&mut self, listing: impl IntoIterator<Item = MessageMeta>) {
         let Some(Wait::Login { user }) = self.wait.take() else {
             return;
         };
@@ -415,20 +432,25 @@ impl Server {
             self.events.push_back(Event::Closed);
             return;
         }
-        let msgs: Vec<Entry> = listing
-            .into_iter()
-            .take(POP3_MAILDROP_MESSAGES_MAX)
-            .map(|m| Entry {
+        let listing = listing.into_iter().take(POP3_MAILDROP_MESSAGES_MAX);
+        let mut msgs: Vec<Entry> = Vec::with_capacity(listing.size_hint().0);
+        let mut uids = String::new();
+        for m in listing {
+            push_clean_uid(&mut uids, &m.uid);
+            msgs.push(Entry {
                 size: m.size,
-                uid: clean_uid(m.uid),
+                // At most POP3_MAILDROP_MESSAGES_MAX ids of POP3_UID_BYTES_MAX bytes.
+                uid_end: u32::try_from(uids.len()).unwrap_or(u32::MAX),
                 deleted: false,
-            })
-            .collect();
+            });
+        }
+        msgs.shrink_to_fit();
+        uids.shrink_to_fit();
         self.stats.messages = msgs.len() as u64;
         // Sizes come from the shell; saturate rather than trust them not to overflow.
         self.stats.size_bytes = msgs.iter().fold(0u64, |t, m| t.saturating_add(m.size));
         self.user = Some(user);
-        self.state = State::Transaction(Maildrop { msgs });
+        self.state = State::Transaction(Maildrop { msgs, uids });
         self.line(LOGGED_IN);
     }
 
@@ -478,7 +500,8 @@ impl Server {
         match top_lines {
             None => {
                 self.stats.retr_count += 1;
-                self.line(&format!("+OK {size} octets"));
+                // Straight into the output (one per message: no string to allocate).
+                let _ = write!(self.out, "+OK {size} octets\r\n");
             }
             Some(_) => {
                 self.stats.top_count += 1;
@@ -760,36 +783,33 @@ impl Server {
                 self.line(&format!("+OK {n} {size}"));
             }
             Cmd::List(None) => {
-                let text = self.maildrop().map_or(String::new(), |md| {
-                    let mut t = format!("+OK {} messages:\r\n", md.live().count());
+                // Written straight into the output: a listing of 5,000 messages built as a
+                // string first was held twice.
+                if let (State::Transaction(md), false) = (&self.state, self.closed) {
+                    let out = &mut self.out;
+                    let _ = write!(out, "+OK {} messages:\r\n", md.live().count());
                     for (i, m) in md.live() {
-                        t.push_str(&format!("{} {}\r\n", i + 1, m.size));
+                        let _ = write!(out, "{} {}\r\n", i + 1, m.size);
                     }
-                    t.push('.');
-                    t
-                });
-                self.line(&text);
+                    out.extend_from_slice(b".\r\n");
+                }
             }
             Cmd::List(Some(i)) => {
                 let size = self.maildrop().and_then(|md| md.msgs.get(i)).map_or(0, |m| m.size);
                 self.line(&format!("+OK {} {size}", i + 1));
             }
             Cmd::Uidl(None) => {
-                let text = self.maildrop().map_or(String::new(), |md| {
-                    let mut t = String::from("+OK\r\n");
-                    for (i, m) in md.live() {
-                        t.push_str(&format!("{} {}\r\n", i + 1, m.uid));
+                if let (State::Transaction(md), false) = (&self.state, self.closed) {
+                    let out = &mut self.out;
+                    out.extend_from_slice(b"+OK\r\n");
+                    for (i, _) in md.live() {
+                        let _ = write!(out, "{} {}\r\n", i + 1, md.uid(i));
                     }
-                    t.push('.');
-                    t
-                });
-                self.line(&text);
+                    out.extend_from_slice(b".\r\n");
+                }
             }
             Cmd::Uidl(Some(i)) => {
-                let uid = self
-                    .maildrop()
-                    .and_then(|md| md.msgs.get(i))
-                    .map_or(String::new(), |m| m.uid.clone());
+                let uid = self.maildrop().map_or(String::new(), |md| md.uid(i).to_string());
                 self.line(&format!("+OK {} {uid}", i + 1));
             }
             Cmd::Retr(index) => {
@@ -1053,20 +1073,30 @@ fn msgnum<'a>(md: &Maildrop, arg: &'a str, more: bool) -> Result<(usize, &'a str
 
 /// RFC 1939 §7: a unique-id is 1 to 70 octets in 0x21..0x7E. The shell makes them; this
 /// keeps a bad one from breaking the reply framing.
+#[cfg(test)]
 fn clean_uid(uid: String) -> String {
+    let mut s = String::new();
+    push_clean_uid(&mut s, &uid);
+    s
+}
+
+/// Append `uid` to `out` as an RFC 1939 §7 unique-id: characters outside 0x21..0x7E become
+/// `_`, at most [`POP3_UID_BYTES_MAX`] of them, and an empty one is `_`.
+fn push_clean_uid(out: &mut String, uid: &str) {
     let ok = |c: char| ('\x21'..='\x7e').contains(&c);
     if !uid.is_empty() && uid.len() <= POP3_UID_BYTES_MAX && uid.chars().all(ok) {
-        return uid;
+        out.push_str(uid);
+        return;
     }
-    let mut s: String = uid
-        .chars()
-        .map(|c| if ok(c) { c } else { '_' })
-        .take(POP3_UID_BYTES_MAX)
-        .collect();
-    if s.is_empty() {
-        s.push('_');
+    let start = out.len();
+    out.extend(
+        uid.chars()
+            .map(|c| if ok(c) { c } else { '_' })
+            .take(POP3_UID_BYTES_MAX),
+    );
+    if out.len() == start {
+        out.push('_');
     }
-    s
 }
 
 #[cfg(test)]
@@ -1115,6 +1145,34 @@ mod tests {
         assert_eq!(s.poll(), None);
         s.take_output();
         s
+    }
+
+    /// The unique-ids kept back to back: each message's own, cleaned, after deletions, in
+    /// the list form and the single form, and nothing for a number out of range.
+    #[test]
+    fn uidl_answers_each_message_its_own_cleaned_id() {
+        let mut s = Server::new(params());
+        s.input(b"USER a\r\nPASS b\r\n");
+        assert!(matches!(s.poll(), Some(Event::Login { .. })));
+        let uids = ["first", "", "a b\r", "x", &"y".repeat(100), "last-one"];
+        s.login_ok(uids.iter().map(|u| MessageMeta {
+            size: 1,
+            uid: u.to_string(),
+        }));
+        s.take_output();
+        s.input(b"UIDL\r\nDELE 1\r\nDELE 4\r\nUIDL\r\nUIDL 3\r\nUIDL 5\r\nUIDL 6\r\nUIDL 1\r\nUIDL 7\r\n");
+        assert_eq!(s.poll(), None);
+        let y70 = "y".repeat(POP3_UID_BYTES_MAX);
+        assert_eq!(
+            out(&mut s),
+            format!(
+                "+OK\r\n1 first\r\n2 _\r\n3 a_b_\r\n4 x\r\n5 {y70}\r\n6 last-one\r\n.\r\n\
+                 +OK Marked to be deleted.\r\n+OK Marked to be deleted.\r\n\
+                 +OK\r\n2 _\r\n3 a_b_\r\n5 {y70}\r\n6 last-one\r\n.\r\n\
+                 +OK 3 a_b_\r\n+OK 5 {y70}\r\n+OK 6 last-one\r\n\
+                 {DELETED}\r\n-ERR There's no message 7.\r\n"
+            )
+        );
     }
 
     #[test]
