@@ -126,6 +126,12 @@ fn record_offsets(path: &Path) -> Vec<u64> {
     v
 }
 
+/// Where the last record of a segment starts, and the file's length.
+fn last_record_and_len(path: &Path) -> (u64, u64) {
+    let last = *record_offsets(path).last().expect("records");
+    (last, std::fs::metadata(path).expect("meta").len())
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).expect("readdir") {
         let e = e.expect("entry");
@@ -387,9 +393,7 @@ fn two_messages(name: &str) -> (TempDir, QueueId, QueueId) {
 fn torn_tail_at_every_offset_of_the_last_record() {
     let (pristine, a, _) = two_messages("torn-src");
     let seg = pristine.path().join("00000001.log");
-    let offsets = record_offsets(&seg);
-    let last = *offsets.last().expect("records");
-    let len = std::fs::metadata(&seg).expect("meta").len();
+    let (last, len) = last_record_and_len(&seg);
     for cut in last..len {
         let dir = TempDir::new("torn");
         copy_dir(pristine.path(), dir.path());
@@ -449,13 +453,18 @@ fn flipped_byte_before_the_tail_is_corruption() {
 
 #[test]
 fn damage_in_an_older_segment_is_corruption_even_at_its_end() {
-    let (dir, _, _) = two_messages("old-seg");
-    // Reopen: segment 2 is created, so segment 1 is no longer the last one.
+    older_segment_resized_is_corruption("old-seg", |len| len - 1);
+}
+
+/// Two messages in segment 1, a restart (segment 2 is created, so 1 is no longer the last
+/// one), then segment 1's length changed to `resize(len)`: the next start must refuse.
+fn older_segment_resized_is_corruption(name: &str, resize: impl Fn(u64) -> u64) {
+    let (dir, _, _) = two_messages(name);
     drop(open(dir.path(), 1 << 30));
     let seg1 = dir.path().join("00000001.log");
     let len = std::fs::metadata(&seg1).expect("meta").len();
     let f = std::fs::OpenOptions::new().write(true).open(&seg1).expect("open");
-    f.set_len(len - 1).expect("cut");
+    f.set_len(resize(len)).expect("resize");
     drop(f);
     assert!(matches!(
         Queue::open(dir.path(), opts(1 << 30), NOW),
@@ -1254,9 +1263,7 @@ fn the_live_segment_is_filled_ahead_and_its_zeros_are_not_a_torn_tail() {
 fn a_torn_batch_before_the_zeros_is_a_torn_tail() {
     let (pristine, _, _) = two_messages("torn-zeros-src");
     let seg = pristine.path().join("00000001.log");
-    let offsets = record_offsets(&seg);
-    let last = *offsets.last().expect("records");
-    let len = std::fs::metadata(&seg).expect("meta").len();
+    let (last, len) = last_record_and_len(&seg);
     let dir = TempDir::new("torn-zeros");
     copy_dir(pristine.path(), dir.path());
     let path = dir.path().join("00000001.log");
@@ -1276,17 +1283,8 @@ fn a_torn_batch_before_the_zeros_is_a_torn_tail() {
 /// is created, so zeros after the records of an older segment are damage, not ignored.
 #[test]
 fn zeros_at_the_end_of_an_older_segment_are_corruption() {
-    let (dir, _, _) = two_messages("zeros-old");
-    drop(open(dir.path(), 1 << 30)); // creates segment 2
-    let seg1 = dir.path().join("00000001.log");
-    let len = std::fs::metadata(&seg1).expect("meta").len();
-    let f = std::fs::OpenOptions::new().write(true).open(&seg1).expect("open");
-    f.set_len(len + 4096).expect("grow");
-    drop(f);
-    assert!(matches!(
-        Queue::open(dir.path(), opts(1 << 30), NOW),
-        Err(QueueError::Corrupt { path, .. }) if path == seg1
-    ));
+    // set_len past the end fills with zeros.
+    older_segment_resized_is_corruption("zeros-old", |len| len + 4096);
 }
 
 /// Rotation seals the segment it leaves: every segment but the live one ends at its records.

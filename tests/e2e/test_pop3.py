@@ -35,6 +35,22 @@ def subjects_of(lines):
     return m["Subject"]
 
 
+def pipelined_retr(c, numbers):
+    """Send a RETR for each of `numbers` in one write (RFC 2449 PIPELINING) and return the
+    multi-line replies in order, each without its terminating CRLF.CRLF (bounded wait)."""
+    numbers = list(numbers)
+    c.sock.sendall(b"".join(b"RETR %d\r\n" % n for n in numbers))
+    data = b""
+    deadline = time.time() + 30
+    while data.count(b"\r\n.\r\n") < len(numbers) and time.time() < deadline:
+        chunk = c.sock.recv(1 << 16)
+        assert chunk
+        data += chunk
+    replies = data.split(b"\r\n.\r\n")[: len(numbers)]
+    assert len(replies) == len(numbers), f"{len(replies)} of {len(numbers)} replies"
+    return replies
+
+
 def test_poplib_plain_list_retr_dele_quit(poshta):
     deliver(poshta, "alice", 3)
     c = poplib.POP3("127.0.0.1", poshta.pop3_port, timeout=20)
@@ -348,14 +364,7 @@ def test_read_ahead_serves_every_message_exactly(poshta):
     for n in (60, 59, 12, 11, 46, 45, 80):
         assert c.retr(n)[1] == expect(n - 1), n
     # Every RETR in one write (RFC 2449 PIPELINING): 80 replies, in order.
-    c.sock.sendall(b"".join(b"RETR %d\r\n" % n for n in range(1, 81)))
-    data = b""
-    deadline = time.time() + 30
-    while data.count(b"\r\n.\r\n") < 80 and time.time() < deadline:
-        chunk = c.sock.recv(1 << 16)
-        assert chunk
-        data += chunk
-    replies = data.split(b"\r\n.\r\n")[:80]
+    replies = pipelined_retr(c, range(1, 81))
     for n, r in enumerate(replies, 1):
         status, _, text = r.partition(b"\r\n")
         assert status.startswith(b"+OK"), (n, status)
@@ -406,15 +415,9 @@ def test_read_ahead_under_way_at_quit_and_at_a_drop(poshta):
     c = login()
     assert c.stat()[0] == 198
     # Pipelined: every RETR, then a jump back and a jump past the batches read so far.
-    c.sock.sendall(b"".join(b"RETR %d\r\n" % n for n in (list(range(1, 199)) + [3, 150, 198, 1])))
-    data = b""
-    deadline = time.time() + 30
-    while data.count(b"\r\n.\r\n") < 202 and time.time() < deadline:
-        chunk = c.sock.recv(1 << 16)
-        assert chunk
-        data += chunk
-    replies = data.split(b"\r\n.\r\n")[:202]
-    for n, r in zip(list(range(1, 199)) + [3, 150, 198, 1], replies):
+    order = list(range(1, 199)) + [3, 150, 198, 1]
+    replies = pipelined_retr(c, order)
+    for n, r in zip(order, replies):
         status, _, text = r.partition(b"\r\n")
         assert status.startswith(b"+OK"), (n, status)
         assert text.split(b"\r\n")[0] == b"Subject: m %d" % (n + 1), n
