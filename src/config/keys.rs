@@ -155,6 +155,7 @@ pub const KEYS: &[Key] = &[
     k("pop3d_listen", Root { root: "110", user: "2110" }, Listen, "poshta: POP3 (STLS) listen entries, [address:]port (empty: none)."),
     k("pop3s_listen", Root { root: "995", user: "2995" }, Listen, "poshta: POP3 over implicit TLS listen entries, [address:]port (empty: none)."),
     k("queue_directory", Root { root: "/var/spool/poshta", user: "$config_directory/spool" }, Path, "The queue log directory."),
+    k("queue_minfree", Text("0"), Size, "Free bytes the queue's file system must keep to accept MAIL (at least 1.5 × message_size_limit)."),
     later("queue_run_delay", Text("300s"), Time { unit: 's' }, "How often the deferred queue is scanned."),
     later("readme_directory", Text("no"), Str, "Where README files are installed (no: none)."),
     k("recipient_delimiter", Text(""), Str, "Separators between user name and address extension (user+ext)."),

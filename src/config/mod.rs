@@ -130,6 +130,8 @@ pub struct Settings {
     /// Bytes; 0 means no limit (Postfix).
     pub message_size_limit: u64,
     pub queue_directory: PathBuf,
+    /// Bytes the queue's file system keeps free (Postfix's queue_minfree; net::smtp).
+    pub queue_minfree: u64,
     pub home_mailbox: String,
     pub virtual_mailbox_base: PathBuf,
     pub mailbox_users_file: PathBuf,
@@ -984,6 +986,7 @@ fn build_settings(
         smtpd_listen,
         message_size_limit: typed(eff, dflt, "message_size_limit", value::parse_u64),
         queue_directory: path("queue_directory"),
+        queue_minfree: typed(eff, dflt, "queue_minfree", value::parse_u64),
         home_mailbox: get("home_mailbox").to_string(),
         virtual_mailbox_base: path("virtual_mailbox_base"),
         mailbox_users_file: path("mailbox_users_file"),

@@ -381,11 +381,20 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                         }
                     }
                 }
-                Event::Mail { from, .. } => {
+                Event::Mail { from, size, .. } => {
                     counts.mail += 1;
                     txn.reset();
                     if require_tls && !server.tls_active() {
                         server.reject(REPLY_NEED_TLS);
+                        continue;
+                    }
+                    if let Some(reply) = storage_short(s, size) {
+                        mlog!(
+                            svc,
+                            "NOQUEUE: reject: MAIL from {client_name}[{ip}]: {}; from=<{from}> proto=ESMTP helo=<{helo}>",
+                            reply.first_line()
+                        );
+                        server.reject(reply);
                         continue;
                     }
                     // smtpd_client_message_rate_limit (anvil).
@@ -852,4 +861,22 @@ pub async fn linger(stream: &mut Stream) {
         deadline.await;
     })
     .await;
+}
+
+/// Postfix's queue_minfree check at MAIL (postconf(5)): the queue's file system must keep
+/// queue_minfree bytes free, and at least 1.5 × message_size_limit, plus what the client
+/// announced with SIZE; otherwise `452 4.3.1` (RFC 1870 §6.1: storage temporarily short),
+/// so that a client does not send a whole message only to have it refused at its end.
+/// Unknown free space (statvfs failed) is not a refusal: the write itself will tell.
+fn storage_short(s: &crate::config::Settings, size: Option<u64>) -> Option<Reply> {
+    let keep = s.queue_minfree.max(s.message_size_limit.saturating_mul(3) / 2);
+    let need = keep.saturating_add(size.unwrap_or(0));
+    if need == 0 {
+        return None;
+    }
+    let st = rustix::fs::statvfs(&s.queue_directory).ok()?;
+    // Blocks available to unprivileged users (poshta runs as mail_owner).
+    #[allow(clippy::unnecessary_cast)]
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    (free < need).then(|| Reply::owned(452, "4.3.1 Insufficient system storage".to_string()))
 }

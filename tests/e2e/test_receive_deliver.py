@@ -367,20 +367,33 @@ def test_large_message_streams_with_bounded_memory(make_poshta):
     assert poshta.rss_kib() < 24 * 1024, f"peak RSS {poshta.rss_kib()} KiB"
 
 
-def test_disk_full_gets_452_and_server_keeps_serving(tmp_path, make_poshta):
+def small_tmpfs(tmp_path, name, size="1m"):
+    """A small tmpfs under tmp_path (root only); the caller unmounts it."""
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs")
-    spool = tmp_path / "smallspool"
-    spool.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(spool)], capture_output=True)
+    d = tmp_path / name
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True)
     if r.returncode != 0:
         pytest.skip("cannot mount tmpfs here: " + r.stderr.decode())
+    return d
+
+
+def test_disk_full_gets_452_and_server_keeps_serving(tmp_path, make_poshta):
+    """The queue's file system fills up during DATA: 452 4.3.1, nothing half-written stays,
+    the next message that fits is taken. message_size_limit = 0 (no limit) turns the
+    free-space check at MAIL off, and no SIZE is sent, so the write itself runs out."""
+    spool = small_tmpfs(tmp_path, "smallspool")
     try:
-        p = make_poshta(f"queue_directory = {spool}")
+        p = make_poshta(f"queue_directory = {spool}\nmessage_size_limit = 0")
         big = "Subject: big\r\n\r\n" + ("z" * 998 + "\r\n") * 2000
-        with pytest.raises(smtplib.SMTPResponseException) as e:
-            send(p, ["alice@example.org"], big)
-        assert e.value.smtp_code == 452
+        with smtplib.SMTP("127.0.0.1", p.port, timeout=20) as c:
+            c.ehlo("client.example")
+            assert c.mail("carol@remote.example")[0] == 250
+            assert c.rcpt("alice@example.org")[0] == 250
+            # smtplib's data() returns the final reply rather than raising.
+            code, text = c.data(big)
+            assert code == 452 and b"4.3.1" in text, (code, text)
         send(p, ["alice@example.org"], "Subject: small\r\n\r\nfits\r\n")
         [path] = p.wait_messages("alice", 1)
         assert parse(p, path)["Subject"] == "small"
@@ -389,6 +402,44 @@ def test_disk_full_gets_452_and_server_keeps_serving(tmp_path, make_poshta):
         time.sleep(1)
         assert len(p.new_messages("alice")) == 1
     finally:
-        for pp in []:
-            pass
+        subprocess.run(["umount", "-l", str(spool)])
+
+
+def test_mail_is_refused_while_the_queue_file_system_is_short(tmp_path, make_poshta):
+    """Postfix's queue_minfree: MAIL gets 452 4.3.1 while the queue's file system has less
+    free space than 1.5 x message_size_limit (or queue_minfree, or that plus the SIZE the
+    client announced, RFC 1870), before the client sends its message; the server goes on
+    answering, and mail flows again with a smaller limit."""
+    # 4 MiB: the queue fills 1 MiB ahead of its records (queue::log::FileSink), 3 stay free.
+    spool = small_tmpfs(tmp_path, "shortspool", "4m")
+    try:
+        # The default limit (10240000) asks for 15 MB free: this file system is short.
+        p = make_poshta(f"queue_directory = {spool}")
+        with pytest.raises(smtplib.SMTPSenderRefused) as e:
+            send(p, ["alice@example.org"])
+        assert e.value.smtp_code == 452 and b"Insufficient system storage" in e.value.smtp_error
+        assert "NOQUEUE: reject: MAIL from" in p.logtext()
+        # ~3.1 MB free; 1.5 x 1600000 = 2.4 MB fits: a small message goes through, and so
+        # does a MAIL announcing 0.5 MB (2.9 MB needed); one announcing 1 MB (3.4 MB) does not.
+        p.stop()
+        p.write_config(f"queue_directory = {spool}\nmessage_size_limit = 1600000")
+        p.start()
+        send(p, ["alice@example.org"], "Subject: small\r\n\r\nfits\r\n")
+        p.wait_messages("alice", 1)
+        with smtplib.SMTP("127.0.0.1", p.port, timeout=20) as c:
+            c.ehlo("client.example")
+            code, text = c.mail("carol@remote.example", ["SIZE=500000"])
+            assert code == 250, text
+            c.rset()
+            code, text = c.mail("carol@remote.example", ["SIZE=1000000"])
+            assert code == 452, text
+        # queue_minfree above the free space refuses even a small message.
+        p.stop()
+        p.write_config(f"queue_directory = {spool}\nmessage_size_limit = 1600000\nqueue_minfree = 8000000")
+        p.start()
+        with pytest.raises(smtplib.SMTPSenderRefused) as e:
+            send(p, ["alice@example.org"])
+        assert e.value.smtp_code == 452
+        p.stop()
+    finally:
         subprocess.run(["umount", "-l", str(spool)])
