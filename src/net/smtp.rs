@@ -388,12 +388,16 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                         server.reject(REPLY_NEED_TLS);
                         continue;
                     }
-                    if let Some(reply) = storage_short(s, size) {
+                    // Postfix's log line for a refused MAIL.
+                    let log_mail_reject = |reply: &Reply| {
                         mlog!(
                             svc,
                             "NOQUEUE: reject: MAIL from {client_name}[{ip}]: {}; from=<{from}> proto=ESMTP helo=<{helo}>",
                             reply.first_line()
-                        );
+                        )
+                    };
+                    if let Some(reply) = storage_short(s, size) {
+                        log_mail_reject(&reply);
                         server.reject(reply);
                         continue;
                     }
@@ -421,11 +425,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                                     553,
                                     format!("5.7.1 <{from}>: Sender address rejected: not owned by user {u}"),
                                 );
-                                mlog!(
-                                    svc,
-                                    "NOQUEUE: reject: MAIL from {client_name}[{ip}]: {}; from=<{from}> proto=ESMTP helo=<{helo}>",
-                                    reply.first_line()
-                                );
+                                log_mail_reject(&reply);
                                 server.reject(reply);
                                 continue;
                             }
@@ -453,11 +453,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                             mlog!(svc, "warning: {line}");
                         }
                         if let Some(reply) = verdict.decision.reply() {
-                            mlog!(
-                                svc,
-                                "NOQUEUE: reject: MAIL from {client_name}[{ip}]: {}; from=<{from}> proto=ESMTP helo=<{helo}>",
-                                reply.first_line()
-                            );
+                            log_mail_reject(reply);
                             counts.rejected += 1;
                             server.reject(reply.clone());
                             continue;
