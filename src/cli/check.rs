@@ -283,8 +283,7 @@ mod tests {
 
     #[test]
     fn dir_checks() {
-        let base = std::env::temp_dir().join(format!("poshta-check-test-{}", std::process::id()));
-        std::fs::create_dir_all(&base).unwrap();
+        let base = crate::testutil::TempDir::new(&format!("poshta-check-test-{}", std::process::id()));
         assert!(dir_usable(&base).is_ok());
         assert!(dir_usable(&base.join("a/b/c")).is_ok());
         let file = base.join("f");
@@ -292,6 +291,5 @@ mod tests {
         assert!(dir_usable(&file).unwrap_err().contains("not a directory"));
         assert!(dir_usable(&file.join("sub")).unwrap_err().contains("cannot be created"));
         assert!(!base.join("a").exists(), "check must not create anything");
-        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -469,7 +469,9 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused_before_anything_is_written() {
-        let dir = std::env::temp_dir().join(format!("poshta-init-unit-{}", std::process::id()));
+        let tmp = crate::testutil::TempDir::new(&format!("poshta-init-unit-{}", std::process::id()));
+        // Not created by the guard: the test checks that nothing is written.
+        let dir = tmp.join("conf");
         let mut out = Vec::new();
         let e = init(&dir.join("main.cf"), "bad domain", None, &env(), 0, &mut out).unwrap_err();
         assert!(e.contains("--domain"), "{e}");

@@ -130,8 +130,7 @@ mod tests {
 
     #[test]
     fn refuses_foreign_then_forces() {
-        let root = std::env::temp_dir().join(format!("poshta-install-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = crate::testutil::TempDir::new(&format!("poshta-install-{}", std::process::id()));
         let bin = root.join("bin/poshta");
         std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
         std::fs::write(&bin, b"#!/bin/true\n").unwrap();
@@ -152,6 +151,5 @@ mod tests {
         // Again: nothing to do, no error without --force.
         let again = install_links(&bin, &root, false).unwrap();
         assert!(again.iter().all(|l| l.contains("already")));
-        let _ = std::fs::remove_dir_all(&root);
     }
 }

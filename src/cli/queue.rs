@@ -621,14 +621,12 @@ mod tests {
 
     #[test]
     fn daemon_down_is_reported() {
-        let dir = std::env::temp_dir().join(format!("poshta-qctl-{}", std::process::id()));
+        let dir = crate::testutil::TempDir::new(&format!("poshta-qctl-{}", std::process::id()));
         let sock = dir.join("control");
         let mut out = Vec::new();
         assert!(matches!(request(&sock, "FLUSH", &mut out), Err(CtlError::Down)));
         // A stale socket file with nobody listening is "down" too.
-        let _ = std::fs::create_dir_all(&dir);
         drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
         assert!(matches!(request(&sock, "FLUSH", &mut out), Err(CtlError::Down)));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1233,9 +1233,7 @@ mod relay_key_tests {
 
     #[test]
     fn smarthost_setup_and_bad_maps() {
-        let dir = std::env::temp_dir().join(format!("poshta-relay-keys-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::TempDir::new(&format!("poshta-relay-keys-{}", std::process::id()));
         std::fs::write(
             dir.join("sasl_passwd"),
             "[smtp.provider.net]:587 user:pw\nbroken-line\n",
@@ -1293,6 +1291,5 @@ mod relay_key_tests {
         );
         assert_eq!(l.settings.relayhost, "");
         assert_eq!(l.settings.smtp_tls_security_level, ClientTlsLevel::None);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -728,9 +728,7 @@ mod tests {
                 None => return,
             }
         }
-        let dir = std::env::temp_dir().join(format!("poshta-local-cmd-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
+        let dir = crate::testutil::TempDir::new(&format!("poshta-local-cmd-{}", std::process::id()));
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         let out = dir.join("out");
         let cmd = format!("cat > {}; echo \"$RECIPIENT\" >> {}", out.display(), out.display());
@@ -754,7 +752,6 @@ mod tests {
         // A command that reads nothing still gets the whole body consumed.
         let big = vec![b'x'; 1 << 20];
         run_command("true", &who, &meta(), &mut &big[..]).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The identity commands run as in these tests (see command_exit_statuses).

@@ -529,8 +529,7 @@ mod tests {
 
     #[test]
     fn load_errors_name_the_file() {
-        let dir = std::env::temp_dir().join(format!("poshta-tls-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::TempDir::new(&format!("poshta-tls-unit-{}", std::process::id()));
         let cert = dir.join("cert.pem");
         let key = dir.join("key.pem");
         let e = load_server_config(&cert, &key).unwrap_err();
@@ -562,6 +561,5 @@ mod tests {
         std::fs::write(&key, vec![b'A'; PEM_FILE_BYTES_MAX as usize + 1]).unwrap();
         let e = load_server_config(&cert, &key).unwrap_err();
         assert!(e.contains("larger than"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
