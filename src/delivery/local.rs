@@ -600,13 +600,10 @@ pub fn run_command(command: &str, who: &Ident, meta: &Meta, body: &mut dyn Read)
         .stdin(Stdio::piped());
     // One pipe for standard output and error (module doc); close-on-exec, so only the
     // command's descriptors 1 and 2 reach it.
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| DeliveryError::temporary(format!("command {command:?}: pipe: {e}")))?;
-    let write_dup = write_end
-        .try_clone()
-        .map_err(|e| DeliveryError::temporary(format!("command {command:?}: pipe: {e}")))?;
-    rustix::fs::fcntl_setfl(&read_end, rustix::fs::OFlags::NONBLOCK)
-        .map_err(|e| DeliveryError::temporary(format!("command {command:?}: pipe: {e}")))?;
+    let pipe_err = |e: &dyn std::fmt::Display| DeliveryError::temporary(format!("command {command:?}: pipe: {e}"));
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| pipe_err(&e))?;
+    let write_dup = write_end.try_clone().map_err(|e| pipe_err(&e))?;
+    rustix::fs::fcntl_setfl(&read_end, rustix::fs::OFlags::NONBLOCK).map_err(|e| pipe_err(&e))?;
     cmd.stdout(Stdio::from(write_end)).stderr(Stdio::from(write_dup));
     if privileged() {
         cmd.uid(who.uid).gid(who.gid);
@@ -719,15 +716,7 @@ mod tests {
 
     #[test]
     fn command_exit_statuses() {
-        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap();
-        let mut who = Ident::from_user(&me);
-        if who.uid == 0 {
-            // As root commands run as default_privs; this test runs as ourselves.
-            match nix::unistd::User::from_name(DEFAULT_PRIVS).ok().flatten() {
-                Some(u) => who = Ident::from_user(&u),
-                None => return,
-            }
-        }
+        let Some(who) = command_user() else { return };
         let dir = crate::testutil::TempDir::new(&format!("poshta-local-cmd-{}", std::process::id()));
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         let out = dir.join("out");
@@ -754,7 +743,8 @@ mod tests {
         run_command("true", &who, &meta(), &mut &big[..]).unwrap();
     }
 
-    /// The identity commands run as in these tests (see command_exit_statuses).
+    /// The identity commands run as in these tests: ourselves, or default_privs as root
+    /// (commands never run as root).
     fn command_user() -> Option<Ident> {
         let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok()??;
         if me.uid.is_root() {
