@@ -124,9 +124,8 @@ def retr(c, n):
     return b"\r\n".join(c.retr(n)[1]) + b"\r\n"
 
 
-def agents(uid):
-    """Live maildrop agents running as `uid`."""
-    out = []
+def processes():
+    """(pid, command line words, status text, uids) of every process readable in /proc."""
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -137,27 +136,20 @@ def agents(uid):
                 st = f.read()
         except OSError:
             continue
-        if b"maildrop-agent" in cmd and "\nState:\tZ" not in st:
-            real = [int(x) for x in [l for l in st.splitlines() if l.startswith("Uid:")][0].split()[1:]]
-            out.append((int(d), real))
-    return [(pid, ids) for pid, ids in out if uid in ids]
+        uids = [l for l in st.splitlines() if l.startswith("Uid:")]
+        ids = [int(x) for x in uids[0].split()[1:]] if uids else []
+        yield int(d), cmd, st, ids
+
+
+def agents(uid):
+    """Live maildrop agents running as `uid`."""
+    return [(pid, ids) for pid, cmd, st, ids in processes()
+            if b"maildrop-agent" in cmd and "\nState:\tZ" not in st and uid in ids]
 
 
 def zombies(uid):
     """Exited, unreaped processes of `uid` (an agent the helper has not waited for)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/status") as f:
-                st = f.read()
-        except OSError:
-            continue
-        uids = [l for l in st.splitlines() if l.startswith("Uid:")]
-        if "\nState:\tZ" in st and uids and int(uids[0].split()[1]) == uid:
-            out.append(int(d))
-    return out
+    return [pid for pid, _, st, ids in processes() if "\nState:\tZ" in st and ids[:1] == [uid]]
 
 
 @pytest.mark.parametrize("kind", KINDS)
