@@ -39,28 +39,29 @@ fn is_final(s: &RcptState) -> bool {
     matches!(s, RcptState::Delivered | RcptState::Bounced { .. })
 }
 
+/// A recipient to try at `now`: never tried, or deferred until then.
+fn rcpt_due(s: &RcptState, now_unix: u64) -> bool {
+    match s {
+        RcptState::Pending => true,
+        RcptState::Deferred { next_try_unix, .. } => *next_try_unix <= now_unix,
+        _ => false,
+    }
+}
+
 impl Msg {
     /// Recipients due at `now`: (index, address).
     fn due(&self, now_unix: u64) -> Vec<(usize, String)> {
         self.states
             .iter()
             .enumerate()
-            .filter(|(_, s)| match s {
-                RcptState::Pending => true,
-                RcptState::Deferred { next_try_unix, .. } => *next_try_unix <= now_unix,
-                _ => false,
-            })
+            .filter(|(_, s)| rcpt_due(s, now_unix))
             .filter_map(|(i, _)| self.recipients.get(i).map(|r| (i, r.clone())))
             .collect()
     }
 
-    /// Whether `due` would name a recipient (without building the list).
-    fn has_due(&self, now_unix: u64) -> bool {
-        self.states.iter().any(|s| match s {
-            RcptState::Pending => true,
-            RcptState::Deferred { next_try_unix, .. } => *next_try_unix <= now_unix,
-            _ => false,
-        })
+    /// Whether a delivery run may take it: not in flight, not held, not deleted.
+    fn takeable(&self) -> bool {
+        !self.in_flight && !self.held && !self.deleted
     }
 
     /// When this message is next due (Pending counts as due since arrival).
@@ -112,7 +113,7 @@ pub fn take_ready(index: &mut BTreeMap<QueueId, Msg>, now_unix: u64, max: usize)
         if jobs.len() >= max {
             break;
         }
-        if m.in_flight || m.held || m.deleted {
+        if !m.takeable() {
             continue;
         }
         let recipients = m.due(now_unix);
@@ -136,7 +137,7 @@ pub fn take_ready(index: &mut BTreeMap<QueueId, Msg>, now_unix: u64, max: usize)
 pub fn count_ready(index: &BTreeMap<QueueId, Msg>, now_unix: u64, max: usize) -> usize {
     index
         .values()
-        .filter(|m| !m.in_flight && !m.held && !m.deleted && m.has_due(now_unix))
+        .filter(|m| m.takeable() && m.states.iter().any(|s| rcpt_due(s, now_unix)))
         .take(max)
         .count()
 }
@@ -162,11 +163,7 @@ pub fn flush(index: &mut BTreeMap<QueueId, Msg>, now_unix: u64) -> usize {
 
 /// Earliest due time among messages not in flight.
 pub fn next_due(index: &BTreeMap<QueueId, Msg>) -> Option<u64> {
-    index
-        .values()
-        .filter(|m| !m.in_flight && !m.held && !m.deleted)
-        .filter_map(Msg::due_at)
-        .min()
+    index.values().filter(|m| m.takeable()).filter_map(Msg::due_at).min()
 }
 
 /// A state change to log: (recipient index, new state).
