@@ -133,21 +133,16 @@ impl Batch {
     }
 }
 
-/// Append a whole message to `buf` if it fits in `room` bytes. `size` is the stored size
-/// when the backend knows it: exactly that much is read (one `read` for a small file).
-/// Otherwise one byte over `room` tells "too big" without reading the whole message.
+/// Append a whole message to `buf` if it fits in `room` bytes; false when it does not or
+/// the read failed (the caller cuts `buf` back). `size` is the stored size when the backend
+/// knows it: exactly that much is read (one `read` for a small file). Otherwise one byte
+/// over `room` tells "too big" without reading the whole message.
 fn read_whole(mut msg: crate::mailbox::Message, size: Option<u64>, buf: &mut Vec<u8>, room: usize) -> bool {
-    let start = buf.len();
     match size {
         Some(n) if n > room as u64 => false,
         // A file that shrank since fstat reads short: what is there is the message.
         Some(n) => (&mut msg).take(n).read_to_end(buf).is_ok(),
-        None => {
-            matches!((&mut msg).take(room as u64 + 1).read_to_end(buf), Ok(n) if n <= room) || {
-                buf.truncate(start);
-                false
-            }
-        }
+        None => matches!((&mut msg).take(room as u64 + 1).read_to_end(buf), Ok(n) if n <= room),
     }
 }
 
