@@ -45,6 +45,10 @@ use crate::mailbox::CrlfCounter;
 
 /// Body copy buffer.
 const COPY_BUFFER_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    static COPY_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 /// Batches of at least this many messages are made durable with one syncfs(2) per
 /// filesystem instead of one fsync per message (see [`deliver_batch`]).
 pub const SYNCFS_BATCH_MIN: usize = 4;
@@ -374,17 +378,23 @@ fn write_and_sync(
     file.write_all(prepend).map_err(|e| ("write", e))?;
     let mut written = CrlfCounter::default();
     written.update(prepend);
-    let mut buf = vec![0u8; COPY_BUFFER_BYTES];
-    loop {
-        let n = match body.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(("read message body", e)),
-        };
-        file.write_all(&buf[..n]).map_err(|e| ("write", e))?;
-        written.update(&buf[..n]);
-    }
+    COPY_BUFFER.with_borrow_mut(|buf| {
+        // One buffer per thread for its life: allocated per message, musl's allocator
+        // mapped and unmapped it every time, and each munmap of a multi-threaded process
+        // interrupts the other cores to flush their TLBs (bench/smtp-deliver.sh).
+        buf.resize(COPY_BUFFER_BYTES, 0);
+        loop {
+            let n = match body.read(buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(("read message body", e)),
+            };
+            file.write_all(&buf[..n]).map_err(|e| ("write", e))?;
+            written.update(&buf[..n]);
+        }
+        Ok(())
+    })?;
     if sync {
         file.sync_all().map_err(|e| ("fsync", e))?;
     }
