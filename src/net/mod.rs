@@ -565,6 +565,53 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
     smol::block_on(ex.run(run(ctx, listeners, config_file.to_path_buf())))
 }
 
+/// Read buffers kept for the next sessions (on the event loop's thread only).
+const READ_BUFFERS_KEPT: usize = 8;
+
+thread_local! {
+    static READ_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A session's socket read buffer ([`crate::limits::SESSION_READ_BYTES`]), taken from a
+/// small pool and given back when dropped. With one short session per message (smtp-source,
+/// cron jobs, scanners), allocating it per session made musl's allocator map and unmap memory
+/// every time; in a multi-threaded process each munmap interrupts the other cores to flush
+/// their TLBs. The pool holds at most [`READ_BUFFERS_KEPT`] (128 KiB).
+pub struct ReadBuf(Vec<u8>);
+
+impl ReadBuf {
+    pub fn take() -> ReadBuf {
+        let v = READ_BUFFERS.with_borrow_mut(Vec::pop);
+        ReadBuf(v.unwrap_or_else(|| vec![0u8; crate::limits::SESSION_READ_BYTES]))
+    }
+}
+
+impl std::ops::Deref for ReadBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ReadBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl Drop for ReadBuf {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        // A buffer holds no secret the next session could see: each read overwrites what
+        // it returns, and only those bytes are used.
+        READ_BUFFERS.with_borrow_mut(|pool| {
+            if pool.len() < READ_BUFFERS_KEPT {
+                pool.push(v);
+            }
+        });
+    }
+}
+
 /// What a session's wait for client input ended with.
 pub enum Got {
     Data(usize),

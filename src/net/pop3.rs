@@ -259,7 +259,7 @@ pub async fn session(
     let mut server = Server::new(params);
     let mut mailbox: Option<Arc<Mailbox>> = None;
     let mut user: Option<String> = None;
-    let mut buf = vec![0u8; crate::limits::SESSION_READ_BYTES];
+    let mut buf = super::ReadBuf::take();
     let mut ahead = ReadAhead::default();
     'session: loop {
         let mut start_tls = false;

@@ -284,7 +284,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
             server.deny_access(reply.clone());
         }
     }
-    let mut buf = vec![0u8; crate::limits::SESSION_READ_BYTES];
+    let mut buf = super::ReadBuf::take();
     let mut helo = String::new();
     let mut esmtp = false;
     let mut user: Option<String> = None;
