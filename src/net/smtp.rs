@@ -676,6 +676,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                             }
                         }
                     }
+                    server.recycle(bytes);
                 }
                 Event::DataEnd { size } if txn.discard => {
                     // access(5) DISCARD: the client is told the message was accepted.

@@ -434,6 +434,10 @@ const COMMANDS: &[(&str, Check)] = &[
     ("AUTH", Server::check_auth),
 ];
 
+/// Largest scratch or body buffer a session keeps between steps (a 16 KiB read decodes to
+/// at most that plus the headers added at the start of a message).
+const KEPT_BUFFER_BYTES_MAX: usize = 64 * 1024;
+
 /// The SMTP server state machine for one connection.
 pub struct Server {
     params: SessionParams,
@@ -455,6 +459,10 @@ pub struct Server {
     access_denied: bool,
     /// [`Server::accept_bare_local_rcpt`] was called (`sendmail -bs`).
     bare_local_rcpt: bool,
+    /// Scratch for a DATA/BDAT step's decoded bytes, kept for the next step.
+    decoded: Vec<u8>,
+    /// A body buffer handed back by [`Server::recycle`], for the next `Event::Body`.
+    spare_body: Vec<u8>,
 }
 
 impl Server {
@@ -474,6 +482,8 @@ impl Server {
             user: None,
             access_denied: false,
             bare_local_rcpt: false,
+            decoded: Vec::new(),
+            spare_body: Vec::new(),
             params,
         };
         // RFC 5321 §4.2: the greeting; §4.3.1.
@@ -807,6 +817,29 @@ impl Server {
         n > 0
     }
 
+    /// A buffer for the next `Event::Body`: the one last handed back, emptied.
+    fn body_buffer(&mut self) -> Vec<u8> {
+        let mut b = std::mem::take(&mut self.spare_body);
+        b.clear();
+        b
+    }
+
+    /// Keep a decode scratch buffer for the next step unless a big chunk grew it.
+    fn keep_decoded(&mut self, decoded: Vec<u8>) {
+        if decoded.capacity() <= KEPT_BUFFER_BYTES_MAX {
+            self.decoded = decoded;
+        }
+    }
+
+    /// Hand back the bytes of an `Event::Body` once written: the next one reuses the
+    /// buffer. A message then costs no allocation per body step (with musl's allocator
+    /// each one could map and unmap memory; bench/smtp-deliver.sh).
+    pub fn recycle(&mut self, body: Vec<u8>) {
+        if body.capacity() <= KEPT_BUFFER_BYTES_MAX && body.capacity() > self.spare_body.capacity() {
+            self.spare_body = body;
+        }
+    }
+
     fn step_data(&mut self) -> bool {
         if self.buffered() == 0 {
             return false;
@@ -814,13 +847,13 @@ impl Server {
         let State::Data { mut msg, mut dec } = std::mem::replace(&mut self.state, State::Idle) else {
             return false;
         };
-        let input = &self.inbuf[self.pos..];
-        let mut decoded = Vec::with_capacity(input.len());
-        let (n, stop) = dec.feed(input, &mut decoded);
+        let mut decoded = std::mem::take(&mut self.decoded);
+        decoded.clear();
+        let (n, stop) = dec.feed(&self.inbuf[self.pos..], &mut decoded);
         self.pos += n;
         let size = dec.message_bytes();
         let limit = self.params.message_size_limit;
-        let mut body = Vec::new();
+        let mut body = self.body_buffer();
         if !msg.aborted {
             if limit > 0 && size > limit {
                 msg.aborted = true;
@@ -829,6 +862,7 @@ impl Server {
                 msg.pass(&decoded, &mut body);
             }
         }
+        self.keep_decoded(decoded);
         match stop {
             None => {
                 push_body(&mut self.events, body);
@@ -871,20 +905,22 @@ impl Server {
             };
             return false;
         }
-        let data = &self.inbuf[self.pos..self.pos + n];
+        let mut body = self.body_buffer();
+        let start = self.pos;
         self.pos += n;
         remaining -= n as u64;
         msg.size_bytes += n as u64;
         let limit = self.params.message_size_limit;
-        let mut body = Vec::new();
         if !msg.aborted {
             if limit > 0 && msg.size_bytes > limit {
                 msg.aborted = true;
                 self.events.push_back(Event::DataAborted(AbortReason::TooBig));
             } else {
-                let mut decoded = Vec::with_capacity(n + 1);
-                msg.crlf.feed(data, &mut decoded);
+                let mut decoded = std::mem::take(&mut self.decoded);
+                decoded.clear();
+                msg.crlf.feed(&self.inbuf[start..start + n], &mut decoded);
                 msg.pass(&decoded, &mut body);
+                self.keep_decoded(decoded);
             }
         }
         if remaining > 0 {
