@@ -45,14 +45,33 @@ impl Reply {
 
     /// Append the wire form (CRLF line ends, `-` on all lines but the last) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let mut lines = self.text.split('\n').peekable();
-        if lines.peek().is_none() {
-            out.extend_from_slice(format!("{}\r\n", self.code).as_bytes());
-            return;
+        // Written piece by piece: a reply is encoded for every command, and a format! per
+        // line was an allocation each (16 per message over EHLO's lines).
+        if !(100..=999).contains(&self.code) {
+            return self.encode_slow(out);
         }
+        // RFC 5321 §4.2: a reply code is three digits.
+        let code = [
+            b'0' + (self.code / 100) as u8,
+            b'0' + (self.code / 10 % 10) as u8,
+            b'0' + (self.code % 10) as u8,
+        ];
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let sep = if lines.peek().is_some() { b'-' } else { b' ' };
+            out.extend_from_slice(&code);
+            out.push(sep);
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// A code that is not three digits (never made here) is written as it is.
+    fn encode_slow(&self, out: &mut Vec<u8>) {
+        let mut lines = self.text.split('\n').peekable();
         while let Some(line) = lines.next() {
             let sep = if lines.peek().is_some() { '-' } else { ' ' };
-            out.extend_from_slice(format!("{}{}{}\r\n", self.code, sep, line).as_bytes());
+            out.extend_from_slice(format!("{}{sep}{line}\r\n", self.code).as_bytes());
         }
     }
 
@@ -77,6 +96,16 @@ mod tests {
         let mut out = Vec::new();
         Reply::new(250, "mx.example\nPIPELINING\nSIZE 10240000").encode(&mut out);
         assert_eq!(out, b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 10240000\r\n");
+    }
+
+    #[test]
+    fn a_code_that_is_not_three_digits_is_written_as_it_is() {
+        let mut out = Vec::new();
+        Reply::new(42, "odd\nlines").encode(&mut out);
+        assert_eq!(out, b"42-odd\r\n42 lines\r\n");
+        out.clear();
+        Reply::new(221, "").encode(&mut out);
+        assert_eq!(out, b"221 \r\n");
     }
 
     #[test]
