@@ -3,6 +3,7 @@
 //! `now` reads the clock. Times are written in UTC (+0000): boards usually run UTC and
 //! this avoids a time zone database on the image.
 
+use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds and microseconds since the Unix epoch.
@@ -62,7 +63,10 @@ fn parts(unix: u64) -> Parts {
 /// RFC 5322 §3.3 date-time: `Sat, 28 Nov 2026 00:52:32 +0000`.
 pub fn rfc5322(unix: u64) -> String {
     let p = parts(unix);
-    format!(
+    // Sized up front: one allocation (a format! grew it, several times a message).
+    let mut out = String::with_capacity(40);
+    let _ = write!(
+        out,
         "{}, {} {} {} {:02}:{:02}:{:02} +0000",
         WEEKDAYS[p.weekday],
         p.day,
@@ -71,26 +75,32 @@ pub fn rfc5322(unix: u64) -> String {
         p.hour,
         p.min,
         p.sec
-    )
+    );
+    out
 }
 
 /// Syslog (RFC 3164) timestamp as in /var/log/mail.log: `Nov 28 00:52:32`.
 pub fn syslog(unix: u64) -> String {
     let p = parts(unix);
-    format!(
+    let mut out = String::with_capacity(16);
+    let _ = write!(
+        out,
         "{} {:>2} {:02}:{:02}:{:02}",
         MONTHS[(p.month - 1) as usize],
         p.day,
         p.hour,
         p.min,
         p.sec
-    )
+    );
+    out
 }
 
 /// mailq's arrival time column: `Sat Nov 28 00:52:32`.
 pub fn mailq(unix: u64) -> String {
     let p = parts(unix);
-    format!(
+    let mut out = String::with_capacity(20);
+    let _ = write!(
+        out,
         "{} {} {:>2} {:02}:{:02}:{:02}",
         WEEKDAYS[p.weekday],
         MONTHS[(p.month - 1) as usize],
@@ -98,16 +108,20 @@ pub fn mailq(unix: u64) -> String {
         p.hour,
         p.min,
         p.sec
-    )
+    );
+    out
 }
 
 /// `20261128005232`: the date part of Message-IDs (as Postfix writes them).
 pub fn compact(unix: u64) -> String {
     let p = parts(unix);
-    format!(
+    let mut out = String::with_capacity(16);
+    let _ = write!(
+        out,
         "{}{:02}{:02}{:02}{:02}{:02}",
         p.year, p.month, p.day, p.hour, p.min, p.sec
-    )
+    );
+    out
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@
 //! The only permanent error is EFBIG (the file exceeds the filesystem's or the process's
 //! file size limit): the same message will never fit.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -81,20 +82,35 @@ pub fn virtual_maildir(base: &Path, user: &str) -> Option<PathBuf> {
 /// Escape a hostname for the unique part of a file name (see the module doc).
 pub fn sanitize_hostname(host: &str) -> String {
     let mut out = String::with_capacity(host.len());
+    push_sanitized_hostname(&mut out, host);
+    out
+}
+
+/// [`sanitize_hostname`], appended to `out`.
+fn push_sanitized_hostname(out: &mut String, host: &str) {
+    let start = out.len();
     for &b in host.as_bytes() {
-        if out.len() >= HOST_IN_NAME_BYTES_MAX {
+        if out.len() - start >= HOST_IN_NAME_BYTES_MAX {
             break;
         }
         if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("\\{b:03o}"));
+            let _ = write!(out, "\\{b:03o}");
         }
     }
-    if out.is_empty() {
+    if out.len() == start {
         out.push_str("localhost");
     }
-    out
+}
+
+/// `MAILDIR/SUB/NAME` in one allocation.
+fn in_maildir(maildir: &Path, sub: &str, name: &str) -> PathBuf {
+    let mut p = PathBuf::with_capacity(maildir.as_os_str().len() + sub.len() + name.len() + 2);
+    p.push(maildir);
+    p.push(sub);
+    p.push(name);
+    p
 }
 
 fn classify(what: &str, path: &Path, e: std::io::Error) -> DeliveryError {
@@ -303,15 +319,11 @@ fn write_tmp(
 ) -> Result<(String, CrlfCounter), DeliveryError> {
     let pid = rustix::process::getpid().as_raw_nonzero().get();
     // Maildir spec, "modern" unique names: time, M microseconds, P pid, Q delivery count.
-    let unique = format!(
-        "{}.M{}P{}Q{}.{}",
-        d.now_secs,
-        d.now_micros,
-        pid,
-        d.seq,
-        sanitize_hostname(d.hostname)
-    );
-    let tmp_path = d.maildir.join("tmp").join(&unique);
+    // Written into one string with room for the ",S=...,W=..." rename_into_new appends:
+    // a name is made for every message, on the delivery threads.
+    let mut unique = String::with_capacity(96 + HOST_IN_NAME_BYTES_MAX);
+    let _ = write!(unique, "{}.M{}P{}Q{}.", d.now_secs, d.now_micros, pid, d.seq);
+    push_sanitized_hostname(&mut unique, d.hostname);
     // Maildir spec: create in tmp/ exclusively; never through a link.
     let fd = rustix::fs::openat(
         &dirs.tmp,
@@ -319,14 +331,14 @@ fn write_tmp(
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
     )
-    .map_err(|e| classify("create", &tmp_path, e.into()))?;
+    .map_err(|e| classify("create", &in_maildir(d.maildir, "tmp", &unique), e.into()))?;
     let mut file = File::from(fd);
     match write_and_sync(&mut file, d.prepend, body, sync) {
         Ok(c) => Ok((unique, c)),
         Err((what, e)) => {
             drop(file);
             let _ = rustix::fs::unlinkat(&dirs.tmp, unique.as_str(), AtFlags::empty());
-            Err(classify(what, &tmp_path, e))
+            Err(classify(what, &in_maildir(d.maildir, "tmp", &unique), e))
         }
     }
 }
@@ -339,8 +351,9 @@ fn rename_into_new(
     counted: &CrlfCounter,
 ) -> Result<(PathBuf, String), DeliveryError> {
     // Dovecot's ,S= attribute: the real size of the file; ,W=: its size with CRLF line ends.
-    let name = format!("{unique},S={},W={}", counted.bytes(), counted.crlf_bytes());
-    let final_path = d.maildir.join("new").join(&name);
+    let mut name = String::with_capacity(unique.len() + 48);
+    let _ = write!(name, "{unique},S={},W={}", counted.bytes(), counted.crlf_bytes());
+    let final_path = in_maildir(d.maildir, "new", &name);
     // Maildir spec: rename into new/. NOREPLACE so a (theoretical) name clash never
     // overwrites a delivered message; filesystems without renameat2 flags get a plain
     // rename (the unique name makes a clash practically impossible).

@@ -33,32 +33,48 @@ pub struct ReceivedInfo<'a> {
 
 /// Build the folded, LF-ended Received: header.
 pub fn received_header(r: &ReceivedInfo<'_>) -> String {
-    let ip = match r.client_ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        // RFC 5321 §4.1.3 IPv6-address-literal
-        IpAddr::V6(v6) => format!("IPv6:{v6}"),
-    };
+    use std::fmt::Write as _;
     let helo = if r.helo.is_empty() { r.client_name } else { r.helo };
-    let mut h = format!(
-        "Received: from {} ({} [{}])\n\tby {} (poshta) with {} id {}",
-        clean(helo),
-        clean(r.client_name),
-        ip,
-        clean(r.hostname),
-        clean(r.protocol),
-        clean(r.queue_id)
-    );
-    match r.rcpt {
-        Some(rcpt) => h.push_str(&format!("\n\tfor <{}>; {}\n", clean(rcpt), clean(r.date))),
-        None => h.push_str(&format!(";\n\t{}\n", clean(r.date))),
+    // One string, written in place: a format! per field and per cleaned value were a dozen
+    // allocations for every message.
+    let mut h = String::with_capacity(160 + helo.len() + r.client_name.len() + r.hostname.len());
+    h.push_str("Received: from ");
+    push_clean(&mut h, helo);
+    h.push_str(" (");
+    push_clean(&mut h, r.client_name);
+    h.push_str(" [");
+    match r.client_ip {
+        IpAddr::V4(v4) => {
+            let _ = write!(h, "{v4}");
+        }
+        // RFC 5321 §4.1.3 IPv6-address-literal
+        IpAddr::V6(v6) => {
+            let _ = write!(h, "IPv6:{v6}");
+        }
     }
+    h.push_str("])\n\tby ");
+    push_clean(&mut h, r.hostname);
+    h.push_str(" (poshta) with ");
+    push_clean(&mut h, r.protocol);
+    h.push_str(" id ");
+    push_clean(&mut h, r.queue_id);
+    match r.rcpt {
+        Some(rcpt) => {
+            h.push_str("\n\tfor <");
+            push_clean(&mut h, rcpt);
+            h.push_str(">; ");
+        }
+        None => h.push_str(";\n\t"),
+    }
+    push_clean(&mut h, r.date);
+    h.push('\n');
     h
 }
 
 /// Client-supplied text must not break the header: control characters (CR, LF, TAB, ...)
 /// become "?", so the result is always one field with our folding only.
-fn clean(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+fn push_clean(out: &mut String, s: &str) {
+    out.extend(s.chars().map(|c| if c.is_control() { '?' } else { c }));
 }
 
 #[cfg(test)]

@@ -438,6 +438,10 @@ const COMMANDS: &[(&str, Check)] = &[
 /// at most that plus the headers added at the start of a message).
 const KEPT_BUFFER_BYTES_MAX: usize = 64 * 1024;
 
+/// Room reserved in a body buffer beyond the decoded bytes, for what the first step puts
+/// in front of them (Received:, and Date:/Message-ID: when missing).
+const BODY_PREFIX_RESERVE: usize = 512;
+
 /// The SMTP server state machine for one connection.
 pub struct Server {
     params: SessionParams,
@@ -549,6 +553,24 @@ impl Server {
             self.reply(r);
             self.close_reason = AbortReason::Timeout;
             self.close();
+        }
+    }
+
+    /// The server is shutting down while the client is between commands (or its command
+    /// waits for an answer): RFC 5321 §3.8, `421` and close. A client mid-TLS-handshake is
+    /// just closed.
+    pub fn shutting_down(&mut self) {
+        if matches!(self.wait, Some(Wait::Tls)) {
+            return self.tls_failed();
+        }
+        if !self.closed {
+            let r = Reply::owned(421, format!("4.3.2 {} Service shutting down", self.params.hostname));
+            if self.wait.is_some() {
+                self.reject(r);
+            } else {
+                self.reply(r);
+                self.close();
+            }
         }
     }
 
@@ -726,6 +748,16 @@ impl Server {
         std::mem::take(&mut self.out)
     }
 
+    /// Give back a buffer from [`Server::take_output`] once it is sent: the next replies
+    /// are written into it instead of a new one grown from empty (two allocations a reply
+    /// otherwise). Kept only up to [`KEPT_BUFFER_BYTES_MAX`] of capacity.
+    pub fn recycle_output(&mut self, mut buf: Vec<u8>) {
+        if self.out.is_empty() && buf.capacity() <= KEPT_BUFFER_BYTES_MAX {
+            buf.clear();
+            self.out = buf;
+        }
+    }
+
     /// True once nothing more will be read: after QUIT, a 421, a 521, eof or timeout.
     /// The shell sends the remaining output, then closes.
     pub fn is_closed(&self) -> bool {
@@ -849,6 +881,8 @@ impl Server {
         };
         let mut decoded = std::mem::take(&mut self.decoded);
         decoded.clear();
+        // Decoding only shrinks: one reservation instead of growth line by line.
+        decoded.reserve(self.buffered());
         let (n, stop) = dec.feed(&self.inbuf[self.pos..], &mut decoded);
         self.pos += n;
         let size = dec.message_bytes();
@@ -859,6 +893,7 @@ impl Server {
                 msg.aborted = true;
                 self.events.push_back(Event::DataAborted(AbortReason::TooBig));
             } else {
+                body.reserve(decoded.len() + BODY_PREFIX_RESERVE);
                 msg.pass(&decoded, &mut body);
             }
         }
@@ -919,6 +954,7 @@ impl Server {
                 let mut decoded = std::mem::take(&mut self.decoded);
                 decoded.clear();
                 msg.crlf.feed(&self.inbuf[start..start + n], &mut decoded);
+                body.reserve(decoded.len() + BODY_PREFIX_RESERVE);
                 msg.pass(&decoded, &mut body);
                 self.keep_decoded(decoded);
             }
@@ -1744,6 +1780,20 @@ mod tests {
         assert_eq!(s.poll(), Some(Event::DataAborted(AbortReason::Disconnected)));
         assert_eq!(s.poll(), None);
         assert_eq!(out(&mut s), "");
+    }
+
+    #[test]
+    fn shutting_down_between_commands_sends_421_and_closes() {
+        let mut s = Server::new(params());
+        out(&mut s);
+        s.input(b"NOOP\r\n");
+        assert_eq!(s.poll(), None);
+        assert_eq!(out(&mut s), "250 2.0.0 Ok\r\n");
+        s.shutting_down();
+        assert!(s.is_closed());
+        assert_eq!(out(&mut s), "421 4.3.2 mx.example.org Service shutting down\r\n");
+        s.shutting_down();
+        assert_eq!(out(&mut s), "", "one 421 only");
     }
 
     #[test]
