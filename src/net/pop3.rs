@@ -260,6 +260,7 @@ pub async fn session(
     let mut mailbox: Option<Arc<Mailbox>> = None;
     let mut user: Option<String> = None;
     let mut buf = super::ReadBuf::take();
+    let mut waits = super::Waits::new(&ctx, timeout);
     let mut ahead = ReadAhead::default();
     'session: loop {
         let mut start_tls = false;
@@ -483,7 +484,7 @@ pub async fn session(
         if server.is_closed() {
             break;
         }
-        let got = super::next_input(&ctx, &mut stream, &mut buf, timeout).await;
+        let got = super::next_input(&mut stream, &mut buf, &mut waits).await;
         match got {
             super::Got::Data(n) => server.input(&buf[..n]),
             super::Got::Eof => server.eof(),

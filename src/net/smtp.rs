@@ -285,6 +285,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
         }
     }
     let mut buf = super::ReadBuf::take();
+    let mut waits = super::Waits::new(&ctx, timeout);
     let mut helo = String::new();
     let mut esmtp = false;
     let mut user: Option<String> = None;
@@ -737,7 +738,10 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                 Event::Quit => counts.quit += 1,
             }
         }
-        if !super::send_all(&mut stream, &server.take_output(), timeout).await {
+        let out = server.take_output();
+        let sent = super::send_all(&mut stream, &out, timeout).await;
+        server.recycle_output(out);
+        if !sent {
             txn.reset();
             break 'session;
         }
@@ -772,7 +776,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
         if server.is_closed() {
             break;
         }
-        let got = super::next_input(&ctx, &mut stream, &mut buf, timeout).await;
+        let got = super::next_input(&mut stream, &mut buf, &mut waits).await;
         match got {
             super::Got::Data(n) => server.input(&buf[..n]),
             super::Got::Eof => server.eof(),
@@ -782,11 +786,8 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
             }
             super::Got::Stop => {
                 // Shutting down: a session between commands gets 421 (RFC 5321 §3.8).
-                server.reject(Reply::owned(
-                    421,
-                    format!("4.3.2 {} Service shutting down", s.myhostname),
-                ));
-                let _ = stream.write_all(&server.take_output()).await;
+                server.shutting_down();
+                let _ = super::send_all(&mut stream, &server.take_output(), Duration::from_secs(5)).await;
                 txn.reset();
                 break 'session;
             }

@@ -356,6 +356,20 @@ def test_sigterm_exits_cleanly(poshta):
     assert poshta.stop(signal.SIGTERM) == 0
 
 
+def test_sigterm_tells_a_waiting_session_421_and_later_waits_see_it_too(poshta, raw):
+    """RFC 5321 §3.8: a session waiting for its next command when the server shuts down
+    gets 421 and is closed; the daemon still exits cleanly. The session has waited for
+    input several times before (its one idle timer and shutdown listener are reused)."""
+    r = raw(poshta.port)
+    assert r.reply()[0] == 220
+    for _ in range(3):
+        assert r.cmd("NOOP")[0] == 250
+    assert poshta.stop(signal.SIGTERM) == 0
+    code, lines = r.reply()
+    assert code == 421 and lines[0].startswith("421 4.3.2"), lines
+    assert r.closed()
+
+
 def test_large_message_streams_with_bounded_memory(make_poshta):
     """A 30 MiB message: the server's peak RSS stays far below the message size."""
     poshta = make_poshta("message_size_limit = 104857600")
