@@ -994,6 +994,8 @@ fn a_writer_dropped_mid_batch_fails_loudly() {
         let task = ex.spawn(async move { w.run_writer().await });
         let mut inc = q.begin(env("x", 1)).expect("begin");
         assert!(smol::block_on(smol::future::poll_once(inc.write(b"x"))).is_some());
+        // Nothing waits for these records yet: ask for the batch, as a commit would.
+        q.shared.want_flush();
         // Let the writer take the batch into its blocking call, then drop it there.
         let caught = smol::block_on(ex.run(async {
             for _ in 0..1000 {
