@@ -18,6 +18,14 @@
 //! then wakes every waiter whose records end at or below the batch end. More than
 //! limits::QUEUE_PENDING_BYTES_MAX pending bytes make `Incoming::write` wait.
 //!
+//! A batch is written only when something waits for it: a commit, a `sync`, delivery
+//! results and administrative records (whose segments may then go), an Aborted record, or
+//! an `Incoming::write` waiting for room. An envelope or a body chunk on its own stays
+//! pending and goes with the next such batch, so a message costs one fdatasync, not one
+//! per record that happened to be alone in the buffer. Nothing is lost by the wait: a
+//! message is acknowledged only after its commit's batch, which carries its earlier
+//! records too.
+//!
 //! Within a segment, file offset = header + (lsn - segment start), which is how body chunks
 //! are found. A failed batch (ENOSPC: `QueueError::Full`) is truncated off the segment; every
 //! waiter whose first record is before the failed batch's end fails (its message is aborted,
