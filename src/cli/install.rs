@@ -1,5 +1,5 @@
 //! `poshta install --links [--force] [--root DIR]`: put poshta in place of the system MTA's
-//! commands, as symbolic links to the poshta binary (one binary, several names: argv[0]
+//! commands, as symbolic links to the poshta binary (one binary, several names: `argv[0]`
 //! picks the program):
 //!
 //! ```text

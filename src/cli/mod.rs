@@ -1,4 +1,4 @@
-//! Command-line entry: argv[0] dispatch (sendmail, mailq, newaliases, postmap) and argh
+//! Command-line entry: `argv[0]` dispatch (sendmail, mailq, newaliases, postmap) and argh
 //! subcommands. Every subcommand takes `-c PATH` (main.cf); POSHTA_CONFIG does the same.
 
 use argh::FromArgs;
@@ -100,6 +100,8 @@ pub struct PostmapArgs {
     #[argh(option, short = 'q')]
     pub query: Option<String>,
     /// the table: [type:]file, e.g. hash:/etc/poshta/access or cidr:access (default type hash)
+    // The text above is argh's help for the argument, not a rustdoc link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[argh(positional)]
     pub table: String,
 }

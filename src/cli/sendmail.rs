@@ -1,5 +1,5 @@
 //! `sendmail` (and `mailq`, `newaliases`): the Sendmail-compatible command local programs
-//! use to send mail, as Postfix's sendmail(1) provides it. One binary, chosen by argv[0].
+//! use to send mail, as Postfix's sendmail(1) provides it. One binary, chosen by `argv[0]`.
 //!
 //! # Options (Postfix's set; getopt rules: options end at the first non-option or `--`)
 //!
@@ -238,7 +238,7 @@ pub fn local_config(explicit: Option<&Path>) -> Result<(PathBuf, Loaded), String
     Ok((path, loaded))
 }
 
-/// Entry point for argv[0] = sendmail / mailq / newaliases.
+/// Entry point for `argv[0]` = sendmail / mailq / newaliases.
 pub fn main(prog: &str, args: &[String]) -> i32 {
     let mode = match prog {
         "mailq" => Mode::ListQueue,

@@ -576,7 +576,7 @@ thread_local! {
 /// small pool and given back when dropped. With one short session per message (smtp-source,
 /// cron jobs, scanners), allocating it per session made musl's allocator map and unmap memory
 /// every time; in a multi-threaded process each munmap interrupts the other cores to flush
-/// their TLBs. The pool holds at most [`READ_BUFFERS_KEPT`] (128 KiB).
+/// their TLBs. The pool holds at most `READ_BUFFERS_KEPT` (8, 128 KiB).
 pub struct ReadBuf(Vec<u8>);
 
 impl ReadBuf {

@@ -34,7 +34,7 @@
 //! is a warning and the first value is kept (postmap's `duplicate entry`).
 //!
 //! The text is read directly: running `poshta postmap` is never needed. It writes a
-//! compiled index `FILE.poshta.db` (see [`write_index`]), which [`Table::open`] uses
+//! compiled index `FILE.poshta.db` (see `write_index`), which [`Table::open`] uses
 //! instead of the text when the index records the text file's current size and
 //! modification time, i.e. when it was built from the text as it is now. `texthash:`
 //! never uses an index (as Postfix's texthash never needs postmap).

@@ -33,7 +33,7 @@
 //!
 //! Structure (after OpenSMTPD): each verb has a `check` that looks at the state and the
 //! arguments and mutates nothing (`Result<Cmd, Refusal>`), then `apply` changes the state.
-//! The session's phase lives in [`State`]; what the core waits for lives in `Wait`.
+//! The session's phase lives in `State`; what the core waits for lives in `Wait`.
 //!
 //! Reply texts follow Dovecot where it has one; unlike Dovecot, client input is never
 //! echoed in a reply.

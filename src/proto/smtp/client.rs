@@ -24,7 +24,7 @@
 //! Sequence: 220 greeting; EHLO (HELO after a 5xx to EHLO, RFC 5321 §3.2); STARTTLS when
 //! offered and the policy wants it (then EHLO again, RFC 3207 §4.2); AUTH PLAIN or LOGIN
 //! when credentials are given and the server offers AUTH (RFC 4954); then per message:
-//! [RSET,] MAIL, RCPT per recipient, DATA, the body, `.`; QUIT at the end. With PIPELINING
+//! \[RSET,\] MAIL, RCPT per recipient, DATA, the body, `.`; QUIT at the end. With PIPELINING
 //! (RFC 2920) the commands from RSET to DATA go out in one write; without it, one command
 //! at a time, and DATA only when some RCPT was accepted.
 //!

@@ -20,7 +20,7 @@
 //!
 //! Structure (after OpenSMTPD): each verb has a `check` that looks at the state and the
 //! arguments and mutates nothing (`Result<Cmd, Refuse>`), then `apply` changes the state.
-//! The session's phase lives in [`State`]; what the core waits for lives in `Wait`.
+//! The session's phase lives in `State`; what the core waits for lives in `Wait`.
 //!
 //! STARTTLS (RFC 3207): the core replies `220 2.0.0 Ready to start TLS`, drops every input
 //! byte buffered behind the command (CVE-2011-0411: plaintext injected before the
@@ -750,7 +750,7 @@ impl Server {
 
     /// Give back a buffer from [`Server::take_output`] once it is sent: the next replies
     /// are written into it instead of a new one grown from empty (two allocations a reply
-    /// otherwise). Kept only up to [`KEPT_BUFFER_BYTES_MAX`] of capacity.
+    /// otherwise). Kept only up to `KEPT_BUFFER_BYTES_MAX` of capacity.
     pub fn recycle_output(&mut self, mut buf: Vec<u8>) {
         if self.out.is_empty() && buf.capacity() <= KEPT_BUFFER_BYTES_MAX {
             buf.clear();
