@@ -161,12 +161,16 @@ cpu_ns_of() { # cpu_ns_of CG PID [CG2]: CPU ns of the set (plus a second cgroup,
 
 # ------------------------------------------------------------------ memory sampler
 
-# sampler_start CG PID OUT: PSS/RSS sampled every MEM_SAMPLE_MS until sampler_stop.
+# sampler_start CG PID OUT [TIMEOUT [MARK]]: PSS/RSS sampled every MEM_SAMPLE_MS until
+# sampler_stop; with MARK, samples taken before the file MARK exists are the login's (kept
+# apart, see benchtool mem-sample --after).
 SAMPLER=""
 sampler_start() {
+    local after=()
+    [ -n "${5:-}" ] && after=(--after "$5")
     # shellcheck disable=SC2046
     "$PY" "$HERE/benchtool.py" mem-sample $(sel_args "$1" "$2") --main "$2" --out "$3" \
-        --interval "$(awk "BEGIN{print $MEM_SAMPLE_MS/1000}")" --timeout "${4:-900}" &
+        --interval "$(awk "BEGIN{print $MEM_SAMPLE_MS/1000}")" --timeout "${4:-900}" "${after[@]}" &
     SAMPLER=$!
     BG_PIDS+=("$SAMPLER")
 }
