@@ -577,9 +577,35 @@ impl Listing {
     }
 }
 
+/// FNV-1a (64 bits) for the duplicate check: SipHash was a tenth of a big login's listing.
+/// The ids are file names in the user's own Maildir, made by delivery agents; collisions
+/// would only slow that user's own login.
+struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Fnv64 {
+        Fnv64(0xcbf2_9ce4_8422_2325) // the offset basis
+    }
+}
+
+impl std::hash::Hasher for Fnv64 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
 /// Indexes of entries whose uid an earlier entry already has.
 fn duplicate_uids(entries: &[Entry]) -> Vec<usize> {
-    let mut seen = HashSet::with_capacity(entries.len());
+    let mut seen: HashSet<&str, std::hash::BuildHasherDefault<Fnv64>> =
+        HashSet::with_capacity_and_hasher(entries.len(), Default::default());
     entries
         .iter()
         .enumerate()
@@ -593,7 +619,11 @@ fn assign_uids(entries: &mut Vec<Entry>, w: &mut Warnings) {
     for e in entries.iter_mut() {
         e.uid = uid_for(&e.name);
     }
-    for i in duplicate_uids(entries) {
+    let dups = duplicate_uids(entries);
+    if dups.is_empty() {
+        return;
+    }
+    for i in dups {
         let mut marked = b"\0dup\0".to_vec();
         marked.extend_from_slice(&entries[i].name);
         entries[i].uid = Uid::Hashed(fnv1a128_hex(&marked).into());
@@ -649,10 +679,14 @@ fn fnv1a128_hex(bytes: &[u8]) -> String {
 
 /// A decimal of 1..=20 digits (no sign, no spaces).
 fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || digits.len() > 20 {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    // By hand: two to three of these per file name, and a login lists every file.
+    digits.iter().try_fold(0u64, |n, &b| {
+        let d = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
 }
 
 /// Dovecot's `,W=<crlf size>` attribute of the unique part, when present and valid.
@@ -740,6 +774,19 @@ mod tests {
         // Reference vectors for FNV-1a 128 (http://www.isthe.com/chongo/tech/comp/fnv/).
         assert_eq!(fnv1a128_hex(b""), "6c62272e07bb014262b821756295c58d");
         assert_eq!(fnv1a128_hex(b"a"), "d228cb696f1a8caf78912b704e4a8964");
+    }
+
+    #[test]
+    fn decimal_takes_digits_only_and_never_overflows() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"007"), Some(7));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(decimal(b"18446744073709551616"), None);
+        assert_eq!(decimal(b"99999999999999999999"), None);
+        assert_eq!(decimal(b"123456789012345678901"), None);
+        for bad in [&b""[..], b"1a", b" 1", b"+1", b"-1", b"1.5", b"\xd9\xa1"] {
+            assert_eq!(decimal(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
