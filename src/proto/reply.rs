@@ -47,31 +47,27 @@ impl Reply {
     pub fn encode(&self, out: &mut Vec<u8>) {
         // Written piece by piece: a reply is encoded for every command, and a format! per
         // line was an allocation each (16 per message over EHLO's lines).
-        if !(100..=999).contains(&self.code) {
-            return self.encode_slow(out);
-        }
-        // RFC 5321 §4.2: a reply code is three digits.
-        let code = [
-            b'0' + (self.code / 100) as u8,
-            b'0' + (self.code / 10 % 10) as u8,
-            b'0' + (self.code % 10) as u8,
-        ];
+        let (digits, odd);
+        let code: &[u8] = if (100..=999).contains(&self.code) {
+            // RFC 5321 §4.2: a reply code is three digits.
+            digits = [
+                b'0' + (self.code / 100) as u8,
+                b'0' + (self.code / 10 % 10) as u8,
+                b'0' + (self.code % 10) as u8,
+            ];
+            &digits
+        } else {
+            // Never made here; written as it is.
+            odd = self.code.to_string();
+            odd.as_bytes()
+        };
         let mut lines = self.text.split('\n').peekable();
         while let Some(line) = lines.next() {
             let sep = if lines.peek().is_some() { b'-' } else { b' ' };
-            out.extend_from_slice(&code);
+            out.extend_from_slice(code);
             out.push(sep);
             out.extend_from_slice(line.as_bytes());
             out.extend_from_slice(b"\r\n");
-        }
-    }
-
-    /// A code that is not three digits (never made here) is written as it is.
-    fn encode_slow(&self, out: &mut Vec<u8>) {
-        let mut lines = self.text.split('\n').peekable();
-        while let Some(line) = lines.next() {
-            let sep = if lines.peek().is_some() { '-' } else { ' ' };
-            out.extend_from_slice(format!("{}{sep}{line}\r\n", self.code).as_bytes());
         }
     }
 

@@ -43,15 +43,11 @@ pub fn received_header(r: &ReceivedInfo<'_>) -> String {
     h.push_str(" (");
     push_clean(&mut h, r.client_name);
     h.push_str(" [");
-    match r.client_ip {
-        IpAddr::V4(v4) => {
-            let _ = write!(h, "{v4}");
-        }
+    if r.client_ip.is_ipv6() {
         // RFC 5321 §4.1.3 IPv6-address-literal
-        IpAddr::V6(v6) => {
-            let _ = write!(h, "IPv6:{v6}");
-        }
+        h.push_str("IPv6:");
     }
+    let _ = write!(h, "{}", r.client_ip);
     h.push_str("])\n\tby ");
     push_clean(&mut h, r.hostname);
     h.push_str(" (poshta) with ");
