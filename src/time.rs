@@ -3,7 +3,6 @@
 //! `now` reads the clock. Times are written in UTC (+0000): boards usually run UTC and
 //! this avoids a time zone database on the image.
 
-use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds and microseconds since the Unix epoch.
@@ -60,68 +59,76 @@ fn parts(unix: u64) -> Parts {
     }
 }
 
+/// `format!` into a string of `capacity` bytes: one allocation (format! grew these, the
+/// date several times a message).
+fn sized(capacity: usize, args: std::fmt::Arguments<'_>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(capacity);
+    let _ = out.write_fmt(args);
+    out
+}
+
 /// RFC 5322 §3.3 date-time: `Sat, 28 Nov 2026 00:52:32 +0000`.
 pub fn rfc5322(unix: u64) -> String {
     let p = parts(unix);
-    // Sized up front: one allocation (a format! grew it, several times a message).
-    let mut out = String::with_capacity(40);
-    let _ = write!(
-        out,
-        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
-        WEEKDAYS[p.weekday],
-        p.day,
-        MONTHS[(p.month - 1) as usize],
-        p.year,
-        p.hour,
-        p.min,
-        p.sec
-    );
-    out
+    sized(
+        40,
+        format_args!(
+            "{}, {} {} {} {:02}:{:02}:{:02} +0000",
+            WEEKDAYS[p.weekday],
+            p.day,
+            MONTHS[(p.month - 1) as usize],
+            p.year,
+            p.hour,
+            p.min,
+            p.sec
+        ),
+    )
 }
 
 /// Syslog (RFC 3164) timestamp as in /var/log/mail.log: `Nov 28 00:52:32`.
 pub fn syslog(unix: u64) -> String {
     let p = parts(unix);
-    let mut out = String::with_capacity(16);
-    let _ = write!(
-        out,
-        "{} {:>2} {:02}:{:02}:{:02}",
-        MONTHS[(p.month - 1) as usize],
-        p.day,
-        p.hour,
-        p.min,
-        p.sec
-    );
-    out
+    sized(
+        16,
+        format_args!(
+            "{} {:>2} {:02}:{:02}:{:02}",
+            MONTHS[(p.month - 1) as usize],
+            p.day,
+            p.hour,
+            p.min,
+            p.sec
+        ),
+    )
 }
 
 /// mailq's arrival time column: `Sat Nov 28 00:52:32`.
 pub fn mailq(unix: u64) -> String {
     let p = parts(unix);
-    let mut out = String::with_capacity(20);
-    let _ = write!(
-        out,
-        "{} {} {:>2} {:02}:{:02}:{:02}",
-        WEEKDAYS[p.weekday],
-        MONTHS[(p.month - 1) as usize],
-        p.day,
-        p.hour,
-        p.min,
-        p.sec
-    );
-    out
+    sized(
+        20,
+        format_args!(
+            "{} {} {:>2} {:02}:{:02}:{:02}",
+            WEEKDAYS[p.weekday],
+            MONTHS[(p.month - 1) as usize],
+            p.day,
+            p.hour,
+            p.min,
+            p.sec
+        ),
+    )
 }
 
 /// `20261128005232`: the date part of Message-IDs (as Postfix writes them).
 pub fn compact(unix: u64) -> String {
     let p = parts(unix);
-    let mut out = String::with_capacity(16);
-    let _ = write!(
-        out,
-        "{}{:02}{:02}{:02}{:02}{:02}",
-        p.year, p.month, p.day, p.hour, p.min, p.sec
-    );
-    out
+    sized(
+        16,
+        format_args!(
+            "{}{:02}{:02}{:02}{:02}{:02}",
+            p.year, p.month, p.day, p.hour, p.min, p.sec
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ const COPY_BUFFER_BYTES: usize = 64 * 1024;
 thread_local! {
     static COPY_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
 /// Batches of at least this many messages are made durable with one syncfs(2) per
 /// filesystem instead of one fsync per message (see [`deliver_batch`]).
 pub const SYNCFS_BATCH_MIN: usize = 4;
