@@ -637,8 +637,9 @@ pub struct Waits<'a> {
 
 struct Idle {
     timer: Timer,
-    /// When the timer fires next, if armed.
-    armed: Option<std::time::Instant>,
+    /// The timer is set, at this deadline or an earlier one (the deadline only moves
+    /// later), so it fires at or before the current one.
+    armed: bool,
     timeout: Duration,
     deadline: std::time::Instant,
 }
@@ -647,13 +648,12 @@ impl Idle {
     /// Resolves once `deadline` has passed.
     async fn expired(&mut self) {
         loop {
-            if self.armed.is_none_or(|at| at > self.deadline) {
-                // Armed later than the deadline (never, in practice) or not at all.
+            if !self.armed {
                 self.timer.set_at(self.deadline);
-                self.armed = Some(self.deadline);
+                self.armed = true;
             }
             (&mut self.timer).await;
-            self.armed = None;
+            self.armed = false;
             if std::time::Instant::now() >= self.deadline {
                 return;
             }
@@ -668,7 +668,7 @@ impl<'a> Waits<'a> {
         Waits {
             idle: Idle {
                 timer: Timer::at(deadline),
-                armed: Some(deadline),
+                armed: true,
                 timeout,
                 deadline,
             },
