@@ -110,7 +110,7 @@ def test_date_pipe_mail_then_read_mark_and_keep_delivering(make_poshta, nick, tm
     t.join(timeout=120)
     assert not errors, errors
     msgs = wait_for(lambda: (lambda m: m if len(m) >= 1 + extra else None)(mbox_messages(box)), timeout=60,
-                    what=f"{1 + extra} messages in the mbox")
+                    what=f"{1 + extra} messages in the mbox", p=local.p)
     subjects = [m["Subject"] for m in msgs]
     assert len(msgs) == 1 + extra, subjects
     assert subjects.count("This is a local test") == 1
