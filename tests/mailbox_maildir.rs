@@ -61,7 +61,7 @@ fn read_all(m: &Maildrop, i: usize) -> Vec<u8> {
 }
 
 fn uids(m: &Maildrop) -> Vec<String> {
-    m.entries().iter().map(|e| e.uid().to_string()).collect()
+    m.listing().iter().map(|e| e.uid().to_string()).collect()
 }
 
 fn assert_valid_uids(m: &Maildrop) {
@@ -100,7 +100,11 @@ fn lists_delivered_messages_with_exact_crlf_sizes() {
     for (i, body) in [bodies[1], bodies[0], bodies[2], bodies[3]].iter().enumerate() {
         let stored = read_all(&m, i);
         assert_eq!(stored, [&prepend[..], body].concat(), "message {i}");
-        assert_eq!(m.entries()[i].size(), to_crlf(&stored).len() as u64, "message {i}");
+        assert_eq!(
+            m.listing().get(i).unwrap().size(),
+            to_crlf(&stored).len() as u64,
+            "message {i}"
+        );
     }
     assert_eq!(names(&md.join("new")).len(), 4, "nothing moves at open");
     assert!(names(&md.join("cur")).is_empty());
@@ -135,9 +139,9 @@ fn size_without_w_is_computed_from_the_file() {
     std::fs::write(md.join("cur").join("1600000002.M1P1Q2.h,W=x12:2,"), a).unwrap();
     let m = Maildrop::open(&md).unwrap();
     assert_eq!(m.len(), 3);
-    assert_eq!(m.entries()[0].size(), to_crlf(a).len() as u64);
-    assert_eq!(m.entries()[1].size(), b.len() as u64);
-    assert_eq!(m.entries()[2].size(), to_crlf(a).len() as u64);
+    assert_eq!(m.listing().get(0).unwrap().size(), to_crlf(a).len() as u64);
+    assert_eq!(m.listing().get(1).unwrap().size(), b.len() as u64);
+    assert_eq!(m.listing().get(2).unwrap().size(), to_crlf(a).len() as u64);
     m.update(&[]).unwrap();
     assert_eq!(names(&md.join("cur"))[1], "1600000001.12345_1.oldhost:2,");
 }
@@ -193,18 +197,18 @@ fn odd_names_get_hashed_ids() {
     assert_eq!(m.len(), 7, "{:?}", m.warnings());
     assert_valid_uids(&m);
     let before = uids(&m);
-    let names_before: Vec<_> = m.entries().iter().map(|e| e.name().to_owned()).collect();
+    let names_before: Vec<_> = m.listing().iter().map(|e| e.name().to_owned()).collect();
     drop(m);
     let m = Maildrop::open(&md).unwrap();
     let again = uids(&m);
     assert_eq!(before, again);
     assert_eq!(
         names_before,
-        m.entries().iter().map(|e| e.name().to_owned()).collect::<Vec<_>>()
+        m.listing().iter().map(|e| e.name().to_owned()).collect::<Vec<_>>()
     );
     // The first of the duplicate pair keeps its unique part; the second is hashed.
     assert!(again.contains(&"1700000003.M1P1Q1.dup".to_string()), "{again:?}");
-    for (i, e) in m.entries().iter().enumerate() {
+    for (i, e) in m.listing().iter().enumerate() {
         if e.name().as_bytes().starts_with(b"1700000000") {
             assert_eq!(e.uid().len(), 32, "entry {i}");
         }
@@ -252,7 +256,7 @@ fn delete_removes_exactly_the_chosen_files() {
     }
     let m = Maildrop::open(&md).unwrap();
     let all: Vec<String> = m
-        .entries()
+        .listing()
         .iter()
         .map(|e| e.name().to_str().unwrap().to_string())
         .collect();
@@ -344,7 +348,7 @@ fn symlinks_fifos_and_dirs_are_skipped() {
     assert_eq!(std::fs::read(&secret).unwrap(), b"root's secret\n");
 
     // A message swapped for a symlink after the listing is not followed either.
-    let name = m.entries()[0].name().to_owned();
+    let name = m.listing().get(0).unwrap().name().to_owned();
     // (It was listed from new/; the planted link goes where poshta will open it.)
     let cur = md.join("new");
     std::fs::remove_file(cur.join(&name)).unwrap();
@@ -472,7 +476,7 @@ fn fifty_thousand_messages_list_fast() {
     let m = Maildrop::open(&md).unwrap();
     let second = started.elapsed();
     assert_eq!(m.len() as u64, N);
-    assert!(m.entries().iter().all(|e| e.size() == 4));
+    assert!(m.listing().iter().all(|e| e.size() == 4));
     assert!(m.warnings().is_empty());
     println!(
         "open with {N} in new/: {first:?}; UPDATE moving them to cur/: {update:?}; open with {N} in cur/: {second:?}"

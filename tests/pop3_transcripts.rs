@@ -314,7 +314,7 @@ impl Harness {
                 } => match World::login(&user, &password) {
                     Ok(msgs) => {
                         self.out.logins.push((user, mechanism, true));
-                        self.server.login_ok(World::listing(&msgs));
+                        self.server.login_ok(std::sync::Arc::new(World::listing(&msgs)));
                         self.maildrop = msgs;
                     }
                     Err(why) => {

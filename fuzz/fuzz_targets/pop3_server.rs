@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         Event::Login { .. } if flags & 8 != 0 => s.login_failed(LoginFailure::InUse),
         Event::Login { .. } => {
             logged_in = true;
-            s.login_ok(
+            s.login_ok(std::sync::Arc::new(
                 maildrop
                     .iter()
                     .enumerate()
@@ -51,8 +51,8 @@ fuzz_target!(|data: &[u8]| {
                         size: m.len() as u64,
                         uid: format!("uid{i}"),
                     })
-                    .collect(),
-            );
+                    .collect::<Vec<_>>(),
+            ));
         }
         Event::StartTls if flags & 128 != 0 => {
             tls_failed = true;

@@ -70,7 +70,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DeleteReport, Entry, Mailbox, MailboxError, Message, Uid, MAILDROP_MESSAGES_MAX, MAILDROP_WARNINGS_MAX,
+    DeleteReport, Listing, Mailbox, MailboxError, Message, UidAt, MAILDROP_MESSAGES_MAX, MAILDROP_WARNINGS_MAX,
     UID_BYTES_MAX,
 };
 use crate::privsep::{read_frame, write_frame, EOF};
@@ -250,15 +250,19 @@ fn send_listing(sock: &UnixStream, mb: &Mailbox) -> std::io::Result<()> {
             warnings: warnings.len() as u32,
         },
     )?;
-    for part in mb.entries().chunks(ENTRIES_PER_FRAME) {
-        let part = part
-            .iter()
+    let listing = mb.listing();
+    let mut from = 0;
+    while from < listing.len() {
+        let to = listing.len().min(from + ENTRIES_PER_FRAME);
+        let part = (from..to)
+            .filter_map(|i| listing.get(i))
             .map(|e| Listed {
                 size: e.size(),
                 uid: e.uid().to_string(),
             })
             .collect();
         send(sock, &Answer::Listing(part))?;
+        from = to;
     }
     for w in warnings {
         send(sock, &Answer::Warning(w))?;
@@ -420,7 +424,7 @@ fn lock(conn: &Mutex<Conn>) -> std::sync::MutexGuard<'_, Conn> {
 pub struct RemoteDrop {
     origin: PathBuf,
     conn: Arc<Mutex<Conn>>,
-    entries: Vec<Entry>,
+    entries: Arc<Listing>,
     warnings: Vec<String>,
 }
 
@@ -466,7 +470,7 @@ impl RemoteDrop {
                 "announces {messages} messages and {warnings} warnings (at most {MAILDROP_MESSAGES_MAX} and {MAILDROP_WARNINGS_MAX})"
             ))));
         }
-        let mut entries: Vec<Entry> = Vec::with_capacity(messages.min(ENTRIES_PER_FRAME));
+        let mut entries = Listing::with_capacity(messages.min(ENTRIES_PER_FRAME), 0);
         while entries.len() < messages {
             let part = match conn.recv().map_err(io)? {
                 Answer::Listing(p) if !p.is_empty() && p.len() <= messages - entries.len() => p,
@@ -489,13 +493,8 @@ impl RemoteDrop {
                         conn.broken(format_args!("invalid unique id {:?} (RFC 1939 §7)", clean(&l.uid)))
                     ));
                 }
-                let len = l.uid.len();
-                entries.push(Entry {
-                    name: l.uid.into_bytes().into_boxed_slice(),
-                    uid: Uid::Prefix(len),
-                    size: l.size,
-                    in_new: false,
-                });
+                // valid_uid bounds its length: the compact listing always holds it.
+                entries.push(b"", UidAt::Own(&l.uid), l.size, false);
             }
         }
         let mut seen = HashSet::with_capacity(entries.len());
@@ -518,12 +517,12 @@ impl RemoteDrop {
         Ok(RemoteDrop {
             origin: origin.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
-            entries,
+            entries: Arc::new(entries),
             warnings: notes,
         })
     }
 
-    pub fn entries(&self) -> &[Entry] {
+    pub fn listing(&self) -> &Arc<Listing> {
         &self.entries
     }
 
@@ -538,13 +537,14 @@ impl RemoteDrop {
     /// Message `index` (0-based): the agent opens it and sends its first chunk.
     pub fn open_message(&self, index: usize) -> Result<RemoteMessage, MailboxError> {
         let entry = self.entries.get(index).ok_or(MailboxError::Gone)?;
+        let budget = entry.size();
         let mut conn = lock(&self.conn);
         conn.opened += 1;
         let mut m = RemoteMessage {
             conn: self.conn.clone(),
             generation: conn.opened,
             origin: self.origin.clone(),
-            budget: entry.size,
+            budget,
             data: Vec::new(),
             pos: 0,
             last: false,

@@ -70,18 +70,19 @@
 //!   message order gets the hash of `"\0dup\0"` followed by its whole name (as it is in its
 //!   directory); a file still clashing after that is skipped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, Mode, OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
 
 use super::{
-    CrlfCounter, DeleteReport, Entry, MailboxError, Uid, MAILDROP_MESSAGES_MAX, MAILDROP_WARNINGS_MAX, UID_BYTES_MAX,
+    CrlfCounter, DeleteReport, Listing, MailboxError, UidAt, MAILDROP_MESSAGES_MAX, MAILDROP_WARNINGS_MAX,
+    UID_BYTES_MAX,
 };
 
 /// The lock file in the Maildir (see the module doc).
@@ -124,7 +125,7 @@ pub struct Maildrop {
     path: PathBuf,
     new: OwnedFd,
     cur: OwnedFd,
-    entries: Vec<Entry>,
+    entries: Arc<Listing>,
     warnings: Vec<String>,
     // Fields drop in declaration order: the flock is released before the registry entry, so
     // an open in this process never finds the registry free but the lock still held.
@@ -215,16 +216,16 @@ impl Maildrop {
         let new = open_dir(&md, Path::new("new"), true).map_err(|e| MailboxError::io(maildir.join("new"), e))?;
         let cur = open_dir(&md, Path::new("cur"), true).map_err(|e| MailboxError::io(maildir.join("cur"), e))?;
         let mut warnings = Warnings::default();
-        let mut listing = Listing::default();
+        let mut scan = Scan::default();
         // cur/ first: when the cap is reached, the messages already seen are the ones served.
-        listing.add_dir(&cur, false, maildir, &mut warnings)?;
-        listing.add_dir(&new, true, maildir, &mut warnings)?;
-        let entries = listing.finish(&mut warnings);
+        scan.add_dir(&cur, false, maildir, &mut warnings)?;
+        scan.add_dir(&new, true, maildir, &mut warnings)?;
+        let entries = scan.finish(&mut warnings);
         Ok(Maildrop {
             path: maildir.to_path_buf(),
             new,
             cur,
-            entries,
+            entries: Arc::new(entries),
             warnings: warnings.finish(),
             _lock: lock,
             _registered: registered,
@@ -239,8 +240,8 @@ impl Maildrop {
         self.entries.is_empty()
     }
 
-    /// The listing, oldest first: message number n is `entries()[n - 1]`.
-    pub fn entries(&self) -> &[Entry] {
+    /// The listing, oldest first: message number n is index n - 1.
+    pub fn listing(&self) -> &Arc<Listing> {
         &self.entries
     }
 
@@ -273,12 +274,12 @@ impl Maildrop {
     /// rewritten (delivery renames complete files in; UPDATE only unlinks and renames).
     pub fn open_message_sized(&self, index: usize) -> Result<(File, u64), MailboxError> {
         let e = self.entries.get(index).ok_or(MailboxError::Gone)?;
-        match open_regular(self.dir(e.in_new), &e.name) {
+        match open_regular(self.dir(e.in_new), e.name) {
             Ok(found) => Ok(found),
             // Another program (a mail reader ignoring poshta's lock) moved it from new/ to
             // cur/ after the listing: same unique part, its own info. Looked for once.
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && e.in_new => {
-                let unique = unique_part(&e.name);
+                let unique = unique_part(e.name);
                 let Some(name) = self.find_in_cur(|u| u == unique, 1)?.pop() else {
                     return Err(MailboxError::Gone);
                 };
@@ -289,7 +290,7 @@ impl Maildrop {
                 }
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(MailboxError::Gone),
-            Err(err) => Err(MailboxError::io(self.file_path(e.in_new, &e.name), err)),
+            Err(err) => Err(MailboxError::io(self.file_path(e.in_new, e.name), err)),
         }
     }
 
@@ -338,7 +339,7 @@ impl Maildrop {
             if std::mem::replace(&mut marked[i], true) {
                 continue;
             }
-            match rustix::fs::unlinkat(self.dir(e.in_new), &*e.name, AtFlags::empty()) {
+            match rustix::fs::unlinkat(self.dir(e.in_new), e.name, AtFlags::empty()) {
                 Ok(()) => {
                     report.deleted += 1;
                     new_changed |= e.in_new;
@@ -346,7 +347,7 @@ impl Maildrop {
                 }
                 Err(Errno::NOENT) if e.in_new => missing.push(i),
                 Err(Errno::NOENT) => report.already_gone += 1,
-                Err(err) => failures.push(format!("{}: {err}", self.file_path(e.in_new, &e.name).display())),
+                Err(err) => failures.push(format!("{}: {err}", self.file_path(e.in_new, e.name).display())),
             }
         }
         if !missing.is_empty() {
@@ -383,11 +384,12 @@ impl Maildrop {
     ) -> Result<bool, MailboxError> {
         let kept: HashSet<&[u8]> = (self.entries.iter().zip(marked))
             .filter(|(_, &m)| !m)
-            .map(|(e, _)| unique_part(&e.name))
+            .map(|(e, _)| unique_part(e.name))
             .collect();
         let mut wanted: HashSet<&[u8]> = missing
             .iter()
-            .map(|&i| unique_part(&self.entries[i].name))
+            .filter_map(|&i| self.entries.get(i))
+            .map(|e| unique_part(e.name))
             .filter(|u| !kept.contains(u))
             .collect();
         let mut changed = false;
@@ -425,12 +427,12 @@ impl Maildrop {
         let mut target = Vec::with_capacity(256);
         for (e, _) in self.entries.iter().zip(marked).filter(|(e, &m)| e.in_new && !m) {
             target.clear();
-            target.extend(name_in_cur(&e.name, true));
-            match rename_noreplace(&self.new, &e.name, &self.cur, &target) {
+            target.extend(name_in_cur(e.name, true));
+            match rename_noreplace(&self.new, e.name, &self.cur, &target) {
                 Ok(()) => moved += 1,
                 // Another program moved or removed it meanwhile.
                 Err(Errno::NOENT) => {}
-                Err(err) => w.push(format!("new/{}: not moved to cur/: {err}", show(&e.name))),
+                Err(err) => w.push(format!("new/{}: not moved to cur/: {err}", show(e.name))),
             }
         }
         for line in w.finish() {
@@ -491,13 +493,33 @@ fn name_in_cur(name: &[u8], in_new: bool) -> impl Iterator<Item = u8> + '_ {
 
 /// Steps 3 and 4 of the module doc: the messages of `cur/` and `new/`, sorted at the end.
 #[derive(Default)]
-struct Listing {
-    listed: Vec<(u64, u32, Entry)>,
+struct Scan {
+    listed: Vec<Found>,
+    /// The names of `listed`, back to back.
+    names: Vec<u8>,
     not_listed: usize,
     buf: Vec<u8>,
 }
 
-impl Listing {
+/// A file found by [`Scan`].
+struct Found {
+    /// Delivery time from the name (the sort key).
+    secs: u64,
+    micros: u32,
+    /// The name: `Scan::names[start..start + len]`.
+    start: u32,
+    len: u16,
+    in_new: bool,
+    size: u64,
+}
+
+impl Found {
+    fn name<'a>(&self, names: &'a [u8]) -> &'a [u8] {
+        &names[self.start as usize..][..usize::from(self.len)]
+    }
+}
+
+impl Scan {
     fn add_dir(&mut self, dir: &OwnedFd, in_new: bool, maildir: &Path, w: &mut Warnings) -> Result<(), MailboxError> {
         let sub = dir_name(in_new);
         let dir_path = maildir.join(sub);
@@ -540,40 +562,59 @@ impl Listing {
                     }
                 },
             };
-            let (secs, micros) = delivery_time(name);
-            let entry = Entry {
-                name: name.into(),
-                uid: Uid::Prefix(0),
-                size,
-                in_new,
+            // A name is at most NAME_MAX (255) bytes, and the listing is capped well below 4 GiB.
+            let (Ok(start), Ok(len)) = (u32::try_from(self.names.len()), u16::try_from(name.len())) else {
+                self.not_listed += 1;
+                continue;
             };
-            self.listed.push((secs, micros, entry));
+            let (secs, micros) = delivery_time(name);
+            self.names.extend_from_slice(name);
+            self.listed.push(Found {
+                secs,
+                micros,
+                start,
+                len,
+                in_new,
+                size,
+            });
         }
         Ok(())
     }
 
-    fn finish(mut self, w: &mut Warnings) -> Vec<Entry> {
+    fn finish(mut self, w: &mut Warnings) -> Listing {
         if self.not_listed > 0 {
             w.push(format!(
                 "{} messages beyond the first {MAILDROP_MESSAGES_MAX} are not listed this session",
                 self.not_listed
             ));
         }
+        let names = &self.names[..];
         // Sorted by the name in cur/, so a message keeps its number's order across the move;
         // the same name twice (a copy in new/ and cur/) lists the cur/ one first.
-        self.listed.sort_unstable_by(|(s1, m1, a), (s2, m2, b)| {
-            (s1, m1)
-                .cmp(&(s2, m2))
-                .then_with(|| name_in_cur(&a.name, a.in_new).cmp(name_in_cur(&b.name, b.in_new)))
+        self.listed.sort_unstable_by(|a, b| {
+            let (na, nb) = (a.name(names), b.name(names));
+            (a.secs, a.micros)
+                .cmp(&(b.secs, b.micros))
+                .then_with(|| name_in_cur(na, a.in_new).cmp(name_in_cur(nb, b.in_new)))
                 .then_with(|| a.in_new.cmp(&b.in_new))
-                .then_with(|| a.name.cmp(&b.name))
+                .then_with(|| na.cmp(nb))
         });
-        let mut entries: Vec<Entry> = self.listed.into_iter().map(|(_, _, e)| e).collect();
-        assign_uids(&mut entries, w);
-        // The collect reuses the listing's buffer (its elements carry the sort keys too, and
-        // it grew by doubling): the session keeps only what the entries need.
-        entries.shrink_to_fit();
-        entries
+        let (hashed, skipped) = assign_uids(&self.listed, names, w);
+        // Exactly the room needed: the session keeps the listing as it is.
+        let bytes = names.len() + hashed.values().map(String::len).sum::<usize>();
+        let mut listing = Listing::with_capacity(self.listed.len() - skipped.len(), bytes);
+        for (i, f) in self.listed.iter().enumerate() {
+            if skipped.binary_search(&i).is_ok() {
+                continue;
+            }
+            let name = f.name(names);
+            let uid = match hashed.get(&i) {
+                Some(h) => UidAt::Own(h),
+                None => UidAt::Prefix(unique_part(name).len()),
+            };
+            listing.push(name, uid, f.size, f.in_new);
+        }
+        listing
     }
 }
 
@@ -602,49 +643,57 @@ impl std::hash::Hasher for Fnv64 {
     }
 }
 
-/// Indexes of entries whose uid an earlier entry already has.
-fn duplicate_uids(entries: &[Entry]) -> Vec<usize> {
+/// Indexes of messages whose uid an earlier one already has, in increasing order.
+fn duplicate_uids<'a>(count: usize, uid: impl Fn(usize) -> &'a str) -> Vec<usize> {
     let mut seen: HashSet<&str, std::hash::BuildHasherDefault<Fnv64>> =
-        HashSet::with_capacity_and_hasher(entries.len(), Default::default());
-    entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| !seen.insert(e.uid()))
-        .map(|(i, _)| i)
-        .collect()
+        HashSet::with_capacity_and_hasher(count, Default::default());
+    (0..count).filter(|&i| !seen.insert(uid(i))).collect()
 }
 
-/// RFC 1939 §7: ids unique within the maildrop (see the module doc).
-fn assign_uids(entries: &mut Vec<Entry>, w: &mut Warnings) {
-    for e in entries.iter_mut() {
-        e.uid = uid_for(&e.name);
+/// RFC 1939 §7: ids unique within the maildrop (see the module doc). Returns the ids that
+/// are not the name's unique part (by index in `listed`), and the indexes of the messages
+/// skipped for a clash (increasing).
+fn assign_uids(listed: &[Found], names: &[u8], w: &mut Warnings) -> (HashMap<usize, String>, Vec<usize>) {
+    let mut hashed: HashMap<usize, String> = HashMap::new();
+    for (i, f) in listed.iter().enumerate() {
+        if let Uid::Hashed(h) = uid_for(f.name(names)) {
+            hashed.insert(i, h);
+        }
     }
-    let dups = duplicate_uids(entries);
+    let uid_of = |hashed: &HashMap<usize, String>, i: usize| -> String {
+        // Only on the rare clash paths below: the common path borrows (see `dups`).
+        match hashed.get(&i) {
+            Some(h) => h.clone(),
+            None => show(unique_part(listed[i].name(names))),
+        }
+    };
+    let dups = {
+        let h = &hashed;
+        duplicate_uids(listed.len(), |i| match h.get(&i) {
+            Some(u) => u.as_str(),
+            // uid_for checked it is printable ASCII.
+            None => std::str::from_utf8(unique_part(listed[i].name(names))).unwrap_or(""),
+        })
+    };
     if dups.is_empty() {
-        return;
+        return (hashed, Vec::new());
     }
     for i in dups {
         let mut marked = b"\0dup\0".to_vec();
-        marked.extend_from_slice(&entries[i].name);
-        entries[i].uid = Uid::Hashed(fnv1a128_hex(&marked).into());
+        marked.extend_from_slice(listed[i].name(names));
+        hashed.insert(i, fnv1a128_hex(&marked));
     }
-    let still = duplicate_uids(entries);
-    if !still.is_empty() {
-        for &i in &still {
-            let e = &entries[i];
-            w.push(format!(
-                "{}/{}: unique id clash, skipped",
-                dir_name(e.in_new),
-                show(&e.name)
-            ));
-        }
-        let mut k = 0usize;
-        entries.retain(|_| {
-            let keep = still.binary_search(&k).is_err();
-            k += 1;
-            keep
-        });
+    let uids: Vec<String> = (0..listed.len()).map(|i| uid_of(&hashed, i)).collect();
+    let still = duplicate_uids(uids.len(), |i| uids[i].as_str());
+    for &i in &still {
+        let f = &listed[i];
+        w.push(format!(
+            "{}/{}: unique id clash, skipped",
+            dir_name(f.in_new),
+            show(f.name(names))
+        ));
     }
+    (hashed, still)
 }
 
 /// Maildir spec: the unique part is the name before the info (`:`).
@@ -655,13 +704,21 @@ fn unique_part(name: &[u8]) -> &[u8] {
     }
 }
 
+/// Where a message's id comes from while listing.
+#[derive(Debug)]
+enum Uid {
+    /// The name's unique part.
+    Prefix,
+    Hashed(String),
+}
+
 fn uid_for(name: &[u8]) -> Uid {
     let unique = unique_part(name);
     // RFC 1939 §7: 1 to 70 characters in the range 0x21 to 0x7E.
     if (1..=UID_BYTES_MAX).contains(&unique.len()) && unique.iter().all(|b| (0x21..=0x7e).contains(b)) {
-        Uid::Prefix(unique.len())
+        Uid::Prefix
     } else {
-        Uid::Hashed(fnv1a128_hex(unique).into())
+        Uid::Hashed(fnv1a128_hex(unique))
     }
 }
 
@@ -741,7 +798,7 @@ mod tests {
     fn uid_is_the_unique_part_when_it_qualifies() {
         let name = b"1700000000.M5P9Q1.mx,S=10,W=12:2,S";
         match uid_for(name) {
-            Uid::Prefix(n) => assert_eq!(&name[..n], b"1700000000.M5P9Q1.mx,S=10,W=12"),
+            Uid::Prefix => assert_eq!(unique_part(name), b"1700000000.M5P9Q1.mx,S=10,W=12"),
             Uid::Hashed(h) => panic!("hashed: {h}"),
         }
     }
@@ -758,10 +815,10 @@ mod tests {
                         "{h}"
                     );
                 }
-                Uid::Prefix(n) => panic!("{} kept as prefix {n}", show(name)),
+                Uid::Prefix => panic!("{} kept as its unique part", show(name)),
             }
         }
-        assert!(matches!(uid_for(&long[..70]), Uid::Prefix(70)));
+        assert!(matches!(uid_for(&long[..70]), Uid::Prefix));
         // The info part does not change the id.
         assert_eq!(
             fnv1a128_hex(unique_part(b"x y:2,S")),
@@ -830,7 +887,7 @@ mod tests {
     }
 
     fn listing(m: &Maildrop) -> Vec<(String, u64)> {
-        m.entries().iter().map(|e| (e.uid().to_string(), e.size())).collect()
+        m.listing().iter().map(|e| (e.uid().to_string(), e.size())).collect()
     }
 
     fn read(m: &Maildrop, i: usize) -> Vec<u8> {
@@ -867,7 +924,7 @@ mod tests {
         );
         assert_eq!(read(&m, 0), b"b\n");
         assert_eq!(read(&m, 3), b"c\n");
-        assert!(m.entries()[0].in_new && !m.entries()[1].in_new);
+        assert!(m.listing().get(0).unwrap().in_new && !m.listing().get(1).unwrap().in_new);
         // Nothing moved at open.
         assert_eq!(t.names("new").len(), 4);
         m.update(&[]).unwrap();
@@ -885,7 +942,7 @@ mod tests {
         );
         let m = Maildrop::open(&t.md()).unwrap();
         assert_eq!(listing(&m), first, "same order, sizes and UIDs from cur/");
-        assert!(m.entries().iter().all(|e| !e.in_new));
+        assert!(m.listing().iter().all(|e| !e.in_new));
     }
 
     /// RFC 1939 §6: UPDATE unlinks from new/ and from cur/; the survivors still in new/ move
@@ -998,7 +1055,7 @@ mod tests {
         assert_eq!(first.len(), 2);
         // ":2," < ":2,S": the new/ one (":2," once moved) comes first and keeps the plain id.
         assert_eq!(first[0].0, "1700000000.M1P1Q1.h,W=4");
-        assert!(m.entries()[0].in_new);
+        assert!(m.listing().get(0).unwrap().in_new);
         assert_eq!(first[1].0.len(), 32);
         m.update(&[]).unwrap();
         drop(m);

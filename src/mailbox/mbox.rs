@@ -16,7 +16,8 @@
 //!
 //! One pass over the file ([`MboxReader::scan_lines`], bounded memory: one read buffer and
 //! one 1 KiB line head) finds the messages ([`crate::delivery::mbox::starts_message`]) and,
-//! per message, keeps 32 bytes of offsets plus its [`Entry`]: nothing of the message itself.
+//! per message, keeps 32 bytes of offsets plus its [`Listing`] entry: nothing of the message
+//! itself.
 //! Bytes before the first From_ line are not a message (reported as a warning, kept on
 //! rewrite). At most [`MAILDROP_MESSAGES_MAX`] messages are listed; the rest of the file is
 //! not read and is served in a later session.
@@ -74,7 +75,7 @@ use std::sync::Arc;
 
 use crate::delivery::mbox::{starts_message, x_uidl, Line, MboxReader, Unquoter};
 
-use super::{DeleteReport, Entry, MailboxError, Uid, MAILDROP_MESSAGES_MAX, MAILDROP_WARNINGS_MAX};
+use super::{DeleteReport, Listing, MailboxError, UidAt, MAILDROP_MESSAGES_MAX, MAILDROP_WARNINGS_MAX};
 
 /// Read/copy buffer.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -106,7 +107,7 @@ pub type Guard = Box<dyn std::any::Any + Send + Sync>;
 pub struct MboxDrop {
     origin: PathBuf,
     file: Option<Arc<File>>,
-    entries: Vec<Entry>,
+    entries: Arc<Listing>,
     spans: Vec<Span>,
     /// Bytes of the file the listing covers.
     scanned_bytes: u64,
@@ -356,7 +357,7 @@ impl MboxDrop {
         MboxDrop {
             origin: origin.to_path_buf(),
             file: None,
-            entries: Vec::new(),
+            entries: Arc::default(),
             spans: Vec::new(),
             scanned_bytes: 0,
             warnings: Vec::new(),
@@ -397,7 +398,7 @@ impl MboxDrop {
         Ok(MboxDrop {
             origin: origin.to_path_buf(),
             file: Some(Arc::new(file)),
-            entries,
+            entries: Arc::new(entries),
             spans,
             scanned_bytes,
             warnings,
@@ -405,7 +406,7 @@ impl MboxDrop {
         })
     }
 
-    pub fn entries(&self) -> &[Entry] {
+    pub fn listing(&self) -> &Arc<Listing> {
         &self.entries
     }
 
@@ -542,10 +543,11 @@ fn key(uid: &str) -> u128 {
 }
 
 /// RFC 1939 §7 ids, unique within the maildrop (see the module doc).
-fn assign_uids(listed: Vec<Listed>, warnings: &mut Vec<String>) -> (Vec<Entry>, Vec<Span>) {
+fn assign_uids(listed: Vec<Listed>, warnings: &mut Vec<String>) -> (Listing, Vec<Span>) {
     let mut seen: HashSet<u128> = HashSet::with_capacity(listed.len());
     let mut repeats: HashMap<u128, u64> = HashMap::new();
-    let mut entries = Vec::with_capacity(listed.len());
+    // Ids are at most UID_BYTES_MAX; the 32-digit hashes are the common case.
+    let mut entries = Listing::with_capacity(listed.len(), listed.len() * 32);
     let mut spans = Vec::with_capacity(listed.len());
     for l in listed {
         let uid = match l.uidl {
@@ -581,13 +583,9 @@ fn assign_uids(listed: Vec<Listed>, warnings: &mut Vec<String>) -> (Vec<Entry>, 
             continue;
         };
         seen.insert(key(&uid));
-        entries.push(Entry {
-            name: Box::default(),
-            uid: Uid::Hashed(uid.into()),
-            size: l.size,
-            in_new: false,
-        });
-        spans.push(l.span);
+        if entries.push(b"", UidAt::Own(&uid), l.size, false) {
+            spans.push(l.span);
+        }
     }
     (entries, spans)
 }

@@ -23,7 +23,7 @@ use super::{Ctx, Policy};
 use crate::config::TlsSecurityLevel;
 use crate::mailbox::{Mailbox, MailboxError};
 use crate::mlog;
-use crate::proto::pop3::server::{Event, LoginFailure, MessageMeta, Pop3Params, Server};
+use crate::proto::pop3::server::{Event, LoginFailure, Pop3Params, Server};
 use crate::proto::sasl::Credentials;
 
 const SVC: &str = "pop3d";
@@ -104,7 +104,7 @@ impl Batch {
         if self.buf.capacity() < budget {
             self.buf = Vec::with_capacity(budget);
         }
-        let count = mb.entries().len();
+        let count = mb.len();
         for i in from..count.min(from.saturating_add(crate::limits::POP3_READ_AHEAD_MESSAGES)) {
             let start = self.buf.len();
             let Ok((msg, size)) = mb.open_message_sized(i) else {
@@ -166,7 +166,7 @@ impl ReadAhead {
     /// unless one is being read or the maildrop ends there.
     fn prefetch(&mut self, mb: &Arc<Mailbox>) {
         let from = self.cur.end;
-        if self.pending.is_some() || from >= mb.entries().len() {
+        if self.pending.is_some() || from >= mb.len() {
             return;
         }
         let batch = self.spare.take().unwrap_or_default();
@@ -198,7 +198,7 @@ impl ReadAhead {
 /// shrinks it) plus one byte for the end-of-file read, at most `cap`. Growing from empty
 /// cost several reallocations per message.
 fn read_capacity(mb: &Mailbox, index: usize, cap: usize) -> usize {
-    let listed = mb.entries().get(index).map_or(0, |e| e.size());
+    let listed = mb.listing().get(index).map_or(0, |e| e.size());
     usize::try_from(listed).unwrap_or(usize::MAX).saturating_add(1).min(cap)
 }
 
@@ -322,17 +322,14 @@ pub async fn session(
                             for w in mb.warnings() {
                                 mlog!(SVC, "warning: sid={sid} user={login}: {w}");
                             }
-                            let count = mb.entries().len();
+                            let count = mb.len();
                             mlog!(
                                 SVC,
                                 "sid={sid} login: user=<{login}>, method={mechanism}, rip={ip}{}, messages={}",
                                 if stream.is_tls() { ", TLS" } else { "" },
                                 count
                             );
-                            server.login_ok(mb.entries().iter().map(|e| MessageMeta {
-                                size: e.size(),
-                                uid: e.uid().to_string(),
-                            }));
+                            server.login_ok(mb.listing().clone());
                             mailbox = Some(Arc::new(mb));
                             user = Some(login);
                         }

@@ -62,7 +62,7 @@ fn read_all(mb: &Mailbox, i: usize) -> Vec<u8> {
 }
 
 fn listing(mb: &Mailbox) -> Vec<(u64, String)> {
-    mb.entries().iter().map(|e| (e.size(), e.uid().to_string())).collect()
+    mb.listing().iter().map(|e| (e.size(), e.uid().to_string())).collect()
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn agent_serves_an_mbox_and_cuts_deleted_messages() {
     let mb = Mailbox::Agent(remote.unwrap());
     assert_eq!(mb.len(), 2);
     assert_eq!(read_all(&mb, 0), b"Subject: one\n\nFrom quoted\n");
-    let uid1 = mb.entries()[1].uid().to_string();
+    let uid1 = mb.listing().get(1).unwrap().uid().to_string();
     // While the agent holds the mailbox, a second one is refused: RFC 1939 §8.
     let (second, t2) = open(Place::Mbox(path.clone()));
     assert!(matches!(second, Err(MailboxError::InUse)), "{second:?}");
@@ -139,7 +139,11 @@ fn agent_serves_an_mbox_and_cuts_deleted_messages() {
     assert!(text.starts_with("From b@x") && !text.contains("one"), "{text}");
     let (remote, t) = open(Place::Mbox(path.clone()));
     let mb = Mailbox::Agent(remote.unwrap());
-    assert_eq!(mb.entries()[0].uid(), uid1, "unique ids survive the rewrite");
+    assert_eq!(
+        mb.listing().get(0).unwrap().uid(),
+        uid1,
+        "unique ids survive the rewrite"
+    );
     drop(mb); // on a thread that may not block: the socket just closes
     assert_eq!(t.join().unwrap(), 0);
 }
@@ -169,7 +173,7 @@ fn missing_maildir_is_empty_and_a_foreign_one_is_refused() {
     let dir = tmp("missing");
     let md = dir.join("Maildir");
     let (remote, t) = open(Place::Maildir(md.clone()));
-    assert!(remote.unwrap().entries().is_empty());
+    assert!(remote.unwrap().listing().is_empty());
     assert_eq!(t.join().unwrap(), 0);
     assert!(!md.exists(), "nothing created in a home");
     crate::delivery::maildir::create_maildir(&md).unwrap();

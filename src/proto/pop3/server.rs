@@ -42,6 +42,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::Write as _;
+use std::sync::Arc;
 
 use super::retr::RetrEncoder;
 use crate::limits::{
@@ -78,6 +79,32 @@ pub struct MessageMeta {
     pub size: u64,
     /// RFC 1939 §7 unique-id: 1 to 70 octets in 0x21..0x7E (others are replaced by `_`).
     pub uid: String,
+}
+
+/// The maildrop's listing as the shell made it at login: message number n (RFC 1939 §5) is
+/// index n - 1. The core keeps it for the session (shared with the shell, which reads the
+/// messages through its own copy of the `Arc`) and marks deletions beside it.
+pub trait Messages: Send + Sync {
+    /// Messages listed.
+    fn count(&self) -> usize;
+    /// Message `index`'s octets as sent (RFC 1939 §5 LIST); `index < count()`.
+    fn size(&self, index: usize) -> u64;
+    /// Message `index`'s RFC 1939 §7 unique-id; `index < count()`. The core sends characters
+    /// outside 0x21..0x7E as `_` (a bad id must not break the reply's framing).
+    fn uid(&self, index: usize) -> &str;
+}
+
+/// A listing built by hand (tests, fuzzing).
+impl Messages for Vec<MessageMeta> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn size(&self, index: usize) -> u64 {
+        self.get(index).map_or(0, |m| m.size)
+    }
+    fn uid(&self, index: usize) -> &str {
+        self.get(index).map_or("", |m| m.uid.as_str())
+    }
 }
 
 /// Why a login failed (the shell verified, or could not).
@@ -234,35 +261,43 @@ enum State {
     Ended,
 }
 
-struct Entry {
-    size: u64,
-    /// Where this message's unique-id ends in `Maildrop::uids` (it starts where the
-    /// previous one ends).
-    uid_end: u32,
-    deleted: bool,
-}
-
-/// The listing. The unique-ids are kept back to back in one string: a `String` per
-/// message cost 64 bytes more per message than the id itself (pointer, length, capacity
-/// and the allocator's rounding), about a third of a session's memory for 5,000 messages.
+/// The listing: the shell's own (shared, not copied: a copy of the unique-ids and sizes
+/// was a third of a 5,000-message session's memory) and one deletion mark per message.
 struct Maildrop {
-    msgs: Vec<Entry>,
-    uids: String,
+    list: Arc<dyn Messages>,
+    /// Messages served: the listing's, at most POP3_MAILDROP_MESSAGES_MAX.
+    deleted: Vec<bool>,
 }
 
 impl Maildrop {
-    fn live(&self) -> impl Iterator<Item = (usize, &Entry)> {
-        self.msgs.iter().enumerate().filter(|(_, m)| !m.deleted)
+    /// Messages not marked deleted: (index, size).
+    fn live(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        (self.deleted.iter().enumerate())
+            .filter(|(_, d)| !**d)
+            .map(|(i, _)| (i, self.list.size(i)))
     }
 
-    /// Message `index`'s unique-id ("" for no such message).
+    /// Message `index`: whether it is marked deleted; None for no such message.
+    fn deleted(&self, index: usize) -> Option<bool> {
+        self.deleted.get(index).copied()
+    }
+
+    /// Message `index`'s size as listed (0 for no such message).
+    fn size(&self, index: usize) -> u64 {
+        if index < self.deleted.len() {
+            self.list.size(index)
+        } else {
+            0
+        }
+    }
+
+    /// Message `index`'s unique-id, as the shell listed it ("" for no such message).
     fn uid(&self, index: usize) -> &str {
-        let start = match index.checked_sub(1) {
-            Some(prev) => self.msgs.get(prev).map_or(0, |m| m.uid_end),
-            None => 0,
-        };
-        let end = self.msgs.get(index).map_or(start, |m| m.uid_end);
-        self.uids.get(start as usize..end as usize).unwrap_or("")
+        if index < self.deleted.len() {
+            self.list.uid(index)
+        } else {
+            ""
+        }
     }
 }
 
@@ -423,7 +458,7 @@ impl Server {
     }
 
     /// Positive answer to `Login`: the maildrop listing, in message-number order.
-    pub fn login_ok(&mut self, listing: impl IntoIterator<Item = MessageMeta>) {
+    pub fn login_ok(&mut self, listing: Arc<dyn Messages>) {
         let Some(Wait::Login { user }) = self.wait.take() else {
             return;
         };
@@ -432,25 +467,15 @@ impl Server {
             self.events.push_back(Event::Closed);
             return;
         }
-        let listing = listing.into_iter().take(POP3_MAILDROP_MESSAGES_MAX);
-        let mut msgs: Vec<Entry> = Vec::with_capacity(listing.size_hint().0);
-        let mut uids = String::new();
-        for m in listing {
-            push_clean_uid(&mut uids, &m.uid);
-            msgs.push(Entry {
-                size: m.size,
-                // At most POP3_MAILDROP_MESSAGES_MAX ids of POP3_UID_BYTES_MAX bytes.
-                uid_end: u32::try_from(uids.len()).unwrap_or(u32::MAX),
-                deleted: false,
-            });
-        }
-        msgs.shrink_to_fit();
-        uids.shrink_to_fit();
-        self.stats.messages = msgs.len() as u64;
+        let n = listing.count().min(POP3_MAILDROP_MESSAGES_MAX);
+        self.stats.messages = n as u64;
         // Sizes come from the shell; saturate rather than trust them not to overflow.
-        self.stats.size_bytes = msgs.iter().fold(0u64, |t, m| t.saturating_add(m.size));
+        self.stats.size_bytes = (0..n).fold(0u64, |t, i| t.saturating_add(listing.size(i)));
         self.user = Some(user);
-        self.state = State::Transaction(Maildrop { msgs, uids });
+        self.state = State::Transaction(Maildrop {
+            list: listing,
+            deleted: vec![false; n],
+        });
         self.line(LOGGED_IN);
     }
 
@@ -496,7 +521,7 @@ impl Server {
         let State::Transaction(md) = &self.state else {
             return;
         };
-        let size = md.msgs.get(index).map_or(0, |m| m.size);
+        let size = md.size(index);
         match top_lines {
             None => {
                 self.stats.retr_count += 1;
@@ -777,7 +802,7 @@ impl Server {
             Cmd::Stat => {
                 let (n, size) = self.maildrop().map_or((0, 0), |md| {
                     md.live()
-                        .fold((0u64, 0u64), |(n, s), (_, m)| (n + 1, s.saturating_add(m.size)))
+                        .fold((0u64, 0u64), |(n, s), (_, size)| (n + 1, s.saturating_add(size)))
                 });
                 // RFC 1939 §5 STAT: deleted messages are not counted.
                 self.line(&format!("+OK {n} {size}"));
@@ -788,14 +813,14 @@ impl Server {
                 if let (State::Transaction(md), false) = (&self.state, self.closed) {
                     let out = &mut self.out;
                     let _ = write!(out, "+OK {} messages:\r\n", md.live().count());
-                    for (i, m) in md.live() {
-                        let _ = write!(out, "{} {}\r\n", i + 1, m.size);
+                    for (i, size) in md.live() {
+                        let _ = write!(out, "{} {size}\r\n", i + 1);
                     }
                     out.extend_from_slice(b".\r\n");
                 }
             }
             Cmd::List(Some(i)) => {
-                let size = self.maildrop().and_then(|md| md.msgs.get(i)).map_or(0, |m| m.size);
+                let size = self.maildrop().map_or(0, |md| md.size(i));
                 self.line(&format!("+OK {} {size}", i + 1));
             }
             Cmd::Uidl(None) => {
@@ -803,14 +828,19 @@ impl Server {
                     let out = &mut self.out;
                     out.extend_from_slice(b"+OK\r\n");
                     for (i, _) in md.live() {
-                        let _ = write!(out, "{} {}\r\n", i + 1, md.uid(i));
+                        let _ = write!(out, "{} ", i + 1);
+                        push_clean_uid(out, md.uid(i));
+                        out.extend_from_slice(b"\r\n");
                     }
                     out.extend_from_slice(b".\r\n");
                 }
             }
             Cmd::Uidl(Some(i)) => {
-                let uid = self.maildrop().map_or(String::new(), |md| md.uid(i).to_string());
-                self.line(&format!("+OK {} {uid}", i + 1));
+                if let (State::Transaction(md), false) = (&self.state, self.closed) {
+                    let _ = write!(self.out, "+OK {} ", i + 1);
+                    push_clean_uid(&mut self.out, md.uid(i));
+                    self.out.extend_from_slice(b"\r\n");
+                }
             }
             Cmd::Retr(index) => {
                 self.events.push_back(Event::Retr { index, top_lines: None });
@@ -829,8 +859,8 @@ impl Server {
             Cmd::Dele(i) => {
                 // RFC 1939 §5 DELE: marked now, deleted in UPDATE.
                 if let State::Transaction(md) = &mut self.state {
-                    if let Some(m) = md.msgs.get_mut(i) {
-                        m.deleted = true;
+                    if let Some(d) = md.deleted.get_mut(i) {
+                        *d = true;
                     }
                 }
                 self.line(MARKED);
@@ -838,9 +868,7 @@ impl Server {
             Cmd::Rset => {
                 // RFC 1939 §5 RSET
                 if let State::Transaction(md) = &mut self.state {
-                    for m in &mut md.msgs {
-                        m.deleted = false;
-                    }
+                    md.deleted.fill(false);
                 }
                 self.line(OK);
             }
@@ -852,18 +880,12 @@ impl Server {
         match std::mem::replace(&mut self.state, State::Ended) {
             State::Transaction(md) => {
                 // RFC 1939 §6: QUIT in TRANSACTION enters UPDATE.
-                let deleted: Vec<usize> = md
-                    .msgs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, m)| m.deleted)
+                let deleted: Vec<usize> = (md.deleted.iter().enumerate())
+                    .filter(|(_, d)| **d)
                     .map(|(i, _)| i)
                     .collect();
                 self.stats.deleted_count = deleted.len() as u64;
-                self.stats.deleted_bytes = deleted
-                    .iter()
-                    .filter_map(|&i| md.msgs.get(i))
-                    .fold(0u64, |t, m| t.saturating_add(m.size));
+                self.stats.deleted_bytes = deleted.iter().fold(0u64, |t, &i| t.saturating_add(md.size(i)));
                 self.wait = Some(Wait::Update {
                     any: !deleted.is_empty(),
                 });
@@ -1063,10 +1085,9 @@ fn msgnum<'a>(md: &Maildrop, arg: &'a str, more: bool) -> Result<(usize, &'a str
     if !ok_rest {
         return Err(MSGNUM_NOISE.into());
     }
-    let entry = n.checked_sub(1).and_then(|i| md.msgs.get(i));
-    match entry {
+    match n.checked_sub(1).and_then(|i| md.deleted(i)) {
         None => Err(format!("-ERR There's no message {n}.").into()),
-        Some(m) if m.deleted => Err(DELETED.into()),
+        Some(true) => Err(DELETED.into()),
         Some(_) => Ok((n - 1, rest.trim_start_matches(' '))),
     }
 }
@@ -1075,27 +1096,27 @@ fn msgnum<'a>(md: &Maildrop, arg: &'a str, more: bool) -> Result<(usize, &'a str
 /// keeps a bad one from breaking the reply framing.
 #[cfg(test)]
 fn clean_uid(uid: String) -> String {
-    let mut s = String::new();
+    let mut s = Vec::new();
     push_clean_uid(&mut s, &uid);
-    s
+    String::from_utf8(s).unwrap_or_default()
 }
 
 /// Append `uid` to `out` as an RFC 1939 §7 unique-id: characters outside 0x21..0x7E become
 /// `_`, at most [`POP3_UID_BYTES_MAX`] of them, and an empty one is `_`.
-fn push_clean_uid(out: &mut String, uid: &str) {
+fn push_clean_uid(out: &mut Vec<u8>, uid: &str) {
     let ok = |c: char| ('\x21'..='\x7e').contains(&c);
     if !uid.is_empty() && uid.len() <= POP3_UID_BYTES_MAX && uid.chars().all(ok) {
-        out.push_str(uid);
+        out.extend_from_slice(uid.as_bytes());
         return;
     }
     let start = out.len();
     out.extend(
         uid.chars()
-            .map(|c| if ok(c) { c } else { '_' })
+            .map(|c| if ok(c) { c as u8 } else { b'_' })
             .take(POP3_UID_BYTES_MAX),
     );
     if out.len() == start {
-        out.push('_');
+        out.push(b'_');
     }
 }
 
@@ -1141,7 +1162,7 @@ mod tests {
                 mechanism: "USER"
             })
         );
-        s.login_ok(listing(sizes));
+        s.login_ok(Arc::new(listing(sizes)));
         assert_eq!(s.poll(), None);
         s.take_output();
         s
@@ -1155,10 +1176,14 @@ mod tests {
         s.input(b"USER a\r\nPASS b\r\n");
         assert!(matches!(s.poll(), Some(Event::Login { .. })));
         let uids = ["first", "", "a b\r", "x", &"y".repeat(100), "last-one"];
-        s.login_ok(uids.iter().map(|u| MessageMeta {
-            size: 1,
-            uid: u.to_string(),
-        }));
+        s.login_ok(Arc::new(
+            uids.iter()
+                .map(|u| MessageMeta {
+                    size: 1,
+                    uid: u.to_string(),
+                })
+                .collect::<Vec<_>>(),
+        ));
         s.take_output();
         s.input(b"UIDL\r\nDELE 1\r\nDELE 4\r\nUIDL\r\nUIDL 3\r\nUIDL 5\r\nUIDL 6\r\nUIDL 1\r\nUIDL 7\r\n");
         assert_eq!(s.poll(), None);
@@ -1192,7 +1217,7 @@ mod tests {
         s.input(b"USER a\r\nPASS b\r\nSTAT\r\n");
         assert!(matches!(s.poll(), Some(Event::Login { .. })));
         assert_eq!(s.poll(), None);
-        s.login_ok(listing(&[10, 20]));
+        s.login_ok(Arc::new(listing(&[10, 20])));
         assert_eq!(s.poll(), None);
         assert_eq!(
             out(&mut s),
@@ -1228,7 +1253,7 @@ mod tests {
         assert!(matches!(s.poll(), Some(Event::Login { .. })));
         s.eof();
         assert!(s.is_closed());
-        s.login_ok(listing(&[1]));
+        s.login_ok(Arc::new(listing(&[1])));
         assert_eq!(s.poll(), Some(Event::Closed));
         assert_eq!(s.poll(), None);
     }
@@ -1342,7 +1367,7 @@ mod tests {
     fn answers_out_of_turn_are_ignored() {
         let mut s = Server::new(params());
         s.take_output();
-        s.login_ok(Vec::new());
+        s.login_ok(Arc::new(Vec::new()));
         s.login_failed(LoginFailure::BadCredentials);
         s.retr_begin();
         s.retr_chunk(b"x");
