@@ -235,3 +235,45 @@ fn postconf_all_is_sorted_and_complete() {
     assert!(out.contains("mydestination = $zz_custom.test\n"));
     assert!(out.contains(&format!("config_directory = {}\n", d.0.display())));
 }
+
+/// The privileged helper reads main.cf only when the daemon first asks it something
+/// (docs/decisions.md, "The helper reads its configuration at its first request"): with a
+/// main.cf that has errors it keeps waiting, and reports them when its socket wakes it
+/// (here: end of file, the daemon gone) instead of at start.
+#[test]
+fn the_delivery_helper_reads_main_cf_at_its_first_request() {
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+    let t = TempDir::new("helper-lazy");
+    let cfg = t.write("main.cf", "message_size_limit = lots\n");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_poshta"))
+        .args(["delivery-helper", "-c"])
+        .arg(&cfg)
+        .env_remove("POSHTA_CONFIG")
+        .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let waiting = child.try_wait().unwrap().is_none();
+    drop(ours);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the helper did not end at end of file");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(waiting, "the helper read main.cf at start: {err}");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("configuration errors"), "{err}");
+}

@@ -145,7 +145,10 @@ impl Verifier {
                 if rx.is_empty() {
                     memory = Vec::new();
                 }
-                let r = match smol::block_on(rx.recv()) {
+                // A plain blocking wait: `smol::block_on` would make this thread one more
+                // contender for the I/O reactor (async-io lets any block_on thread poll it),
+                // and each return wakes async-io's fallback thread.
+                let r = match rx.recv_blocking() {
                     Ok(r) => r,
                     Err(_) => break,
                 };
