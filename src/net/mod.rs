@@ -562,7 +562,17 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
     // Makes maildrop/ as the user the loop runs as, so it must start after a privilege drop.
     ex.spawn(pickup::serve(ctx.clone(), pickup_listener, s.queue_directory.clone()))
         .detach();
-    smol::block_on(ex.run(run(ctx, listeners, config_file.to_path_buf())))
+    // Log lines of the loop's thread are written once per poll of the executor, which runs
+    // up to 200 tasks (or all that are ready) per poll: see crate::log.
+    crate::log::batch_this_thread();
+    let mut main = Box::pin(ex.run(run(ctx, listeners, config_file.to_path_buf())));
+    let r = smol::block_on(std::future::poll_fn(move |cx| {
+        let r = std::future::Future::poll(main.as_mut(), cx);
+        crate::log::flush();
+        r
+    }));
+    crate::log::flush();
+    r
 }
 
 /// Read buffers kept for the next sessions (on the event loop's thread only).

@@ -32,10 +32,21 @@ def wait_for(pred, timeout=20, what="condition", p=None):
     raise AssertionError(f"timed out waiting for {what}\n" + (p.logtext()[-4000:] if p else ""))
 
 
+# Ports handed out in this run: the kernel may give the same free port to two bind(0)
+# calls in a row (the first socket is closed by then), and an instance's listeners would
+# then collide with each other ("Address already in use" on every retry).
+_PORTS_GIVEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
+    raise RuntimeError("no port that was not already handed out in 100 tries")
 
 
 # The discard port: nothing listens on UDP 9 on loopback, so a query gets ICMP "port
