@@ -8,7 +8,7 @@
 //! follows a good record; if even that fails, the tail is a torn write that recovery cuts.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::record::{self, Record, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
@@ -330,22 +330,33 @@ impl BodyReaderInner {
             .ok_or_else(|| io::Error::other("body chunk names no segment"))?
             .clone();
         if self.open.as_ref().map(|(n, _)| *n) != Some(loc.seg) {
-            self.open = Some((loc.seg, File::open(&path)?));
+            // rustix's open, not std's: musl's open(2) wrapper follows O_CLOEXEC with an
+            // fcntl(F_SETFD) of its own, a second system call per message read.
+            let fd = rustix::fs::open(
+                &path,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )?;
+            self.open = Some((loc.seg, File::from(fd)));
         }
-        let Some((_, file)) = self.open.as_mut() else {
+        let Some((_, file)) = self.open.as_ref() else {
             return Err(io::Error::other("no segment open"));
         };
-        file.seek(SeekFrom::Start(loc.offset))?;
+        // The index knows the framed length: header and payload in one pread (a seek and
+        // two reads before; the delivery of a small message reads one record).
+        let framed = loc.framed_len as usize;
+        if framed < RECORD_HEADER_BYTES || framed - RECORD_HEADER_BYTES > limits::QUEUE_RECORD_BYTES_MAX {
+            return Err(invalid(&path, loc.offset, "body record length out of range"));
+        }
+        self.buf.resize(framed, 0);
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut self.buf, loc.offset)?;
         let mut h = [0u8; RECORD_HEADER_BYTES];
-        file.read_exact(&mut h)?;
+        h.copy_from_slice(&self.buf[..RECORD_HEADER_BYTES]);
         let (len, crc) = record::parse_record_header(&h);
-        let framed = len as u64 + RECORD_HEADER_BYTES as u64;
-        if len as usize > limits::QUEUE_RECORD_BYTES_MAX || framed != loc.framed_len as u64 {
+        if len as usize + RECORD_HEADER_BYTES != framed {
             return Err(invalid(&path, loc.offset, "body record length changed"));
         }
-        self.buf.resize(len as usize, 0);
-        file.read_exact(&mut self.buf)?;
-        let (start, dlen) = match record::check_and_decode(&self.buf, crc) {
+        let (start, dlen) = match record::check_and_decode(&self.buf[RECORD_HEADER_BYTES..], crc) {
             Ok(Record::Body { qid, data }) if qid == self.qid => {
                 // `data` borrows from `buf`; keep only its position so `buf` can be reused.
                 (data.as_ptr() as usize - self.buf.as_ptr() as usize, data.len())
