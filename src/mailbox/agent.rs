@@ -497,6 +497,7 @@ impl RemoteDrop {
                 entries.push(b"", UidAt::Own(&l.uid), l.size, false);
             }
         }
+        entries.shrink_to_fit();
         let mut seen = HashSet::with_capacity(entries.len());
         if let Some(dup) = entries.iter().find(|e| !seen.insert(e.uid())) {
             let why = format!("unique id {} listed twice", dup.uid());

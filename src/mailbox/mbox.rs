@@ -587,6 +587,7 @@ fn assign_uids(listed: Vec<Listed>, warnings: &mut Vec<String>) -> (Listing, Vec
             spans.push(l.span);
         }
     }
+    entries.shrink_to_fit();
     (entries, spans)
 }
 

@@ -193,6 +193,12 @@ impl Listing {
         true
     }
 
+    /// Give back what pushing reserved beyond the listing (the session keeps it as it is).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.slots.shrink_to_fit();
+        self.bytes.shrink_to_fit();
+    }
+
     pub fn len(&self) -> usize {
         self.slots.len()
     }
