@@ -9,10 +9,11 @@
 //! every line is also appended there in the prefixed form (Postfix 3.4+ key).
 //! Warnings carry Postfix's `warning: ` prefix in the text.
 //!
-//! The event loop's thread batches: its lines are kept and written together when the loop
-//! has run a batch of tasks ([`flush`], called by `net::serve` after every poll of the
-//! executor), one `write` for what used to be five a message at concurrency 50
-//! (docs/decisions.md, "Log lines are written once per turn of the event loop"). A line
+//! The event loop's thread batches: its lines are kept and written together before the
+//! next reply to a client leaves (`net::send_all`, so a client that got a reply finds its
+//! log line) or when the loop has run a batch of tasks ([`flush`], called by `net::serve`
+//! after every poll of the executor): at concurrency 50, 0.1 `write` a message instead of
+//! five (docs/decisions.md, "Log lines are written in batches by the event loop"). A line
 //! from any other thread first writes what is kept, so the order of lines is kept too.
 //! A panic hook writes what is kept before the process aborts.
 

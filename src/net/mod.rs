@@ -727,6 +727,9 @@ pub async fn send_all(stream: &mut tls::Stream, bytes: &[u8], timeout: Duration)
     if bytes.is_empty() {
         return true;
     }
+    // What the loop logged so far goes out before the reply: whoever sees a reply finds its
+    // log line (crate::log keeps the loop's lines only until the next reply or poll).
+    crate::log::flush();
     let mut write = std::pin::pin!(stream.write_all(bytes));
     // Most replies fit in the socket buffer at once: no timer is made for those.
     if let Some(r) = smol::future::poll_once(write.as_mut()).await {

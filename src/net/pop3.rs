@@ -509,5 +509,5 @@ pub async fn session(
         stats.deleted_bytes,
         stats.size_bytes
     );
-    linger(&mut stream).await;
+    linger(&mut stream, &mut buf).await;
 }
