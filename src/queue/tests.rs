@@ -1372,3 +1372,24 @@ fn ready_count_agrees_with_ready() {
     assert_eq!(q.ready(due, 10).len(), 3);
     assert_eq!(q.ready_count(due, 10), 0);
 }
+
+/// A waiter's answer: the value when sent, before or after the waiter polls; `None` when
+/// the writer's end is dropped unanswered (the writer stopped).
+#[test]
+fn answers_reach_their_waiter_and_a_dropped_writer_end_says_so() {
+    let (tx, rx) = answer();
+    tx.send(Ok(()));
+    assert!(matches!(smol::block_on(rx.recv()), Some(Ok(()))));
+    let (tx, rx) = answer();
+    drop(tx);
+    assert!(smol::block_on(rx.recv()).is_none());
+    let ex = smol::LocalExecutor::new();
+    let (tx, rx) = answer();
+    let waiting = ex.spawn(rx.recv());
+    smol::block_on(ex.run(async {
+        // The waiter polls first and sleeps; the answer wakes it.
+        smol::future::yield_now().await;
+        tx.send(Ok(()));
+        assert!(matches!(waiting.await, Some(Ok(()))));
+    }));
+}
