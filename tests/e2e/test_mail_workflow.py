@@ -3,7 +3,8 @@ user is created, `date | mail -s "This is a local test" NICK` (bsd-mailx, which 
 /usr/sbin/sendmail) hands the message to poshta's sendmail link, the daemon (started as
 root, so it runs as mail_owner and writes through its privileged helper) delivers it to the
 user's mbox in mail_spool_directory, the user reads it with s-nail, marks it read and quits
-(s-nail rewrites the mbox) while poshta keeps delivering more: nothing is lost or corrupted.
+(s-nail rewrites the mbox, under the mailbox's dot-lock) while poshta keeps delivering more:
+nothing is lost or corrupted.
 Then the same user reads the mailbox over POP3 with a password from `poshta user add
 --system`.
 
@@ -63,7 +64,8 @@ def test_date_pipe_mail_then_read_mark_and_keep_delivering(make_poshta, nick, tm
     os.mkdir(spool)
     os.chown(spool, 0, grp.getgrnam("mail").gr_gid)
     os.chmod(spool, 0o2775)
-    local.p.write_config(f"mail_spool_directory = {spool}\n")
+    # A delivery that meets the reader's dot-lock is deferred: retried within a second or two.
+    local.p.write_config(f"mail_spool_directory = {spool}\nminimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n")
     local.p.start()
     box = os.path.join(spool, nick.pw_name)
 
@@ -101,11 +103,35 @@ def test_date_pipe_mail_then_read_mark_and_keep_delivering(make_poshta, nick, tm
             if rr.returncode != 0:
                 errors.append(rr.stderr)
 
+    # s-nail dot-locks the system mailbox (through s-nail-dotlock, setgid mail) for the whole
+    # session, but not a file named with -f, as here: then its quit looks at the mailbox's
+    # size before it takes its fcntl lock, truncates and rewrites, so a message appended
+    # between the two is lost whatever the MDA does (seen: 8 of 20 lost, 1 run in 8). The
+    # test holds the dot-lock around each s-nail run, as s-nail-dotlock does for the system
+    # mailbox (Debian Policy §11.6): poshta must wait for it or defer, and lose nothing.
+    lock = box + ".lock"
+
+    def read_and_quit():
+        deadline = time.time() + 30
+        while True:
+            try:
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:  # poshta holds it for a delivery
+                assert time.time() < deadline, "the dot-lock stayed taken"
+                time.sleep(0.01)
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.close(fd)
+            subprocess.run(as_nick + ["s-nail", "-n", "-#", "-S", "hold", "-f", box], input=b"print 1\nquit\n",
+                           capture_output=True, env=nick_env, timeout=30)
+        finally:
+            os.unlink(lock)
+
     t = threading.Thread(target=deliver_more)
     t.start()
     for _ in range(5):
-        subprocess.run(as_nick + ["s-nail", "-n", "-#", "-S", "hold", "-f", box], input=b"print 1\nquit\n",
-                       capture_output=True, env=nick_env, timeout=30)
+        read_and_quit()
         time.sleep(0.05)
     t.join(timeout=120)
     assert not errors, errors
