@@ -103,12 +103,12 @@ def test_date_pipe_mail_then_read_mark_and_keep_delivering(make_poshta, nick, tm
             if rr.returncode != 0:
                 errors.append(rr.stderr)
 
-    # s-nail dot-locks the system mailbox (through s-nail-dotlock, setgid mail) for the whole
-    # session, but not a file named with -f, as here: then its quit looks at the mailbox's
+    # s-nail dot-locks its inbox (MAIL, the system mailbox; through s-nail-dotlock when
+    # needed), but not a file named with -f, as here: then its quit looks at the mailbox's
     # size before it takes its fcntl lock, truncates and rewrites, so a message appended
     # between the two is lost whatever the MDA does (seen: 8 of 20 lost, 1 run in 8). The
-    # test holds the dot-lock around each s-nail run, as s-nail-dotlock does for the system
-    # mailbox (Debian Policy §11.6): poshta must wait for it or defer, and lose nothing.
+    # test holds the dot-lock around each s-nail run, standing in for s-nail's own (Debian
+    # Policy §11.6): poshta must wait for it or defer, and lose nothing.
     lock = box + ".lock"
 
     def read_and_quit():
