@@ -12,8 +12,8 @@
 //! The event loop's thread batches: its lines are kept and written together before the
 //! next reply to a client leaves (`net::send_all`, so a client that got a reply finds its
 //! log line) or when the loop has run a batch of tasks ([`flush`], called by `net::serve`
-//! after every poll of the executor): at concurrency 50, 0.1 `write` a message instead of
-//! five (docs/decisions.md, "Log lines are written in batches by the event loop"). A line
+//! after every poll of the executor): at concurrency 50, three `write`s a message instead
+//! of five (docs/decisions.md, "Log lines are written in batches by the event loop"). A line
 //! from any other thread first writes what is kept, so the order of lines is kept too.
 //! A panic hook writes what is kept before the process aborts.
 
