@@ -660,21 +660,7 @@ fn assign_uids(listed: &[Found], names: &[u8], w: &mut Warnings) -> (HashMap<usi
             hashed.insert(i, h);
         }
     }
-    let uid_of = |hashed: &HashMap<usize, String>, i: usize| -> String {
-        // Only on the rare clash paths below: the common path borrows (see `dups`).
-        match hashed.get(&i) {
-            Some(h) => h.clone(),
-            None => show(unique_part(listed[i].name(names))),
-        }
-    };
-    let dups = {
-        let h = &hashed;
-        duplicate_uids(listed.len(), |i| match h.get(&i) {
-            Some(u) => u.as_str(),
-            // uid_for checked it is printable ASCII.
-            None => std::str::from_utf8(unique_part(listed[i].name(names))).unwrap_or(""),
-        })
-    };
+    let dups = duplicate_uids(listed.len(), |i| uid_str(&hashed, listed, names, i));
     if dups.is_empty() {
         return (hashed, Vec::new());
     }
@@ -683,8 +669,7 @@ fn assign_uids(listed: &[Found], names: &[u8], w: &mut Warnings) -> (HashMap<usi
         marked.extend_from_slice(listed[i].name(names));
         hashed.insert(i, fnv1a128_hex(&marked));
     }
-    let uids: Vec<String> = (0..listed.len()).map(|i| uid_of(&hashed, i)).collect();
-    let still = duplicate_uids(uids.len(), |i| uids[i].as_str());
+    let still = duplicate_uids(listed.len(), |i| uid_str(&hashed, listed, names, i));
     for &i in &still {
         let f = &listed[i];
         w.push(format!(
@@ -694,6 +679,15 @@ fn assign_uids(listed: &[Found], names: &[u8], w: &mut Warnings) -> (HashMap<usi
         ));
     }
     (hashed, still)
+}
+
+/// Message `i`'s id while listing: its hash when it has one, else its name's unique part
+/// (which [`uid_for`] checked is printable ASCII).
+fn uid_str<'a>(hashed: &'a HashMap<usize, String>, listed: &[Found], names: &'a [u8], i: usize) -> &'a str {
+    match hashed.get(&i) {
+        Some(h) => h,
+        None => std::str::from_utf8(unique_part(listed[i].name(names))).unwrap_or(""),
+    }
 }
 
 /// Maildir spec: the unique part is the name before the info (`:`).
