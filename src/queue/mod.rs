@@ -259,8 +259,6 @@ struct Waiter {
 #[derive(Default)]
 struct AnswerSlot {
     value: Cell<Option<Result<(), Failure>>>,
-    /// The writer's end is gone (answered or not).
-    closed: Cell<bool>,
     waker: Cell<Option<std::task::Waker>>,
 }
 
@@ -277,7 +275,6 @@ impl AnswerTx {
 
 impl Drop for AnswerTx {
     fn drop(&mut self) {
-        self.0.closed.set(true);
         if let Some(w) = self.0.waker.take() {
             w.wake();
         }
@@ -293,7 +290,8 @@ impl AnswerRx {
             if let Some(v) = self.0.value.take() {
                 return std::task::Poll::Ready(Some(v));
             }
-            if self.0.closed.get() {
+            // No answer, and the writer's end is gone (the slot's only other owner).
+            if Rc::strong_count(&self.0) == 1 {
                 return std::task::Poll::Ready(None);
             }
             self.0.waker.set(Some(cx.waker().clone()));
