@@ -113,9 +113,9 @@ pub fn main(config_file: &Path) -> i32 {
     // checked the same file; should it have become invalid meanwhile, the helper ends at
     // that first request and the daemon defers local deliveries ("delivery helper is
     // gone"), exactly what a helper that failed at its start would have caused.
-    if !wait_readable(&sock) {
-        return 0;
-    }
+    // A swallowed signal (above) interrupts the wait; any other poll error is left for the
+    // first read to report.
+    while poll_in(&sock, None) == Err(rustix::io::Errno::INTR) {}
     let loaded = match crate::config::load(config_file) {
         Ok(l) if !l.has_errors() => l,
         Ok(_) => {
@@ -135,22 +135,11 @@ pub fn main(config_file: &Path) -> i32 {
     serve(sock, State::new(s), Some(config_file))
 }
 
-/// Block until `sock` has something to read (a request or end of file). False when it
-/// cannot be polled at all (the socket is unusable: nothing to serve).
-fn wait_readable(sock: &UnixStream) -> bool {
+/// Wait up to `timeout` (None: for ever) for `sock` to have something to read: a request,
+/// or end of file.
+fn poll_in(sock: &UnixStream, timeout: Option<&rustix::event::Timespec>) -> rustix::io::Result<usize> {
     use rustix::event::{poll, PollFd, PollFlags};
-    loop {
-        let mut fds = [PollFd::new(sock, PollFlags::IN)];
-        match poll(&mut fds, None) {
-            Ok(_) => return true,
-            // A swallowed signal (above) interrupts the wait.
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => {
-                eprintln!("poshta delivery-helper: poll: {e}");
-                return false;
-            }
-        }
-    }
+    poll(&mut [PollFd::new(sock, PollFlags::IN)], timeout)
 }
 
 /// Wait until `sock` has something to read, reaping maildrop agents that ended meanwhile
@@ -158,11 +147,9 @@ fn wait_readable(sock: &UnixStream) -> bool {
 /// until the next request. Returns at once when no agent is alive; any poll error is left
 /// for the read that follows to report.
 fn wait_reaping(sock: &UnixStream, st: &mut State) {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let second = rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 };
     while !st.agents.is_empty() {
-        let mut fds = [PollFd::new(sock, PollFlags::IN)];
-        let second = Timespec { tv_sec: 1, tv_nsec: 0 };
-        match poll(&mut fds, Some(&second)) {
+        match poll_in(sock, Some(&second)) {
             Ok(0) | Err(rustix::io::Errno::INTR) => {
                 st.agents.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
             }
