@@ -562,8 +562,8 @@ pub fn serve(config_file: &std::path::Path) -> i32 {
     // Makes maildrop/ as the user the loop runs as, so it must start after a privilege drop.
     ex.spawn(pickup::serve(ctx.clone(), pickup_listener, s.queue_directory.clone()))
         .detach();
-    // Log lines of the loop's thread are written once per poll of the executor, which runs
-    // up to 200 tasks (or all that are ready) per poll: see crate::log.
+    // The loop's log lines are kept and written before the next reply (send_all) or after
+    // each poll of the executor (up to 200 ready tasks), whichever comes first: see crate::log.
     crate::log::batch_this_thread();
     let mut main = Box::pin(ex.run(run(ctx, listeners, config_file.to_path_buf())));
     let r = smol::block_on(std::future::poll_fn(move |cx| {
