@@ -23,7 +23,7 @@ use crate::policy::RcptClass;
 use crate::proto::reply::Reply;
 use crate::proto::sasl::Credentials;
 use crate::proto::smtp::received::{received_header, ReceivedInfo};
-use crate::proto::smtp::server::{BareNewline, Event, HeaderFix, Server, SessionParams};
+use crate::proto::smtp::server::{BareNewline, Buffers, Event, HeaderFix, Server, SessionParams};
 use crate::queue::{Envelope, Incoming};
 
 const REPLY_STORAGE: Reply = Reply::new(452, "4.3.1 Insufficient system storage");
@@ -157,11 +157,9 @@ pub async fn verify_login(ctx: &Ctx, policy: &Policy, creds: &Credentials) -> Op
     }
 }
 
-/// reject_unknown_sender_domain's fact: does the sender's domain have an MX (not null) or
-/// an address? None when nothing needs it, DNS is off (disable_dns_lookups), the sender is
-/// null or local, or the DNS could not say: a temporary DNS failure never rejects mail
-/// (Postfix would answer 450 at the end; poshta lets it through and logs it).
-async fn sender_domain_resolves(ctx: &Rc<Ctx>, policy: &Rc<Policy>, from: &str) -> Option<bool> {
+/// The sender's domain when reject_unknown_sender_domain needs to look it up; None when
+/// nothing needs it, DNS is off (disable_dns_lookups), or the sender is null or local.
+fn sender_domain_to_check<'a>(policy: &Policy, from: &'a str) -> Option<&'a str> {
     if !policy.restrictions.checks_sender_domain() || policy.settings.disable_dns_lookups {
         return None;
     }
@@ -170,6 +168,14 @@ async fn sender_domain_resolves(ctx: &Rc<Ctx>, policy: &Rc<Policy>, from: &str) 
     if domain.is_empty() || domain.starts_with('[') || policy.router.is_local_domain(domain) {
         return None;
     }
+    Some(domain)
+}
+
+/// reject_unknown_sender_domain's fact: does `domain` (from [`sender_domain_to_check`]) have
+/// an MX (not null) or an address? None when the DNS could not say: a temporary DNS failure
+/// never rejects mail (Postfix would answer 450 at the end; poshta lets it through and logs
+/// it).
+async fn sender_domain_resolves(ctx: &Rc<Ctx>, policy: &Rc<Policy>, domain: &str) -> Option<bool> {
     let conf = super::deliver::relay_conf(ctx, policy).await;
     match crate::dns::io::domain_resolves(&conf.resolver, domain).await {
         Ok(v) => Some(v),
@@ -265,8 +271,9 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
     let require_tls = kind == Kind::Smtp && s.smtpd_tls_security_level == TlsSecurityLevel::Encrypt;
     let timeout = Duration::from_secs(s.smtpd_timeout_secs.max(1));
     // On the heap: the session's task stays under async-task's 2 KiB boxing threshold
-    // (one allocation per session, not two; see linger).
-    let mut server = Box::new(Server::new(params));
+    // (one allocation per session, not two; see linger). Its buffers are an earlier
+    // session's (`Buffers`).
+    let mut server = Box::new(Server::with_buffers(params, take_buffers()));
     // smtpd_delay_reject = no: the client restrictions run at connect (Postfix's smtpd);
     // a refusal replaces the greeting and every later command but QUIT gets 503.
     if !policy.restrictions.delay_reject {
@@ -490,8 +497,11 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                     policy.refresh_aliases(svc);
                     let class = policy.router.classify(&to);
                     if txn.sender_resolves.is_none() {
-                        let r = match txn.from.as_deref() {
-                            Some(f) => Box::pin(sender_domain_resolves(&ctx, &policy, f)).await,
+                        // Boxed (and made) only when there is a look-up to do: a future
+                        // per recipient was one more allocation class that musl's
+                        // allocator mapped and unmapped as sessions came and went.
+                        let r = match txn.from.as_deref().and_then(|f| sender_domain_to_check(&policy, f)) {
+                            Some(d) => Box::pin(sender_domain_resolves(&ctx, &policy, d)).await,
                             None => None,
                         };
                         txn.sender_resolves = Some(r);
@@ -799,6 +809,8 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
         }
     }
     txn.reset();
+    keep_buffers(server.take_buffers());
+    drop(server);
     drop(slot);
     mlog!(
         svc,
@@ -813,6 +825,32 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
         counts.quit
     );
     linger(&mut stream, &mut buf).await;
+}
+
+/// How many sessions' protocol buffers the event loop keeps for the next sessions, and how
+/// much memory one set may hold to be kept (a big message's are let go).
+const SMTP_BUFFERS_KEPT: usize = 8;
+const SMTP_BUFFERS_KEPT_BYTES_MAX: usize = 64 * 1024;
+
+thread_local! {
+    static SMTP_BUFFERS: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers of an earlier session, or new empty ones.
+fn take_buffers() -> Buffers {
+    SMTP_BUFFERS.with_borrow_mut(Vec::pop).unwrap_or_default()
+}
+
+/// Keep a finished session's buffers for the next one (bounded in count and size).
+fn keep_buffers(b: Buffers) {
+    if b.capacity() > SMTP_BUFFERS_KEPT_BYTES_MAX {
+        return;
+    }
+    SMTP_BUFFERS.with_borrow_mut(|pool| {
+        if pool.len() < SMTP_BUFFERS_KEPT {
+            pool.push(b);
+        }
+    });
 }
 
 fn lockout_reply(host: &str) -> Reply {

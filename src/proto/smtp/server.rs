@@ -469,25 +469,60 @@ pub struct Server {
     spare_body: Vec<u8>,
 }
 
+/// The buffers a session grows — input, output, the DATA decode scratch and a body buffer —
+/// handed by the shell from a finished session to the next ([`Server::with_buffers`],
+/// [`Server::take_buffers`]). With one message per connection (smtp-source, cron jobs,
+/// scanners), growing them from empty in every session made musl's allocator map and unmap
+/// memory for them again and again (docs/decisions.md, "SMTP sessions reuse their buffers").
+/// They come back emptied; what a new session reads is only what it wrote.
+#[derive(Default)]
+pub struct Buffers {
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    decoded: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl Buffers {
+    /// Bytes of memory the buffers hold.
+    pub fn capacity(&self) -> usize {
+        self.inbuf.capacity() + self.out.capacity() + self.decoded.capacity() + self.body.capacity()
+    }
+}
+
+/// An emptied buffer to keep, or nothing if a burst grew it beyond `KEPT_BUFFER_BYTES_MAX`.
+fn kept(mut v: Vec<u8>) -> Vec<u8> {
+    if v.capacity() > KEPT_BUFFER_BYTES_MAX {
+        return Vec::new();
+    }
+    v.clear();
+    v
+}
+
 impl Server {
     /// A new session; the 220 greeting is queued in the output.
     pub fn new(params: SessionParams) -> Server {
+        Server::with_buffers(params, Buffers::default())
+    }
+
+    /// [`Server::new`], growing into the buffers of an earlier session.
+    pub fn with_buffers(params: SessionParams, b: Buffers) -> Server {
         let mut s = Server {
             state: State::Start,
             wait: None,
             skip: None,
             lines: LineReader::new(),
-            inbuf: Vec::new(),
+            inbuf: kept(b.inbuf),
             pos: 0,
-            out: Vec::new(),
+            out: kept(b.out),
             events: VecDeque::new(),
             closed: false,
             close_reason: AbortReason::Disconnected,
             user: None,
             access_denied: false,
             bare_local_rcpt: false,
-            decoded: Vec::new(),
-            spare_body: Vec::new(),
+            decoded: kept(b.decoded),
+            spare_body: kept(b.body),
             params,
         };
         // RFC 5321 §4.2: the greeting; §4.3.1.
@@ -758,6 +793,17 @@ impl Server {
         }
     }
 
+    /// This session's buffers, emptied, for the next one ([`Buffers`]); the server keeps
+    /// none. Call once the session is over.
+    pub fn take_buffers(&mut self) -> Buffers {
+        Buffers {
+            inbuf: kept(std::mem::take(&mut self.inbuf)),
+            out: kept(std::mem::take(&mut self.out)),
+            decoded: kept(std::mem::take(&mut self.decoded)),
+            body: kept(std::mem::take(&mut self.spare_body)),
+        }
+    }
+
     /// True once nothing more will be read: after QUIT, a 421, a 521, eof or timeout.
     /// The shell sends the remaining output, then closes.
     pub fn is_closed(&self) -> bool {
@@ -784,7 +830,7 @@ impl Server {
 
     /// Forget all buffered input, and any half-read over-long line.
     fn drop_input(&mut self) {
-        self.inbuf = Vec::new();
+        self.inbuf = kept(std::mem::take(&mut self.inbuf));
         self.pos = 0;
         self.lines = LineReader::new();
     }
@@ -1766,6 +1812,43 @@ mod tests {
             out(&mut s),
             "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as X\r\n250 2.0.0 Ok\r\n"
         );
+    }
+
+    #[test]
+    fn a_session_starts_in_the_emptied_buffers_of_the_last_one() {
+        let mut s = in_txn(params());
+        s.input(b"DATA\r\nsecret body\r\n.\r\nQUIT\r\n");
+        assert_eq!(s.poll(), Some(Event::DataStart));
+        s.accept_data(Vec::new(), HeaderFix::default());
+        let Some(Event::Body(body)) = s.poll() else {
+            panic!("no body")
+        };
+        s.recycle(body);
+        assert_eq!(s.poll(), Some(Event::DataEnd { size: 13 }));
+        s.finish_data(Reply::new(250, "2.0.0 Ok"));
+        assert_eq!(s.poll(), Some(Event::Quit));
+        let used = s.take_buffers();
+        assert!(used.capacity() > 0);
+        assert_eq!(s.take_buffers().capacity(), 0, "the old session keeps nothing");
+        // The next session writes its greeting into the old output buffer and nothing of the
+        // last session shows: not in the output, not as input, not in a body.
+        let kept = used.capacity();
+        let mut next = Server::with_buffers(params(), used);
+        assert_eq!(out(&mut next), "220 mx.example.org ESMTP poshta\r\n");
+        assert_eq!(next.buffered(), 0);
+        next.input(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nx\r\n.\r\n");
+        for _ in 0..3 {
+            assert!(next.poll().is_some_and(|e| e.needs_answer()));
+            next.accept();
+        }
+        assert_eq!(next.poll(), Some(Event::DataStart));
+        next.accept_data(Vec::new(), HeaderFix::default());
+        assert_eq!(next.poll(), Some(Event::Body(b"x\n".to_vec())));
+        assert!(next.take_buffers().capacity() <= kept + 4096);
+        // A burst's buffer is let go, not kept.
+        let mut big = Server::new(params());
+        big.input(&vec![b'a'; 2 * KEPT_BUFFER_BYTES_MAX]);
+        assert!(big.take_buffers().capacity() < KEPT_BUFFER_BYTES_MAX);
     }
 
     #[test]
