@@ -159,10 +159,11 @@ struct LoopFacts {
 
 /// Count Received: and collect Delivered-To: in the header (at most
 /// LOOP_HEADER_SCAN_BYTES_MAX bytes). Blocking.
-fn scan_header(body: &mut dyn std::io::Read) -> LoopFacts {
+fn scan_header(body: &mut dyn std::io::BufRead) -> LoopFacts {
     use std::io::BufRead;
     let mut facts = LoopFacts::default();
-    let mut r = std::io::BufReader::new(std::io::Read::take(body, LOOP_HEADER_SCAN_BYTES_MAX as u64));
+    // The body reader buffers a record already: no BufReader (and its 8 KiB) on top.
+    let mut r = std::io::Read::take(body, LOOP_HEADER_SCAN_BYTES_MAX as u64);
     let mut line = Vec::new();
     // Bounded by the take() above.
     loop {

@@ -348,6 +348,9 @@ impl BodyReaderInner {
         if framed < RECORD_HEADER_BYTES || framed - RECORD_HEADER_BYTES > limits::QUEUE_RECORD_BYTES_MAX {
             return Err(invalid(&path, loc.offset, "body record length out of range"));
         }
+        if self.buf.capacity() == 0 {
+            self.buf = READ_BUFFER.take();
+        }
         self.buf.resize(framed, 0);
         std::os::unix::fs::FileExt::read_exact_at(file, &mut self.buf, loc.offset)?;
         let mut h = [0u8; RECORD_HEADER_BYTES];
@@ -370,20 +373,54 @@ impl BodyReaderInner {
     }
 }
 
-impl Read for BodyReaderInner {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
+thread_local! {
+    /// A record buffer kept by the thread that last dropped a body reader, for the next
+    /// reader on that thread. Delivery reads a message's body twice (loop facts, then the
+    /// copy), and a new buffer for each read made musl's allocator map and unmap memory,
+    /// which on a multi-threaded process interrupts the other cores (docs/decisions.md, "SMTP
+    /// sessions reuse their buffers").
+    static READ_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A body record's buffer is kept for the next reader up to this capacity.
+const READ_BUFFER_KEPT_BYTES_MAX: usize = 64 * 1024;
+
+impl Drop for BodyReaderInner {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.capacity() > 0 && buf.capacity() <= READ_BUFFER_KEPT_BYTES_MAX {
+            // Holds message bytes; the next reader only reads what it wrote over them.
+            READ_BUFFER.set(buf);
         }
+    }
+}
+
+impl io::BufRead for BodyReaderInner {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         // Bounded: chunks are never empty, but skip any without looping forever.
         while self.pos >= self.end {
             if !self.next_chunk()? {
-                return Ok(0);
+                return Ok(&[]);
             }
         }
-        let n = out.len().min(self.end - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
+        Ok(&self.buf[self.pos..self.end])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
+    }
+}
+
+impl Read for BodyReaderInner {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        use io::BufRead;
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let data = self.fill_buf()?;
+        let n = out.len().min(data.len());
+        out[..n].copy_from_slice(&data[..n]);
+        self.consume(n);
         Ok(n)
     }
 }

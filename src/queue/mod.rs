@@ -586,6 +586,16 @@ impl std::io::Read for BodyReader {
     }
 }
 
+impl std::io::BufRead for BodyReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n)
+    }
+}
+
 /// Reasons come from remote servers: keep what is logged bounded.
 const REASON_BYTES_MAX: usize = 1000;
 
