@@ -240,7 +240,12 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
     let started = Instant::now();
     let (secs, micros) = crate::time::now();
     // Per job: results in any order.
-    let mut outcomes: Vec<Vec<Res>> = (0..jobs.len()).map(|_| Vec::new()).collect();
+    // Sized up front: a batch's outcome lists grown one push at a time (and the lists of
+    // finished outcomes below, one per job) were allocations that musl's allocator mapped
+    // and unmapped batch after batch (docs/decisions.md, "SMTP sessions reuse their buffers").
+    let mut outcomes: Vec<Vec<Res>> = jobs.iter().map(|j| Vec::with_capacity(j.recipients.len())).collect();
+    let mut done: Vec<(usize, Outcome)> =
+        Vec::with_capacity(jobs.iter().map(|j| j.recipients.len()).max().unwrap_or(0));
     let mut locals = Vec::new();
     let mut helped: Vec<Helped> = Vec::new();
     let mut subs: Vec<Sub> = Vec::new();
@@ -663,7 +668,8 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
             );
         }
         warn_delay(ctx, s, job, &outs, now).await;
-        let done: Vec<(usize, Outcome)> = outs.into_iter().map(|r| (r.idx, r.outcome)).collect();
+        done.clear();
+        done.extend(outs.into_iter().map(|r| (r.idx, r.outcome)));
         ctx.queue.finish(job.qid, &done, now);
     }
 }

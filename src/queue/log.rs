@@ -322,6 +322,9 @@ impl BodyReaderInner {
     /// Load the next chunk; false at the end of the body.
     fn next_chunk(&mut self) -> io::Result<bool> {
         let Some(loc) = self.chunks.next() else {
+            // Read to the end: the next reader on this thread may have the buffer now
+            // (a delivery batch reads its messages one after the other).
+            self.release_buffer();
             return Ok(false);
         };
         let path = self
@@ -385,13 +388,20 @@ thread_local! {
 /// A body record's buffer is kept for the next reader up to this capacity.
 const READ_BUFFER_KEPT_BYTES_MAX: usize = 64 * 1024;
 
-impl Drop for BodyReaderInner {
-    fn drop(&mut self) {
+impl BodyReaderInner {
+    fn release_buffer(&mut self) {
         let buf = std::mem::take(&mut self.buf);
+        (self.pos, self.end) = (0, 0);
         if buf.capacity() > 0 && buf.capacity() <= READ_BUFFER_KEPT_BYTES_MAX {
             // Holds message bytes; the next reader only reads what it wrote over them.
             READ_BUFFER.set(buf);
         }
+    }
+}
+
+impl Drop for BodyReaderInner {
+    fn drop(&mut self) {
+        self.release_buffer();
     }
 }
 
