@@ -97,13 +97,20 @@ pub async fn runner(ctx: Rc<Ctx>) {
                     }
                 }
                 gathering = None;
-                let jobs = ctx
+                let mut jobs = ctx
                     .queue
                     .ready(crate::time::now_unix(), room * LOCAL_DELIVERY_BATCH_MESSAGES);
-                for batch in jobs.chunks(LOCAL_DELIVERY_BATCH_MESSAGES) {
+                // Batches moved out of `jobs`, not copied (a copy cloned every envelope).
+                // Bounded: each turn takes at least one job.
+                while !jobs.is_empty() {
+                    let rest = if jobs.len() > LOCAL_DELIVERY_BATCH_MESSAGES {
+                        jobs.split_off(LOCAL_DELIVERY_BATCH_MESSAGES)
+                    } else {
+                        Vec::new()
+                    };
+                    let batch = std::mem::replace(&mut jobs, rest);
                     ctx.deliveries.set(ctx.deliveries.get() + 1);
                     let c = ctx.clone();
-                    let batch = batch.to_vec();
                     ctx.ex
                         .spawn(async move {
                             deliver_batch(&c, batch).await;
@@ -246,9 +253,10 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
     let mut outcomes: Vec<Vec<Res>> = jobs.iter().map(|j| Vec::with_capacity(j.recipients.len())).collect();
     let mut done: Vec<(usize, Outcome)> =
         Vec::with_capacity(jobs.iter().map(|j| j.recipients.len()).max().unwrap_or(0));
-    let mut locals = Vec::new();
+    let recipients: usize = jobs.iter().map(|j| j.recipients.len()).sum();
+    let mut locals = Vec::with_capacity(recipients);
     let mut helped: Vec<Helped> = Vec::new();
-    let mut subs: Vec<Sub> = Vec::new();
+    let mut subs: Vec<Sub> = Vec::with_capacity(recipients);
     // Alias recipients with remote targets: (job, idx, alias address, targets).
     let mut forwards: Vec<(usize, usize, String, Vec<String>)> = Vec::new();
     // Remote recipients: (job, rcpt index, address), routed below.
