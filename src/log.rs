@@ -43,12 +43,33 @@ struct Sink {
     stamp_unix: u64,
     /// `TIMESTAMP HOST ` for `stamp_unix`.
     stamp: String,
+    /// `TAG/SERVICE[PID]: ` by service and pid, made once (a handful of services log).
+    prefixes: Vec<(String, u32, String)>,
     /// Lines kept for stderr and for the file (see the module doc).
     kept_err: Vec<u8>,
     kept_file: Vec<u8>,
 }
 
+/// At most this many prefixes are kept (more services than poshta has: start over).
+const PREFIXES_KEPT: usize = 32;
+
 impl Sink {
+    /// `TAG/SERVICE[PID]: ` for this line.
+    fn prefix(&mut self, service: &str, pid: u32) -> &str {
+        let i = match self.prefixes.iter().position(|(s, p, _)| *p == pid && s == service) {
+            Some(i) => i,
+            None => {
+                if self.prefixes.len() >= PREFIXES_KEPT {
+                    self.prefixes.clear();
+                }
+                let prefix = format!("{}/{service}[{pid}]: ", self.tag);
+                self.prefixes.push((service.to_string(), pid, prefix));
+                self.prefixes.len() - 1
+            }
+        };
+        &self.prefixes[i].2
+    }
+
     fn write_kept(&mut self) {
         if !self.kept_err.is_empty() {
             let _ = std::io::stderr().write_all(&self.kept_err);
@@ -121,6 +142,7 @@ pub fn init(hostname: &str, syslog_name: &str, maillog_file: Option<&Path>) -> s
         buf: String::new(),
         stamp_unix: u64::MAX,
         stamp: String::new(),
+        prefixes: Vec::new(),
         kept_err: Vec::new(),
         kept_file: Vec::new(),
     };
@@ -155,7 +177,8 @@ pub fn line(service: &str, text: std::fmt::Arguments<'_>) {
             buf.clear();
             buf.push_str(&sink.stamp);
             let body_at = buf.len();
-            let _ = writeln!(buf, "{}/{service}[{pid}]: {text}", sink.tag);
+            buf.push_str(sink.prefix(service, pid));
+            let _ = writeln!(buf, "{text}");
             let stderr_line = if sink.journal { &buf[body_at..] } else { &buf[..] };
             if BATCHING.with(Cell::get) {
                 sink.kept_err.extend_from_slice(stderr_line.as_bytes());

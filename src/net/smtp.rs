@@ -195,8 +195,10 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
     ctx.next_sid.set(sid + 1);
     let ip = client_ip(&peer);
     let client_name = "unknown".to_string();
+    // `NAME[IP]` as logs show the client, made once: several lines a message name it.
+    let client = format!("{client_name}[{ip}]");
     let trusted = policy.mynetworks.contains(ip);
-    mlog!(svc, "sid={sid} connect from {client_name}[{ip}]");
+    mlog!(svc, "sid={sid} connect from {client}");
     let tls_config = if s.smtpd_tls_security_level == TlsSecurityLevel::None {
         None
     } else {
@@ -207,10 +209,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
     let mut stream = match kind {
         Kind::Submissions => {
             let Some(cfg) = tls_config.clone() else {
-                mlog!(
-                    svc,
-                    "warning: sid={sid} no usable TLS certificate; closing {client_name}[{ip}]"
-                );
+                mlog!(svc, "warning: sid={sid} no usable TLS certificate; closing {client}");
                 return;
             };
             // Boxed, as the DNS check and STARTTLS below: each is 1.4-1.7 KiB of future that
@@ -222,8 +221,8 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                     st
                 }
                 Err(e) => {
-                    mlog!(svc, "sid={sid} SSL_accept error from {client_name}[{ip}]: {e}");
-                    mlog!(svc, "sid={sid} lost connection after CONNECT from {client_name}[{ip}]");
+                    mlog!(svc, "sid={sid} SSL_accept error from {client}: {e}");
+                    mlog!(svc, "sid={sid} lost connection after CONNECT from {client}");
                     return;
                 }
             }
@@ -238,7 +237,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
         if let Err(p) = locked {
             mlog!(
                 svc,
-                "warning: sid={sid} {client_name}[{ip}]: locked out for failed logins until {}",
+                "warning: sid={sid} {client}: locked out for failed logins until {}",
                 p.until
             );
             let msg = format!(
@@ -290,7 +289,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
         if let Some(reply) = verdict.decision.reply() {
             mlog!(
                 svc,
-                "NOQUEUE: reject: CONNECT from {client_name}[{ip}]: {}; proto=SMTP",
+                "NOQUEUE: reject: CONNECT from {client}: {}; proto=SMTP",
                 reply.first_line()
             );
             server.deny_access(reply.clone());
@@ -327,7 +326,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                         if let Some(reply) = verdict.decision.reply() {
                             mlog!(
                                 svc,
-                                "NOQUEUE: reject: HELO from {client_name}[{ip}]: {}; proto=SMTP helo=<{helo}>",
+                                "NOQUEUE: reject: HELO from {client}: {}; proto=SMTP helo=<{helo}>",
                                 reply.first_line()
                             );
                             counts.rejected += 1;
@@ -349,7 +348,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                     if let Err(p) = locked {
                         mlog!(
                             svc,
-                            "warning: sid={sid} {client_name}[{ip}]: locked out for failed logins until {}",
+                            "warning: sid={sid} {client}: locked out for failed logins until {}",
                             p.until
                         );
                         server.reject(lockout_reply(&s.myhostname));
@@ -360,7 +359,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                             ctx.throttle.borrow_mut().success(ip, now);
                             mlog!(
                                 svc,
-                                "sid={sid} client={client_name}[{ip}], sasl_method={}, sasl_username={}",
+                                "sid={sid} client={client}, sasl_method={}, sasl_username={}",
                                 mechanism.name(),
                                 name
                             );
@@ -383,10 +382,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                             );
                             let locked = ctx.throttle.borrow_mut().failure(ip, crate::time::now_unix());
                             if locked.is_some() {
-                                mlog!(
-                                    svc,
-                                    "warning: sid={sid} {client_name}[{ip}]: too many failed logins; locked out"
-                                );
+                                mlog!(svc, "warning: sid={sid} {client}: too many failed logins; locked out");
                                 server.reject(lockout_reply(&s.myhostname));
                             } else {
                                 server.auth_failed();
@@ -405,7 +401,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                     let log_mail_reject = |reply: &Reply| {
                         mlog!(
                             svc,
-                            "NOQUEUE: reject: MAIL from {client_name}[{ip}]: {}; from=<{from}> proto=ESMTP helo=<{helo}>",
+                            "NOQUEUE: reject: MAIL from {client}: {}; from=<{from}> proto=ESMTP helo=<{helo}>",
                             reply.first_line()
                         )
                     };
@@ -420,7 +416,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                         if let Err(e) = limited {
                             mlog!(
                                 svc,
-                                "warning: Message delivery request rate limit exceeded: {} from {client_name}[{ip}] for service smtp",
+                                "warning: Message delivery request rate limit exceeded: {} from {client} for service smtp",
                                 e.count()
                             );
                             server.reject(Reply::owned(450, format!("4.7.1 Error: too much mail from {ip}")));
@@ -477,14 +473,14 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                     if let Some(why) = early_discard {
                         mlog!(
                             svc,
-                            "sid={sid} discard: MAIL from {client_name}[{ip}]: {why}; from=<{from}> proto=ESMTP helo=<{helo}>"
+                            "sid={sid} discard: MAIL from {client}: {why}; from=<{from}> proto=ESMTP helo=<{helo}>"
                         );
                         txn.discard = true;
                     }
                     if let Some(why) = early_hold {
                         mlog!(
                             svc,
-                            "sid={sid} hold: MAIL from {client_name}[{ip}]: {why}; from=<{from}> proto=ESMTP helo=<{helo}>"
+                            "sid={sid} hold: MAIL from {client}: {why}; from=<{from}> proto=ESMTP helo=<{helo}>"
                         );
                         txn.hold = true;
                     }
@@ -551,7 +547,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                                 Err(e) => {
                                     mlog!(
                                         svc,
-                                        "warning: Recipient address rate limit exceeded: {} from {client_name}[{ip}] for service smtp",
+                                        "warning: Recipient address rate limit exceeded: {} from {client} for service smtp",
                                         e.count()
                                     );
                                     Err(Reply::owned(450, format!("4.7.1 Error: too many recipients from {ip}")))
@@ -565,7 +561,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                             if let Some(why) = verdict.discard {
                                 mlog!(
                                     svc,
-                                    "sid={sid} discard: RCPT from {client_name}[{ip}]: {why}; from=<{}> to=<{to}>",
+                                    "sid={sid} discard: RCPT from {client}: {why}; from=<{}> to=<{to}>",
                                     txn.from.as_deref().unwrap_or("")
                                 );
                                 txn.discard = true;
@@ -575,7 +571,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                                 // `poshta queue release` (postsuper -H).
                                 mlog!(
                                     svc,
-                                    "sid={sid} hold: RCPT from {client_name}[{ip}]: {why}; from=<{}> to=<{to}>",
+                                    "sid={sid} hold: RCPT from {client}: {why}; from=<{}> to=<{to}>",
                                     txn.from.as_deref().unwrap_or("")
                                 );
                                 txn.hold = true;
@@ -587,7 +583,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                             // Postfix's NOQUEUE line, so log tools (fail2ban) keep working.
                             mlog!(
                                 svc,
-                                "NOQUEUE: reject: RCPT from {client_name}[{ip}]: {}; from=<{}> to=<{}> proto={} helo=<{}>",
+                                "NOQUEUE: reject: RCPT from {client}: {}; from=<{}> to=<{}> proto={} helo=<{}>",
                                 reply.first_line(),
                                 txn.from.as_deref().unwrap_or(""),
                                 to,
@@ -611,7 +607,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                     if let Some(reply) = verdict.decision.reply() {
                         mlog!(
                             svc,
-                            "NOQUEUE: reject: DATA from {client_name}[{ip}]: {}; from=<{}> proto=ESMTP helo=<{helo}>",
+                            "NOQUEUE: reject: DATA from {client}: {}; from=<{}> proto=ESMTP helo=<{helo}>",
                             reply.first_line(),
                             txn.from.as_deref().unwrap_or("")
                         );
@@ -622,7 +618,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                         sender: txn.from.clone().unwrap_or_default(),
                         recipients: txn.rcpts.clone(),
                         arrival_unix: crate::time::now_unix(),
-                        client: format!("{client_name}[{ip}]"),
+                        client: client.clone(),
                     };
                     match ctx.queue.begin(env) {
                         Ok(incoming) => {
@@ -664,9 +660,9 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                             };
                             match user.as_deref() {
                                 Some(u) => {
-                                    mlog!(svc, "sid={sid} qid={qid} client={client_name}[{ip}], sasl_username={u}")
+                                    mlog!(svc, "sid={sid} qid={qid} client={client}, sasl_username={u}")
                                 }
-                                None => mlog!(svc, "sid={sid} qid={qid} client={client_name}[{ip}]"),
+                                None => mlog!(svc, "sid={sid} qid={qid} client={client}"),
                             }
                             txn.incoming = Some(incoming);
                             server.accept_data(received.into_bytes(), fix);
@@ -781,8 +777,8 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                     continue 'session;
                 }
                 Err(e) => {
-                    mlog!(svc, "sid={sid} SSL_accept error from {client_name}[{ip}]: {e}");
-                    mlog!(svc, "sid={sid} lost connection after STARTTLS from {client_name}[{ip}]");
+                    mlog!(svc, "sid={sid} SSL_accept error from {client}: {e}");
+                    mlog!(svc, "sid={sid} lost connection after STARTTLS from {client}");
                     drop(slot);
                     return;
                 }
@@ -796,7 +792,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
             super::Got::Data(n) => server.input(&buf[..n]),
             super::Got::Eof => server.eof(),
             super::Got::Timeout => {
-                mlog!(svc, "sid={sid} timeout after {} from {client_name}[{ip}]", "command");
+                mlog!(svc, "sid={sid} timeout after {} from {client}", "command");
                 server.timeout();
             }
             super::Got::Stop => {
@@ -814,7 +810,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
     drop(slot);
     mlog!(
         svc,
-        "sid={sid} disconnect from {client_name}[{ip}] ehlo={} starttls={} auth={} mail={} rcpt={}/{} data={} quit={}",
+        "sid={sid} disconnect from {client} ehlo={} starttls={} auth={} mail={} rcpt={}/{} data={} quit={}",
         counts.helo,
         counts.starttls,
         counts.auth,
