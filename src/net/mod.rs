@@ -15,7 +15,7 @@ pub mod smtp;
 pub mod tls;
 
 use std::cell::{Cell, RefCell};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -752,7 +752,7 @@ pub async fn refuse_connection(stream: Async<std::net::TcpStream>, line: Option<
     }
 }
 
-fn join_addrs(a: &[std::net::SocketAddr]) -> String {
+fn join_addrs(a: &[SocketAddr]) -> String {
     a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
 }
 
@@ -933,10 +933,33 @@ async fn shutdown(ctx: &Rc<Ctx>) -> i32 {
     }
 }
 
+/// Accept one connection. accept4(2) makes the socket non-blocking itself: async-io's
+/// `accept` takes it blocking and switches it with one more system call per connection.
+async fn accept(listener: &Async<TcpListener>) -> std::io::Result<(Async<TcpStream>, SocketAddr)> {
+    use rustix::net::SocketFlags;
+    let (fd, peer) = listener
+        .read_with(|l| {
+            Ok(rustix::net::acceptfrom_with(
+                l,
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            )?)
+        })
+        .await?;
+    let stream = TcpStream::from(fd);
+    let peer = match peer.map(SocketAddr::try_from) {
+        Some(Ok(a)) => a,
+        _ => stream.peer_addr()?,
+    };
+    Ok((Async::new_nonblocking(stream)?, peer))
+}
+
 async fn accept_loop(ctx: Rc<Ctx>, service: Service, listener: Async<TcpListener>) {
+    // One wait for shutdown for the whole loop, not a new one (and its allocation) for
+    // every connection. It is polled again only while it has not completed.
+    let mut stop = std::pin::pin!(ctx.stopped());
     loop {
-        let accepted = smol::future::or(async { Some(listener.accept().await) }, async {
-            ctx.stopped().await;
+        let accepted = smol::future::or(async { Some(accept(&listener).await) }, async {
+            stop.as_mut().await;
             None
         })
         .await;
