@@ -28,3 +28,11 @@ pub mod queue;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub mod time;
+
+/// This process's id, asked of the kernel once: getpid is a system call under musl, and
+/// log lines and Maildir names want it for every message. poshta's child processes are
+/// new programs (exec), never forks that could inherit the value.
+pub fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}

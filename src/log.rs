@@ -158,9 +158,7 @@ pub fn init(hostname: &str, syslog_name: &str, maillog_file: Option<&Path>) -> s
 
 /// Write one line for `service` (smtpd, local, qmgr, cleanup, ...).
 pub fn line(service: &str, text: std::fmt::Arguments<'_>) {
-    // getpid is a system call in glibc; a busy server logs several lines a message.
-    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let pid = *PID.get_or_init(std::process::id);
+    let pid = crate::pid();
     let now = crate::time::now_unix();
     let mut g = match SINK.lock() {
         Ok(g) => g,

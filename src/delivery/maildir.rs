@@ -318,7 +318,7 @@ fn write_tmp(
     body: &mut dyn Read,
     sync: bool,
 ) -> Result<(String, CrlfCounter), DeliveryError> {
-    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    let pid = crate::pid();
     // Maildir spec, "modern" unique names: time, M microseconds, P pid, Q delivery count.
     // Written into one string with room for the ",S=...,W=..." rename_into_new appends:
     // a name is made for every message, on the delivery threads.

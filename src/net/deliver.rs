@@ -215,7 +215,7 @@ fn fail(job: usize, idx: usize, e: DeliveryError, dsn: &'static str) -> Sub {
 
 /// A unique id for an mbox message (the Maildir scheme, see delivery::mbox).
 fn uidl(secs: u64, micros: u32, seq: u64) -> String {
-    format!("{secs}.M{micros}P{}Q{seq}", std::process::id())
+    format!("{secs}.M{micros}P{}Q{seq}", crate::pid())
 }
 
 /// Deliver one [`Helped`] (blocking): through the helper, or here with our own rights.

@@ -290,9 +290,11 @@ pub struct ChunkLoc {
 /// Reads a committed message's body, record by record, checking each.
 pub struct BodyReaderInner {
     qid: QueueId,
+    /// The queue it reads from (see `open_segment`).
+    generation: u64,
     paths: Vec<PathBuf>,
     chunks: std::vec::IntoIter<ChunkLoc>,
-    open: Option<(u32, File)>,
+    open: Option<(u32, std::sync::Arc<File>)>,
     /// The current record's payload, and the unread range of its data in it.
     buf: Vec<u8>,
     pos: usize,
@@ -307,9 +309,10 @@ fn invalid(path: &Path, offset: u64, what: &str) -> io::Error {
 }
 
 impl BodyReaderInner {
-    pub fn new(qid: QueueId, paths: Vec<PathBuf>, chunks: Vec<ChunkLoc>) -> Self {
+    pub fn new(qid: QueueId, generation: u64, paths: Vec<PathBuf>, chunks: Vec<ChunkLoc>) -> Self {
         BodyReaderInner {
             qid,
+            generation,
             paths,
             chunks: chunks.into_iter(),
             open: None,
@@ -333,14 +336,7 @@ impl BodyReaderInner {
             .ok_or_else(|| io::Error::other("body chunk names no segment"))?
             .clone();
         if self.open.as_ref().map(|(n, _)| *n) != Some(loc.seg) {
-            // rustix's open, not std's: musl's open(2) wrapper follows O_CLOEXEC with an
-            // fcntl(F_SETFD) of its own, a second system call per message read.
-            let fd = rustix::fs::open(
-                &path,
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )?;
-            self.open = Some((loc.seg, File::from(fd)));
+            self.open = Some((loc.seg, open_segment(&path, self.generation)?));
         }
         let Some((_, file)) = self.open.as_ref() else {
             return Err(io::Error::other("no segment open"));
@@ -355,7 +351,7 @@ impl BodyReaderInner {
             self.buf = READ_BUFFER.take();
         }
         self.buf.resize(framed, 0);
-        std::os::unix::fs::FileExt::read_exact_at(file, &mut self.buf, loc.offset)?;
+        std::os::unix::fs::FileExt::read_exact_at(&**file, &mut self.buf, loc.offset)?;
         let mut h = [0u8; RECORD_HEADER_BYTES];
         h.copy_from_slice(&self.buf[..RECORD_HEADER_BYTES]);
         let (len, crc) = record::parse_record_header(&h);
@@ -377,12 +373,45 @@ impl BodyReaderInner {
 }
 
 thread_local! {
+    /// The segment file this thread read a body from last, kept open for the next body:
+    /// delivery reads each message twice (loop facts, then the copy), most of them from the
+    /// live segment, and opening and closing it for every read were four system calls a
+    /// message. Only one per thread, and the delivery threads end when idle, so a deleted
+    /// segment's space is not held for long.
+    static SEGMENT: std::cell::RefCell<Option<(u64, PathBuf, std::sync::Arc<File>)>> = const { std::cell::RefCell::new(None) };
+
     /// A record buffer kept by the thread that last dropped a body reader, for the next
     /// reader on that thread. Delivery reads a message's body twice (loop facts, then the
     /// copy), and a new buffer for each read made musl's allocator map and unmap memory,
     /// which on a multi-threaded process interrupts the other cores (docs/decisions.md, "SMTP
     /// sessions reuse their buffers").
     static READ_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Open segment `path` for reading, or the one this thread has open already for the same
+/// queue (`generation`: one per opened queue, so a directory made anew under the same name,
+/// as tests do, is never read through an old descriptor; 0: never kept).
+fn open_segment(path: &Path, generation: u64) -> io::Result<std::sync::Arc<File>> {
+    let cached = SEGMENT.with_borrow(|k| {
+        k.as_ref()
+            .filter(|(g, p, _)| generation != 0 && *g == generation && p == path)
+            .map(|(_, _, f)| f.clone())
+    });
+    if let Some(f) = cached {
+        return Ok(f);
+    }
+    // rustix's open, not std's: musl's open(2) wrapper follows O_CLOEXEC with an
+    // fcntl(F_SETFD) of its own, a second system call per message read.
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let f = std::sync::Arc::new(File::from(fd));
+    if generation != 0 {
+        SEGMENT.set(Some((generation, path.to_path_buf(), f.clone())));
+    }
+    Ok(f)
 }
 
 /// A body record's buffer is kept for the next reader up to this capacity.

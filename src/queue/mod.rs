@@ -426,6 +426,9 @@ struct Inner {
     disk: Option<Disk>,
     /// Held for the life of the queue: one writer per directory.
     _lock: std::fs::File,
+    /// This opening of the queue, unique in the process (body readers keep a segment open
+    /// between messages per opening: `log::open_segment`).
+    generation: u64,
     /// The writer task was dropped in the middle of a batch: the segment writer went with it,
     /// so nothing more can be written.
     writer_lost: bool,
@@ -700,6 +703,10 @@ impl Queue {
             segments,
             disk: Some(disk),
             _lock: lock,
+            generation: {
+                static OPENINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                OPENINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
             writer_lost: false,
             flush_wanted: false,
         };
@@ -968,7 +975,7 @@ impl Queue {
         let m = inner.index.get(&qid).ok_or(QueueError::UnknownId(qid))?;
         let (paths, chunks) = chunk_locations(&m.chunks, |lsn| inner.locate(lsn), &inner.dir, qid)?;
         Ok(BodyReader {
-            inner: BodyReaderInner::new(qid, paths, chunks),
+            inner: BodyReaderInner::new(qid, inner.generation, paths, chunks),
         })
     }
 
@@ -1278,7 +1285,7 @@ pub fn scan_message(dir: &Path, qid: QueueId) -> Result<Option<(MessageInfo, Env
         client: m.client.clone(),
     };
     let body = BodyReader {
-        inner: BodyReaderInner::new(qid, paths, chunks),
+        inner: BodyReaderInner::new(qid, 0, paths, chunks),
     };
     Ok(Some((m.info(), env, body)))
 }

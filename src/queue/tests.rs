@@ -365,6 +365,23 @@ fn body_reads_line_by_line_across_chunks_and_readers_share_no_bytes() {
 }
 
 #[test]
+fn a_queue_made_anew_in_the_same_directory_is_not_read_through_a_kept_segment() {
+    let dir = TempDir::new("keptseg");
+    let path = dir.path().join("q");
+    std::fs::create_dir(&path).expect("mkdir");
+    let (q, _) = open(&path, 1 << 30);
+    let a = run(&q, put(&q, "a", 1, b"first queue\n")).expect("commit");
+    // This thread now keeps segment 1 of the first queue open.
+    assert_eq!(body_of(&q, a), b"first queue\n");
+    drop(q);
+    std::fs::remove_dir_all(&path).expect("rm");
+    std::fs::create_dir(&path).expect("mkdir");
+    let (q, _) = open(&path, 1 << 30);
+    let b = run(&q, put(&q, "b", 1, b"second queue, same segment name\n")).expect("commit");
+    assert_eq!(body_of(&q, b), b"second queue, same segment name\n");
+}
+
+#[test]
 fn empty_body_round_trips() {
     let dir = TempDir::new("empty");
     let (q, _) = open(dir.path(), 1 << 30);
