@@ -937,14 +937,23 @@ async fn shutdown(ctx: &Rc<Ctx>) -> i32 {
 /// `accept` takes it blocking and switches it with one more system call per connection.
 async fn accept(listener: &Async<TcpListener>) -> std::io::Result<(Async<TcpStream>, SocketAddr)> {
     use rustix::net::SocketFlags;
-    let (fd, peer) = listener
-        .read_with(|l| {
-            Ok(rustix::net::acceptfrom_with(
-                l,
-                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-            )?)
-        })
-        .await?;
+    use std::io::ErrorKind;
+    let (fd, peer) = loop {
+        let r = listener
+            .read_with(|l| {
+                Ok(rustix::net::acceptfrom_with(
+                    l,
+                    SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+                )?)
+            })
+            .await;
+        match r {
+            // A signal is no error (std's accept retries it too), nor is a client that left
+            // before its connection was taken: try the next one (or wait for one).
+            Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => continue,
+            r => break r?,
+        }
+    };
     let stream = TcpStream::from(fd);
     let peer = match peer.map(SocketAddr::try_from) {
         Some(Ok(a)) => a,
