@@ -373,13 +373,6 @@ impl BodyReaderInner {
 }
 
 thread_local! {
-    /// The segment file this thread read a body from last, kept open for the next body:
-    /// delivery reads each message twice (loop facts, then the copy), most of them from the
-    /// live segment, and opening and closing it for every read were four system calls a
-    /// message. Only one per thread, and the delivery threads end when idle, so a deleted
-    /// segment's space is not held for long.
-    static SEGMENT: std::cell::RefCell<Option<(u64, PathBuf, std::sync::Arc<File>)>> = const { std::cell::RefCell::new(None) };
-
     /// A record buffer kept by the thread that last dropped a body reader, for the next
     /// reader on that thread. Delivery reads a message's body twice (loop facts, then the
     /// copy), and a new buffer for each read made musl's allocator map and unmap memory,
@@ -388,15 +381,33 @@ thread_local! {
     static READ_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Open segment `path` for reading, or the one this thread has open already for the same
-/// queue (`generation`: one per opened queue, so a directory made anew under the same name,
-/// as tests do, is never read through an old descriptor; 0: never kept).
+/// The segment file a body was last read from, kept open for the next body (any thread):
+/// delivery reads each message twice (loop facts, then the copy), most of them from the live
+/// segment, and opening and closing it for every read were four system calls a message.
+/// Keyed by the queue's opening (`generation`: a directory made anew under the same name, as
+/// tests do, is never read through an old descriptor) and the path. The queue forgets it
+/// when it deletes that segment ([`forget_segment`]), so no deleted file's space is held.
+type KeptSegment = Option<(u64, PathBuf, std::sync::Arc<File>)>;
+static SEGMENT: std::sync::Mutex<KeptSegment> = std::sync::Mutex::new(None);
+
+fn kept_segment() -> std::sync::MutexGuard<'static, KeptSegment> {
+    SEGMENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The queue deleted segment `path`: close the kept descriptor if it is that file.
+pub fn forget_segment(path: &Path) {
+    let mut k = kept_segment();
+    if k.as_ref().is_some_and(|(_, p, _)| p == path) {
+        *k = None;
+    }
+}
+
+/// Open segment `path` for reading, or take the kept descriptor (`generation` 0: not kept).
 fn open_segment(path: &Path, generation: u64) -> io::Result<std::sync::Arc<File>> {
-    let cached = SEGMENT.with_borrow(|k| {
-        k.as_ref()
-            .filter(|(g, p, _)| generation != 0 && *g == generation && p == path)
-            .map(|(_, _, f)| f.clone())
-    });
+    let cached = kept_segment()
+        .as_ref()
+        .filter(|(g, p, _)| generation != 0 && *g == generation && p == path)
+        .map(|(_, _, f)| f.clone());
     if let Some(f) = cached {
         return Ok(f);
     }
@@ -409,7 +420,7 @@ fn open_segment(path: &Path, generation: u64) -> io::Result<std::sync::Arc<File>
     )?;
     let f = std::sync::Arc::new(File::from(fd));
     if generation != 0 {
-        SEGMENT.set(Some((generation, path.to_path_buf(), f.clone())));
+        *kept_segment() = Some((generation, path.to_path_buf(), f.clone()));
     }
     Ok(f)
 }

@@ -510,11 +510,14 @@ impl Inner {
 fn remove_prefix(dir: &Path, paths: &[PathBuf]) -> usize {
     let mut n = 0;
     for p in paths {
+        log::forget_segment(p);
         let removed = match std::fs::remove_file(p) {
             Ok(()) => true,
             // Already gone (an earlier attempt whose result was not recorded).
             Err(e) => e.kind() == std::io::ErrorKind::NotFound,
         };
+        // Again: a reader may have opened it in between.
+        log::forget_segment(p);
         if !removed || log::sync_dir(dir).is_err() {
             break;
         }

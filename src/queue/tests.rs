@@ -695,6 +695,50 @@ fn segments_are_deleted_only_in_prefix_order() {
     assert!(q.list().is_empty());
 }
 
+/// Descriptors this process holds on deleted files under `dir` (Linux /proc).
+fn deleted_files_held(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().to_string();
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|t| t.to_string_lossy().to_string())
+                .filter(|t| t.starts_with(&prefix) && t.ends_with("(deleted)"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_deleted_segment_is_not_held_open_by_the_body_reader_cache() {
+    let dir = TempDir::new("heldseg");
+    // A tiny target: every batch starts a new segment.
+    let (q, _) = open(dir.path(), 1);
+    let a = run(&q, put(&q, "a", 1, b"in the oldest segment\n")).expect("a");
+    let b = run(&q, put(&q, "b", 1, b"in a newer one\n")).expect("b");
+    // The reader's descriptor of a's segment is kept for the next body read.
+    assert_eq!(body_of(&q, a), b"in the oldest segment\n");
+    let first = segment_files(dir.path())[0];
+    run(&q, async {
+        q.ready(NOW, 10);
+        q.finish(a, &[(0, Outcome::Delivered)], NOW);
+        q.finish(b, &[(0, Outcome::Deferred { reason: "later".into() })], NOW);
+        q.sync().await.expect("sync");
+        // Bounded wait for the writer's deletion step.
+        for _ in 0..100 {
+            if !segment_files(dir.path()).contains(&first) {
+                break;
+            }
+            smol::Timer::after(std::time::Duration::from_millis(10)).await;
+        }
+    });
+    assert!(
+        !segment_files(dir.path()).contains(&first),
+        "segment {first} was not deleted"
+    );
+    assert_eq!(deleted_files_held(dir.path()), Vec::<String>::new());
+    assert_eq!(body_of(&q, b), b"in a newer one\n");
+}
+
 #[test]
 fn deferred_message_backoff_on_fake_clock() {
     let dir = TempDir::new("backoff");
