@@ -249,7 +249,7 @@ async fn deliver_batch(ctx: &Rc<Ctx>, jobs: Vec<Job>) {
     // Per job: results in any order.
     // Sized up front: a batch's outcome lists grown one push at a time (and the lists of
     // finished outcomes below, one per job) were allocations that musl's allocator mapped
-    // and unmapped batch after batch (docs/decisions.md, "SMTP sessions reuse their buffers").
+    // and unmapped batch after batch (docs/decisions.md, "Where a session's time goes").
     let mut outcomes: Vec<Vec<Res>> = jobs.iter().map(|j| Vec::with_capacity(j.recipients.len())).collect();
     let mut done: Vec<(usize, Outcome)> =
         Vec::with_capacity(jobs.iter().map(|j| j.recipients.len()).max().unwrap_or(0));

@@ -473,7 +473,7 @@ pub struct Server {
 /// handed by the shell from a finished session to the next ([`Server::with_buffers`],
 /// [`Server::take_buffers`]). With one message per connection (smtp-source, cron jobs,
 /// scanners), growing them from empty in every session made musl's allocator map and unmap
-/// memory for them again and again (docs/decisions.md, "SMTP sessions reuse their buffers").
+/// memory for them again and again (docs/decisions.md, "Where a session's time goes").
 /// They come back emptied; what a new session reads is only what it wrote.
 #[derive(Default)]
 pub struct Buffers {
