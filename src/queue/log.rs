@@ -373,11 +373,11 @@ impl BodyReaderInner {
 }
 
 thread_local! {
-    /// A record buffer kept by the thread that last dropped a body reader, for the next
-    /// reader on that thread. Delivery reads a message's body twice (loop facts, then the
-    /// copy), and a new buffer for each read made musl's allocator map and unmap memory,
-    /// which on a multi-threaded process interrupts the other cores (docs/decisions.md, "SMTP
-    /// sessions reuse their buffers").
+    /// A record buffer handed on by the last body reader on this thread that finished (read
+    /// to its end or dropped), for the next reader on it. Delivery reads a message's body
+    /// twice (loop facts, then the copy), and a new buffer for each read made musl's
+    /// allocator map and unmap memory, which on a multi-threaded process interrupts the
+    /// other cores (docs/decisions.md, "Where a session's time goes").
     static READ_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
