@@ -157,9 +157,15 @@ pub async fn verify_login(ctx: &Ctx, policy: &Policy, creds: &Credentials) -> Op
     }
 }
 
-/// The sender's domain when reject_unknown_sender_domain needs to look it up; None when
-/// nothing needs it, DNS is off (disable_dns_lookups), or the sender is null or local.
-fn sender_domain_to_check<'a>(policy: &Policy, from: &'a str) -> Option<&'a str> {
+/// reject_unknown_sender_domain's fact: does the sender's domain have an MX (not null) or
+/// an address? None when nothing needs it, DNS is off (disable_dns_lookups), the sender is
+/// null or local, or the DNS could not say: a temporary DNS failure never rejects mail
+/// (Postfix would answer 450 at the end; poshta lets it through and logs it).
+///
+/// The look-up's future (1.4 KiB) is boxed, and made only when there is a look-up to do:
+/// inline it set the size of every session's task, and made per recipient it was one more
+/// allocation class that musl's allocator mapped and unmapped as sessions came and went.
+async fn sender_domain_resolves(ctx: &Rc<Ctx>, policy: &Rc<Policy>, from: &str) -> Option<bool> {
     if !policy.restrictions.checks_sender_domain() || policy.settings.disable_dns_lookups {
         return None;
     }
@@ -168,14 +174,10 @@ fn sender_domain_to_check<'a>(policy: &Policy, from: &'a str) -> Option<&'a str>
     if domain.is_empty() || domain.starts_with('[') || policy.router.is_local_domain(domain) {
         return None;
     }
-    Some(domain)
+    Box::pin(look_up_sender_domain(ctx, policy, domain)).await
 }
 
-/// reject_unknown_sender_domain's fact: does `domain` (from [`sender_domain_to_check`]) have
-/// an MX (not null) or an address? None when the DNS could not say: a temporary DNS failure
-/// never rejects mail (Postfix would answer 450 at the end; poshta lets it through and logs
-/// it).
-async fn sender_domain_resolves(ctx: &Rc<Ctx>, policy: &Rc<Policy>, domain: &str) -> Option<bool> {
+async fn look_up_sender_domain(ctx: &Rc<Ctx>, policy: &Rc<Policy>, domain: &str) -> Option<bool> {
     let conf = super::deliver::relay_conf(ctx, policy).await;
     match crate::dns::io::domain_resolves(&conf.resolver, domain).await {
         Ok(v) => Some(v),
@@ -452,7 +454,7 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                         facts.sasl_user = user.as_deref();
                         facts.trusted = trusted;
                         facts.sender_domain_is_local = domain_of(&from).unwrap_or(false);
-                        let resolves = Box::pin(sender_domain_resolves(&ctx, &policy, &from)).await;
+                        let resolves = sender_domain_resolves(&ctx, &policy, &from).await;
                         facts.sender_domain_resolves = resolves;
                         policy.refresh_tables(svc);
                         let verdict = policy
@@ -493,11 +495,8 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                     policy.refresh_aliases(svc);
                     let class = policy.router.classify(&to);
                     if txn.sender_resolves.is_none() {
-                        // Boxed (and made) only when there is a look-up to do: a future
-                        // per recipient was one more allocation class that musl's
-                        // allocator mapped and unmapped as sessions came and went.
-                        let r = match txn.from.as_deref().and_then(|f| sender_domain_to_check(&policy, f)) {
-                            Some(d) => Box::pin(sender_domain_resolves(&ctx, &policy, d)).await,
+                        let r = match txn.from.as_deref() {
+                            Some(f) => sender_domain_resolves(&ctx, &policy, f).await,
                             None => None,
                         };
                         txn.sender_resolves = Some(r);

@@ -40,6 +40,22 @@ def test_unknown_sender_domains_are_refused_450(make_poshta, dnsmasq):  # noqa: 
     assert try_sender(p, "bob@example.org")[0] == 250
 
 
+def test_unknown_sender_domain_refused_at_mail_without_delay_reject(make_poshta, dnsmasq):  # noqa: F811
+    # smtpd_delay_reject = no: the sender restrictions run at MAIL, the look-up with them.
+    dns = dnsmasq(*RECORDS)
+    p = make_poshta(start=False)
+    p.write_config(f"dns_resolver = 127.0.0.1:{dns}\n"
+                   "smtpd_delay_reject = no\n"
+                   "smtpd_sender_restrictions = reject_unknown_sender_domain\n")
+    p.start()
+    for sender, want in (("someone@good.test", 250), ("someone@aonly.test", 250),
+                         ("someone@nowhere.test", 450), ("", 250), ("bob@example.org", 250)):
+        with smtplib.SMTP("127.0.0.1", p.port, source_address=("127.0.0.2", 0), timeout=30) as s:
+            s.ehlo("client.example.net")
+            code, text = s.mail(sender)
+            assert code == want, (sender, code, text)
+
+
 def test_dns_failure_does_not_reject(make_poshta, dnsmasq):  # noqa: F811
     # broken.example is outside dnsmasq's zone and it has no upstream: REFUSED.
     dns = dnsmasq(*RECORDS)
