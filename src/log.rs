@@ -43,8 +43,8 @@ struct Sink {
     stamp_unix: u64,
     /// `TIMESTAMP HOST ` for `stamp_unix`.
     stamp: String,
-    /// `TAG/SERVICE[PID]: ` by service and pid, made once (a handful of services log).
-    prefixes: Vec<(String, u32, String)>,
+    /// `TAG/SERVICE[PID]: ` by service, made once (a handful of services log).
+    prefixes: Vec<(String, String)>,
     /// Lines kept for stderr and for the file (see the module doc).
     kept_err: Vec<u8>,
     kept_file: Vec<u8>,
@@ -55,19 +55,19 @@ const PREFIXES_KEPT: usize = 32;
 
 impl Sink {
     /// `TAG/SERVICE[PID]: ` for this line.
-    fn prefix(&mut self, service: &str, pid: u32) -> &str {
-        let i = match self.prefixes.iter().position(|(s, p, _)| *p == pid && s == service) {
+    fn prefix(&mut self, service: &str) -> &str {
+        let i = match self.prefixes.iter().position(|(s, _)| s == service) {
             Some(i) => i,
             None => {
                 if self.prefixes.len() >= PREFIXES_KEPT {
                     self.prefixes.clear();
                 }
-                let prefix = format!("{}/{service}[{pid}]: ", self.tag);
-                self.prefixes.push((service.to_string(), pid, prefix));
+                let prefix = format!("{}/{service}[{}]: ", self.tag, crate::pid());
+                self.prefixes.push((service.to_string(), prefix));
                 self.prefixes.len() - 1
             }
         };
-        &self.prefixes[i].2
+        &self.prefixes[i].1
     }
 
     fn write_kept(&mut self) {
@@ -158,7 +158,6 @@ pub fn init(hostname: &str, syslog_name: &str, maillog_file: Option<&Path>) -> s
 
 /// Write one line for `service` (smtpd, local, qmgr, cleanup, ...).
 pub fn line(service: &str, text: std::fmt::Arguments<'_>) {
-    let pid = crate::pid();
     let now = crate::time::now_unix();
     let mut g = match SINK.lock() {
         Ok(g) => g,
@@ -175,7 +174,7 @@ pub fn line(service: &str, text: std::fmt::Arguments<'_>) {
             buf.clear();
             buf.push_str(&sink.stamp);
             let body_at = buf.len();
-            buf.push_str(sink.prefix(service, pid));
+            buf.push_str(sink.prefix(service));
             let _ = writeln!(buf, "{text}");
             let stderr_line = if sink.journal { &buf[body_at..] } else { &buf[..] };
             if BATCHING.with(Cell::get) {
@@ -200,7 +199,7 @@ pub fn line(service: &str, text: std::fmt::Arguments<'_>) {
             }
         }
         None => {
-            let body = format!("poshta/{service}[{pid}]: {text}\n");
+            let body = format!("poshta/{service}[{}]: {text}\n", crate::pid());
             let _ = std::io::stderr().write_all(body.as_bytes());
         }
     }

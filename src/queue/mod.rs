@@ -426,8 +426,8 @@ struct Inner {
     disk: Option<Disk>,
     /// Held for the life of the queue: one writer per directory.
     _lock: std::fs::File,
-    /// This opening of the queue, unique in the process (body readers keep a segment open
-    /// between messages per opening: `log::open_segment`).
+    /// This opening of the queue, unique in the process: the segment descriptor body
+    /// readers share is kept for one opening only (`log::open_segment`).
     generation: u64,
     /// The writer task was dropped in the middle of a batch: the segment writer went with it,
     /// so nothing more can be written.
@@ -510,13 +510,13 @@ impl Inner {
 fn remove_prefix(dir: &Path, paths: &[PathBuf]) -> usize {
     let mut n = 0;
     for p in paths {
-        log::forget_segment(p);
         let removed = match std::fs::remove_file(p) {
             Ok(()) => true,
             // Already gone (an earlier attempt whose result was not recorded).
             Err(e) => e.kind() == std::io::ErrorKind::NotFound,
         };
-        // Again: a reader may have opened it in between.
+        // Its descriptor kept for body readers goes too (after the removal: a reader cannot
+        // open it again then).
         log::forget_segment(p);
         if !removed || log::sync_dir(dir).is_err() {
             break;
