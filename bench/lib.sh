@@ -252,16 +252,15 @@ system_dovecot_pids() {
 
 # ------------------------------------------------------------------ poshta
 
-# build_poshta: sets POSHTA_BIN (POSHTA or the first argument wins; else cargo build --release).
+# build_poshta: sets POSHTA_BIN (POSHTA or the first argument wins; else the static build that
+# ships, see shipped_build).
 build_poshta() {
     POSHTA_BIN=${POSHTA:-}
     if [ -z "$POSHTA_BIN" ]; then
-        POSHTA_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/poshta
-        log "building poshta (cargo build --release)"
         # In the background and waited for, so an interrupt runs the trap at once (bash
         # defers traps until a foreground child ends); the trap TERMs timeout, which
         # passes it on to cargo.
-        (cd "$ROOT" && exec timeout 1800 cargo build --release) >"$RUN/cargo.log" 2>&1 &
+        shipped_build "$RUN/cargo.log" &
         local b=$!
         BG_PIDS+=("$b")
         wait "$b"
@@ -272,9 +271,14 @@ build_poshta() {
                 tail -5 "$RUN/cargo.log" >&2
                 return 1
             }
+        POSHTA_BIN=$(shipped_binary)
     fi
     [ -x "$POSHTA_BIN" ]
 }
+
+# shipped_binary / shipped_build (the static build that ships): bench/shipped.sh.
+# shellcheck source=bench/shipped.sh
+. "$HERE/shipped.sh"
 
 # poshta_start DIR CG PORT: `poshta serve -c DIR/main.cf` in CG; sets POSHTA_PID.
 POSHTA_PID=""

@@ -6,7 +6,8 @@
 # Environment (defaults in brackets):
 #   N [5000]                  messages per run          SIZE [1024]   bytes per message
 #   CONCURRENCY ["1 10 50"]   smtp-source sessions      SERVERS ["smtp-sink postfix poshta"]
-#   POSHTA [${CARGO_TARGET_DIR:-target}/release/poshta, built by cargo build --release]
+#   POSHTA [dist/<x86_64|aarch64>-unknown-linux-musl/poshta, built by images/build-binaries.sh:
+#           the static build that ships; BENCH_BUILD=native: target/release/poshta, glibc]
 #   POSHTA_EXTRA_CF: lines appended to poshta's main.cf       PHASE_TIMEOUT [300] s per run
 #   LARGE_MIB [50]  LARGE_SERVERS ["poshta"]  large-message memory check (LARGE_MIB=0: off)
 #   FSYNC_SECS [2]  MEM_SAMPLE_MS [250]  SETTLE_SECS [1]  KEEP [0]: keep the run directory
@@ -59,6 +60,8 @@ PY=python3
 [ -x /usr/bin/python3 ] && PY=/usr/bin/python3 # skip pyenv shims: they cost a fork+exec chain per call
 tool() { "$PY" "$HERE/benchtool.py" "$@"; }
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=bench/shipped.sh
+. "$HERE/shipped.sh"
 die() {
     log "error: $*"
     exit 1
@@ -523,13 +526,12 @@ bench_poshta() {
     local bin=$POSHTA
     if [ -z "$bin" ]; then
         # Always (re)build: cargo does nothing when the binary is fresh, and a stale binary
-        # would be measured silently otherwise.
-        bin=${CARGO_TARGET_DIR:-$ROOT/target}/release/poshta
-        log "building poshta (cargo build --release)"
-        (cd "$ROOT" && timeout 1800 cargo build --release) >"$RUN/cargo.log" 2>&1 ||
+        # would be measured silently otherwise. The default is the static build that ships.
+        bin=$(shipped_binary)
+        shipped_build "$RUN/cargo.log" ||
             {
                 tail -5 "$RUN/cargo.log" >&2
-                tool emit "$RESULTS" kind=skip server=poshta reason="cargo build --release failed"
+                tool emit "$RESULTS" kind=skip server=poshta reason="poshta build failed"
                 echo "poshta: not runnable yet (build failed)"
                 return
             }
