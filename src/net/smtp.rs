@@ -575,7 +575,13 @@ pub async fn session(ctx: Rc<Ctx>, tcp: Async<TcpStream>, peer: SocketAddr, slot
                                 );
                                 txn.hold = true;
                             }
-                            txn.rcpts.push(to);
+                            // Named again in this transaction: accepted, kept once (the
+                            // queue does the same for every entry point; here local names
+                            // also match in any case, as they resolve).
+                            let local = class.is_local_recipient();
+                            if !txn.rcpts.iter().any(|r| crate::queue::same_recipient(r, &to, local)) {
+                                txn.rcpts.push(to);
+                            }
                             server.accept();
                         }
                         Err(reply) => {

@@ -84,6 +84,49 @@ pub struct Envelope {
     pub client: String,
 }
 
+/// The same recipient twice in one envelope: equal local parts (as sent: RFC 5321 §2.4 lets
+/// the receiving host decide their case) and equal domains in any case (§2.4: domains are
+/// case-insensitive). `local_ci` compares the local parts in any case too: for recipients
+/// of this host, whose names poshta resolves without regard to case.
+pub fn same_recipient(a: &str, b: &str, local_ci: bool) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    match (a.rsplit_once('@'), b.rsplit_once('@')) {
+        (Some((la, da)), Some((lb, db))) => {
+            (if local_ci {
+                la.eq_ignore_ascii_case(lb)
+            } else {
+                la == lb
+            }) && da.eq_ignore_ascii_case(db)
+        }
+        (None, None) => {
+            if local_ci {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Keep the first of recipients repeated in one envelope (Postfix's cleanup(8) does the
+/// same): one message must not become many copies in one mailbox because a client (or a
+/// `sendmail` command line) named the same address again, up to smtpd_recipient_limit times.
+fn dedup_recipients(rcpts: &mut Vec<String>) {
+    if rcpts.len() < 2 {
+        return;
+    }
+    let mut kept: Vec<String> = Vec::with_capacity(rcpts.len());
+    for r in rcpts.drain(..) {
+        if !kept.iter().any(|k| same_recipient(k, &r, false)) {
+            kept.push(r);
+        }
+    }
+    *rcpts = kept;
+}
+
 /// The state of one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptState {
@@ -861,7 +904,8 @@ impl Queue {
     }
 
     /// Start receiving a message (allocates its id, appends its envelope record).
-    pub fn begin(&self, env: Envelope) -> Result<Incoming, QueueError> {
+    pub fn begin(&self, mut env: Envelope) -> Result<Incoming, QueueError> {
+        dedup_recipients(&mut env.recipients);
         let mut inner = self.shared.inner.borrow_mut();
         if inner.writer_lost {
             return Err(inner.writer_lost_error());

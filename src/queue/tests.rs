@@ -327,6 +327,41 @@ fn round_trip_with_multi_chunk_body() {
 }
 
 #[test]
+fn a_recipient_named_twice_is_queued_once() {
+    let dir = TempDir::new("dedup");
+    let (q, _) = open(dir.path(), 1 << 30);
+    let mut e = env("d", 0);
+    e.recipients = [
+        "a@X.example",
+        "a@x.example",
+        "A@x.example",
+        "b@x.example",
+        "a@x.EXAMPLE",
+        "a@x.example.net",
+    ]
+    .map(String::from)
+    .to_vec();
+    let qid = run(&q, async {
+        let mut inc = q.begin(e).expect("begin");
+        inc.write(b"Subject: x\r\n\r\nx\r\n").await.expect("write");
+        let qid = inc.qid();
+        inc.commit().await.expect("commit");
+        qid
+    });
+    drop(q);
+    // After a restart too: the Accepted record holds each recipient once.
+    let (q, _) = open(dir.path(), 1 << 30);
+    let list = q.list();
+    assert_eq!(list[0].qid, qid);
+    let names: Vec<&str> = list[0].recipients.iter().map(|(r, _)| r.as_str()).collect();
+    // Domains match in any case (RFC 5321 §2.4); local parts only as sent.
+    assert_eq!(names, ["a@X.example", "A@x.example", "b@x.example", "a@x.example.net"]);
+    assert!(crate::queue::same_recipient("Alice@host", "alice@HOST", true));
+    assert!(!crate::queue::same_recipient("Alice@host", "alice@HOST", false));
+    assert!(!crate::queue::same_recipient("alice", "alice@host", true));
+}
+
+#[test]
 fn body_reads_line_by_line_across_chunks_and_readers_share_no_bytes() {
     use std::io::BufRead;
     let dir = TempDir::new("bufread");

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from conftest import wait_for
+
 
 def send(p, to, body="Subject: hello\r\n\r\nHi there.\r\n", sender="carol@remote.example", source=None):
     kw = {"source_address": (source, 0)} if source else {}
@@ -57,6 +59,29 @@ def test_one_copy_per_recipient_and_case_insensitive(poshta):
     poshta.wait_messages("bob", 1)
     time.sleep(0.3)
     assert len(poshta.new_messages("alice")) == 1
+
+
+def test_a_recipient_named_again_gets_one_copy(poshta):
+    """The same mailbox named 200 times in one transaction (as sent, and in other cases,
+    which poshta resolves to the same user) is accepted and delivered once: otherwise one
+    message of message_size_limit becomes smtpd_recipient_limit copies on the disk. A
+    different user in the same transaction still gets hers."""
+    names = ["alice@example.org"] * 150 + ["ALICE@example.org", "Alice@EXAMPLE.ORG"] * 25 + ["bob@example.org"]
+    with smtplib.SMTP("127.0.0.1", poshta.port, timeout=20) as c:
+        c.ehlo("client.example")
+        c.mail("carol@remote.example")
+        for n in names:
+            code, _ = c.rcpt(n)
+            assert code == 250, n
+        code, _ = c.data(b"Subject: once\r\n\r\nonce\r\n")
+        assert code == 250
+    poshta.wait_messages("alice", 1)
+    poshta.wait_messages("bob", 1)
+    wait_for(lambda: "status=sent" in poshta.logtext() and poshta.logtext().count("status=sent") >= 2, p=poshta)
+    time.sleep(0.5)
+    assert len(poshta.new_messages("alice")) == 1
+    assert len(poshta.new_messages("bob")) == 1
+    assert "nrcpt=2" in poshta.logtext(), poshta.logtext()[-2000:]
 
 
 def test_unknown_local_user_is_refused_550_511(poshta):
