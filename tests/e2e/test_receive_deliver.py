@@ -514,6 +514,48 @@ def test_disk_full_gets_452_and_server_keeps_serving(tmp_path, make_poshta):
         subprocess.run(["umount", "-l", str(spool)])
 
 
+def test_full_mailbox_file_system_defers_and_loses_nothing(tmp_path, make_poshta):
+    """The Maildirs' file system is full (the queue's is not): the message is acknowledged,
+    its delivery fails with ENOSPC and is deferred with the reason in mailq, nothing
+    half-written shows in new/ or stays in tmp/, SMTP goes on; once there is room a flush
+    delivers it whole."""
+    base = small_tmpfs(tmp_path, "smallmail", "1m")
+    new = os.path.join(base, "alice", "new")
+
+    def delivered():
+        return sorted(os.path.join(new, n) for n in os.listdir(new)) if os.path.isdir(new) else []
+
+    def subject(path):
+        with open(path, "rb") as f:
+            return email.message_from_bytes(f.read(), policy=email.policy.default)["Subject"]
+
+    try:
+        p = make_poshta(f"virtual_mailbox_base = {base}")
+        big = "Subject: big\r\n\r\n" + ("z" * 998 + "\r\n") * 700  # ~0.7 MB
+        send(p, ["alice@example.org"], big)
+        [first] = wait_for(delivered, what="the first message", p=p)
+        # The second copy does not fit next to the first.
+        send(p, ["alice@example.org"], big.replace("Subject: big", "Subject: second"))
+        wait_for(lambda: "No space left on device" in p.cli("queue").stdout, what="a deferral for ENOSPC", p=p)
+        assert "status=deferred" in p.logtext()
+        assert delivered() == [first]
+        assert os.listdir(os.path.join(base, "alice", "tmp")) == []
+        # Still serving: a small message is taken and, small enough, delivered.
+        send(p, ["alice@example.org"], "Subject: small\r\n\r\nfits\r\n")
+        wait_for(lambda: len(delivered()) == 2, what="the small message", p=p)
+        # Room again: the deferred message goes out on a flush, whole.
+        os.unlink(first)
+        p.cli("queue", "flush")
+        wait_for(lambda: "Mail queue is empty" in p.cli("queue").stdout, what="the deferred message delivered", p=p)
+        assert sorted(subject(m) for m in delivered()) == ["second", "small"]
+        [second] = [m for m in delivered() if subject(m) == "second"]
+        with open(second, "rb") as f:
+            assert f.read().rstrip(b"\r\n").endswith(b"z" * 998)
+        p.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(base)])
+
+
 def test_mail_is_refused_while_the_queue_file_system_is_short(tmp_path, make_poshta):
     """Postfix's queue_minfree: MAIL gets 452 4.3.1 while the queue's file system has less
     free space than 1.5 x message_size_limit (or queue_minfree, or that plus the SIZE the
