@@ -114,17 +114,30 @@ pub fn same_recipient(a: &str, b: &str, local_ci: bool) -> bool {
 /// Keep the first of recipients repeated in one envelope (Postfix's cleanup(8) does the
 /// same): one message must not become many copies in one mailbox because a client (or a
 /// `sendmail` command line) named the same address again, up to smtpd_recipient_limit times.
-fn dedup_recipients(rcpts: &mut Vec<String>) {
+pub(crate) fn dedup_recipients(rcpts: &mut Vec<String>) {
     if rcpts.len() < 2 {
         return;
     }
-    let mut kept: Vec<String> = Vec::with_capacity(rcpts.len());
-    for r in rcpts.drain(..) {
-        if !kept.iter().any(|k| same_recipient(k, &r, false)) {
-            kept.push(r);
+    if rcpts.len() <= 32 {
+        let mut kept: Vec<String> = Vec::with_capacity(rcpts.len());
+        for r in rcpts.drain(..) {
+            if !kept.iter().any(|k| same_recipient(k, &r, false)) {
+                kept.push(r);
+            }
         }
+        *rcpts = kept;
+        return;
     }
-    *rcpts = kept;
+    // Many (a sendmail -t header, up to smtpd_recipient_limit): one pass with a set, not
+    // n² comparisons on the event loop. Key: the local part as sent, the domain lowercased.
+    let mut seen = std::collections::HashSet::with_capacity(rcpts.len());
+    rcpts.retain(|r| {
+        let key = match r.rsplit_once('@') {
+            Some((l, d)) => format!("{l}@{}", d.to_ascii_lowercase()),
+            None => r.clone(),
+        };
+        seen.insert(key)
+    });
 }
 
 /// The state of one recipient.
