@@ -21,7 +21,7 @@
 #   STORE [maildir]           maildir: a mailbox user's Maildir; mbox: a system user's mbox
 #                             (the passwd user `nobody`, marked `system` in poshta's users
 #                             file; Dovecot: mail_location = mbox:, INBOX the same file)
-#   POSHTA [dist/<x86_64|aarch64>-unknown-linux-musl/poshta, built by images/build-binaries.sh:
+#   POSHTA [dist/x86_64-unknown-linux-musl/poshta, built by images/build-binaries.sh:
 #           the static build that ships; BENCH_BUILD=native: target/release/poshta, glibc]
 #   MEM_SAMPLE_MS [100]  SETTLE_SECS [1]  KEEP [0]  BENCH_TMPDIR [bench/.cache]  BENCH_NO_CGROUP [0]
 #

@@ -6,7 +6,7 @@
 # Environment (defaults in brackets):
 #   N [5000]                  messages per run          SIZE [1024]   bytes per message
 #   CONCURRENCY ["1 10 50"]   smtp-source sessions      SERVERS ["smtp-sink postfix poshta"]
-#   POSHTA [dist/<x86_64|aarch64>-unknown-linux-musl/poshta, built by images/build-binaries.sh:
+#   POSHTA [dist/x86_64-unknown-linux-musl/poshta, built by images/build-binaries.sh:
 #           the static build that ships; BENCH_BUILD=native: target/release/poshta, glibc]
 #   POSHTA_EXTRA_CF: lines appended to poshta's main.cf       PHASE_TIMEOUT [300] s per run
 #   LARGE_MIB [50]  LARGE_SERVERS ["poshta"]  large-message memory check (LARGE_MIB=0: off)

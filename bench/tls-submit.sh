@@ -16,7 +16,7 @@
 #   PF_SCHEME [argon2id]         Postfix's password hash in Dovecot's passwd-file: argon2id
 #                                (poshta's own hash string) or plain ({PLAIN}, no hashing)
 #   SERVERS ["postfix poshta"]   PHASE_TIMEOUT [300] s per run   START_TIMEOUT [30]
-#   POSHTA [dist/<x86_64|aarch64>-unknown-linux-musl/poshta, built by images/build-binaries.sh:
+#   POSHTA [dist/x86_64-unknown-linux-musl/poshta, built by images/build-binaries.sh:
 #           the static build that ships; BENCH_BUILD=native: target/release/poshta, glibc]
 #   MEM_SAMPLE_MS [100]  SETTLE_SECS [1]  KEEP [0]  BENCH_TMPDIR [bench/.cache]  BENCH_NO_CGROUP [0]
 #
