@@ -118,18 +118,9 @@ pub(crate) fn dedup_recipients(rcpts: &mut Vec<String>) {
     if rcpts.len() < 2 {
         return;
     }
-    if rcpts.len() <= 32 {
-        let mut kept: Vec<String> = Vec::with_capacity(rcpts.len());
-        for r in rcpts.drain(..) {
-            if !kept.iter().any(|k| same_recipient(k, &r, false)) {
-                kept.push(r);
-            }
-        }
-        *rcpts = kept;
-        return;
-    }
-    // Many (a sendmail -t header, up to smtpd_recipient_limit): one pass with a set, not
-    // n² comparisons on the event loop. Key: the local part as sent, the domain lowercased.
+    // One pass with a set, not n² comparisons on the event loop (an envelope may name up to
+    // smtpd_recipient_limit addresses). The key is `same_recipient`'s rule without
+    // `local_ci`: the local part as sent, the domain lowercased.
     let mut seen = std::collections::HashSet::with_capacity(rcpts.len());
     rcpts.retain(|r| {
         let key = match r.rsplit_once('@') {

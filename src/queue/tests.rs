@@ -356,7 +356,7 @@ fn a_recipient_named_twice_is_queued_once() {
     let names: Vec<&str> = list[0].recipients.iter().map(|(r, _)| r.as_str()).collect();
     // Domains match in any case (RFC 5321 §2.4); local parts only as sent.
     assert_eq!(names, ["a@X.example", "A@x.example", "b@x.example", "a@x.example.net"]);
-    // Many recipients take the set's path: the same rule.
+    // Many recipients, repeated in other cases of the domain and of the local part.
     let mut many: Vec<String> = (0..200).map(|i| format!("u{}@Host{}.example", i % 50, i % 2)).collect();
     many.extend(["u1@HOST1.EXAMPLE".to_string(), "U1@host1.example".to_string()]);
     crate::queue::dedup_recipients(&mut many);
